@@ -1,0 +1,31 @@
+"""Errors raised by difffeat-tune: each names what is wrong and says what to do."""
+
+from __future__ import annotations
+
+
+class DiffFeatError(Exception):
+    """Base class of every error the package raises on bad input or bad state.
+
+    The message names the file, field or value at fault; ``hint`` (if given) says what to do.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n  -> {hint}")
+
+
+class DataError(DiffFeatError):
+    """A data set, manifest, image or caption is missing or malformed."""
+
+
+class BackboneError(DiffFeatError):
+    """A backbone cannot be built or loaded, or was asked for something it cannot provide."""
+
+
+class StoreError(DiffFeatError):
+    """The feature store is missing a shard, or a shard is corrupt or inconsistent."""
+
+
+class ConfigError(DiffFeatError):
+    """A configuration, search space or command-line value is invalid."""

@@ -1,0 +1,124 @@
+"""The backbone interface: prepare a batch once, then pooled features for (timesteps x blocks).
+
+Blocks are numbered from 1: block ``b`` is the residual stream after the b-th Transformer block,
+so the paper's text grid ``b in {8, ..., 24}`` is valid on Plaid's 24 blocks (0-based numbering
+would put 24 out of range) and ``b = 12`` of DiT-XL/2 is ``transformer_blocks[11]``.
+Timesteps are integers in ``[0, num_timesteps)`` on the DDPM grid (T = 1000) for both modalities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from difffeat_tune._errors import BackboneError, DataError
+from difffeat_tune.data._base import Split
+
+Modality = Literal["image", "text"]
+MODALITIES: tuple[Modality, ...] = ("image", "text")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A batch prepared once (VAE latents, or tokens and mask) and reused for every timestep."""
+
+    ids: tuple[str, ...]
+    tensors: Mapping[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Backbone(ABC):
+    """A diffusion Transformer that returns pooled block features at given timesteps.
+
+    Subclasses set ``modality``, ``name``, ``num_blocks``, ``width``, ``num_timesteps`` and
+    ``device`` and implement the four abstract methods.
+    """
+
+    modality: Modality
+    name: str
+    num_blocks: int
+    width: int
+    num_timesteps: int
+    device: torch.device
+
+    @abstractmethod
+    def settings(self) -> dict[str, object]:
+        """Every extraction setting that changes the features (seed, noising, length, pooling...)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A hash identifying the weights and configuration (not the extraction settings)."""
+
+    @abstractmethod
+    def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
+        """Prepare rows ``indices`` of ``split`` for :meth:`features`."""
+
+    @abstractmethod
+    def features(
+        self, batch: Encoded, timesteps: Sequence[int], blocks: Sequence[int]
+    ) -> dict[int, dict[int, torch.Tensor]]:
+        """Pooled features ``{t: {block: float32 [B, width]}}`` on ``self.device``.
+
+        One forward pass covers every block (stopping after the deepest); several timesteps may
+        share the pass, since both backbones take a per-sample timestep.
+        """
+
+    def validate(self, timesteps: Iterable[int], blocks: Iterable[int]) -> None:
+        """Raise :class:`BackboneError` naming the first timestep or block this model cannot give."""
+        for t in timesteps:
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.num_timesteps:
+                raise BackboneError(
+                    f"{self.modality} timestep {t!r} is outside [0, {self.num_timesteps})",
+                    f"choose integer timesteps from 0 to {self.num_timesteps - 1}",
+                )
+        for b in blocks:
+            if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= self.num_blocks:
+                raise BackboneError(
+                    f"{self.modality} block {b!r} is outside 1..{self.num_blocks} of {self.name}",
+                    f"blocks are numbered from 1 to {self.num_blocks} (block b = output of the b-th block)",
+                )
+
+    def check_split(self, split: Split) -> None:
+        """Raise :class:`DataError` if ``split`` lacks this backbone's input."""
+        if self.modality == "image" and split.images is None:
+            raise DataError(f"split {split.name!r} has no images, so it cannot go through the image backbone")
+        if self.modality == "text" and split.captions is None:
+            raise DataError(f"split {split.name!r} has no captions, so it cannot go through the text backbone")
+
+
+def seeded_normal(
+    ids: Sequence[str], timestep: int, shape: Sequence[int], seed: int, device: torch.device
+) -> torch.Tensor:
+    """Gaussian noise ``[len(ids), *shape]``, one stream per (seed, row id, timestep).
+
+    Noise depends on the row, not on its batch or position, so features do not change with the
+    batch size and a resumed extraction reproduces the same values.
+    """
+    out = torch.empty((len(ids), *shape))
+    gen = torch.Generator()
+    for i, row_id in enumerate(ids):
+        digest = hashlib.sha256(f"{seed}\x1f{row_id}\x1f{timestep}".encode()).digest()
+        gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+        out[i] = torch.randn(tuple(shape), generator=gen)
+    return out.to(device)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A cheap identity of a module's weights: names, shapes and float64 sums of every tensor."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(tensor.shape)).encode())
+            if tensor.is_floating_point():
+                h.update(repr(round(float(tensor.double().sum()), 6)).encode())
+                h.update(repr(round(float(tensor.double().abs().sum()), 6)).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,97 @@
+"""Read pooled hidden states of several blocks in one forward pass, then stop early.
+
+Forward hooks are registered on every requested block and always removed by a context
+manager (so a failed pass never leaves hooks behind). The hook of the deepest requested block
+raises a private exception that ends the pass: blocks after it are never computed, without
+copying the library's ``forward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from difffeat_tune._errors import BackboneError
+
+#: Pools a block's tokens ``[B, N, D]`` to ``[B, D]`` on the device, before anything leaves it.
+Pool = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook to skip the rest of the forward pass."""
+
+
+def mean_pool(tokens: torch.Tensor) -> torch.Tensor:
+    """Mean over the token axis, in float32."""
+    return tokens.float().mean(dim=1)
+
+
+def masked_mean_pool(mask: torch.Tensor) -> Pool:
+    """Mean over the tokens where ``mask`` ([B, N], bool) is true, in float32."""
+    weights = mask.float()
+    counts = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+    def pool(tokens: torch.Tensor) -> torch.Tensor:
+        return (tokens.float() * weights.unsqueeze(-1)).sum(dim=1) / counts
+
+    return pool
+
+
+class BlockCapture:
+    """What :func:`capture_blocks` yields: run the model with :meth:`run` to get the features."""
+
+    def __init__(self, blocks: Sequence[int]) -> None:
+        self.blocks = tuple(blocks)
+        self.features: dict[int, torch.Tensor] = {}
+
+    def run(self, forward: Callable[[], object]) -> dict[int, torch.Tensor]:
+        """Call ``forward`` (one model pass) and return ``{block: pooled [B, D]}``."""
+        self.features = {}
+        try:
+            forward()
+        except _StopForward:
+            pass
+        missing = [b for b in self.blocks if b not in self.features]
+        if missing:
+            raise BackboneError(f"forward pass ended without reaching block(s) {missing}")
+        return dict(self.features)
+
+
+@contextmanager
+def capture_blocks(blocks: nn.ModuleList, wanted: Sequence[int], pool: Pool) -> Iterator[BlockCapture]:
+    """Hook the output of blocks ``wanted`` (1-based: block b is ``blocks[b - 1]``).
+
+    Args:
+        blocks: the model's block list.
+        wanted: 1-based block numbers; the pass stops after the deepest one.
+        pool: pools one block's tokens; hooks live for one pass, so a batch-dependent pool
+            (a padding mask) is simply passed anew for each batch.
+
+    Yields:
+        A :class:`BlockCapture`; call its ``run`` with the forward pass.
+    """
+    wanted = sorted(set(wanted))
+    if not wanted or wanted[0] < 1 or wanted[-1] > len(blocks):
+        raise BackboneError(f"blocks {list(wanted)} outside 1..{len(blocks)}")
+    capture = BlockCapture(wanted)
+    deepest = wanted[-1]
+
+    def make_hook(b: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            capture.features[b] = pool(hidden)
+            if b == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[b - 1].register_forward_hook(make_hook(b)) for b in wanted]
+    try:
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
+

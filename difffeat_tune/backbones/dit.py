@@ -1,0 +1,232 @@
+"""Image backbone: a DiT from diffusers (``DiTTransformer2DModel`` + ``AutoencoderKL``).
+
+Images are resized (shorter side) and centre-cropped to the model's resolution, scaled to
+[-1, 1], encoded once per batch by the VAE (the posterior mean, so encoding is deterministic;
+latent = mean * ``vae.config.scaling_factor``, 0.18215 for the Stable Diffusion VAE), then
+noised to each timestep with the scheduler's DDPM schedule (linear betas 1e-4 .. 0.02 over
+T = 1000 for DiT-XL/2) and seeded Gaussian noise, and run once through the transformer with the
+null class label. Block outputs are mean-pooled over the tokens on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+from PIL import Image
+
+from difffeat_tune._device import autocast_dtype, resolve_device
+from difffeat_tune._errors import BackboneError
+from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
+from difffeat_tune.backbones._hooks import capture_blocks, mean_pool
+from difffeat_tune.data._base import Split
+
+logger = logging.getLogger(__name__)
+
+#: The paper's image backbone on the Hugging Face hub (a DiTPipeline folder).
+DEFAULT_DIT = "facebook/DiT-XL-2-256"
+
+_SUBFOLDERS = ("transformer", "vae", "scheduler")
+
+
+class DiTBackbone(Backbone):
+    """Pooled block features of a diffusers DiT at DDPM timesteps.
+
+    Args:
+        transformer: the DiT (set to eval mode here: train mode drops class labels at random).
+        vae: the autoencoder that maps images to the DiT's latent space.
+        scheduler: supplies ``alphas_cumprod`` (the DDPM schedule).
+        name: how the backbone was named (hub id or folder), for messages and folder names.
+        device: where to run; ``None`` picks CUDA when present.
+        noise_seed: seed of the per-row Gaussian noise.
+    """
+
+    modality = "image"
+
+    def __init__(
+        self,
+        transformer: DiTTransformer2DModel,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        *,
+        name: str,
+        device: str | torch.device | None = None,
+        noise_seed: int = 0,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.transformer = transformer.eval().to(self.device)
+        self.vae = vae.eval().to(self.device)
+        self.name = name
+        self.noise_seed = noise_seed
+        cfg = transformer.config
+        self.num_blocks = len(transformer.transformer_blocks)
+        self.width = cfg.num_attention_heads * cfg.attention_head_dim
+        self.num_timesteps = int(scheduler.config.num_train_timesteps)
+        self.null_class = int(cfg.num_embeds_ada_norm)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.resolution = int(cfg.sample_size) * self.vae_factor
+        self.latent_scale = float(vae.config.scaling_factor)
+        # Noising maths in float32 whatever the model dtype (diffusers casts abar to the sample dtype).
+        self._alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
+        self._schedule_config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+        self._fingerprint: str | None = None
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "noise_seed": self.noise_seed,
+            "noising": "random-gaussian",
+            "pooling": "mean-tokens",
+            "resolution": self.resolution,
+            "preprocess": "resize-shorter-bicubic+center-crop",
+            "vae_latent": "posterior-mean",
+            "class_label": self.null_class,
+        }
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(json.dumps(dict(self.transformer.config), sort_keys=True, default=str).encode())
+            h.update(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
+            h.update(json.dumps(self._schedule_config, sort_keys=True, default=str).encode())
+            h.update(weights_digest(self.transformer).encode())
+            h.update(weights_digest(self.vae).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Resize the shorter side to the model's resolution, centre-crop, scale to [-1, 1] (CHW)."""
+        size = self.resolution
+        w, h = image.size
+        scale = size / min(w, h)
+        resized = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        left = (resized.width - size) // 2
+        top = (resized.height - size) // 2
+        cropped = resized.crop((left, top, left + size, top + size))
+        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32)).permute(2, 0, 1)
+        return pixels / 127.5 - 1.0
+
+    def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
+        self.check_split(split)
+        assert split.images is not None
+        pixels = torch.stack([self.preprocess(split.images.load(i)) for i in indices]).to(self.device)
+        with torch.inference_mode():
+            latents = self.vae.encode(pixels).latent_dist.mean * self.latent_scale
+        return Encoded(ids=tuple(split.ids[i] for i in indices), tensors={"latents": latents.float()})
+
+    def features(
+        self, batch: Encoded, timesteps: Sequence[int], blocks: Sequence[int]
+    ) -> dict[int, dict[int, torch.Tensor]]:
+        self.validate(timesteps, blocks)
+        x0 = batch.tensors["latents"]
+        n = len(batch)
+        # All requested timesteps share one pass: the DiT embeds a timestep per sample.
+        noisy, steps = [], []
+        for t in timesteps:
+            abar = self._alphas_cumprod[t].to(self.device)
+            eps = seeded_normal(batch.ids, t, x0.shape[1:], self.noise_seed, self.device)
+            noisy.append(abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps)
+            steps.append(torch.full((n,), t, dtype=torch.long, device=self.device))
+        hidden = torch.cat(noisy)
+        step = torch.cat(steps)
+        labels = torch.full((len(step),), self.null_class, dtype=torch.long, device=self.device)
+        amp = autocast_dtype(self.device)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+            with capture_blocks(self.transformer.transformer_blocks, blocks, mean_pool) as capture:
+                pooled = capture.run(lambda: self.transformer(hidden, timestep=step, class_labels=labels))
+        return {t: {b: pooled[b][i * n : (i + 1) * n] for b in blocks} for i, t in enumerate(timesteps)}
+
+
+def load_dit(
+    source: str | Path = DEFAULT_DIT,
+    *,
+    vae: str | Path | None = None,
+    device: str | torch.device | None = None,
+    noise_seed: int = 0,
+) -> DiTBackbone:
+    """Load a DiT image backbone from a hub id or a local DiTPipeline-style folder.
+
+    Args:
+        source: hub id (default ``facebook/DiT-XL-2-256``) or a folder with ``transformer/``,
+            ``vae/`` and ``scheduler/`` subfolders (as ``DiTPipeline.save_pretrained`` writes).
+        vae: optional separate VAE (hub id or folder), e.g. ``stabilityai/sd-vae-ft-ema``.
+        device: where to run; ``None`` picks CUDA when present.
+        noise_seed: seed of the per-row Gaussian noise.
+
+    Raises:
+        BackboneError: a subfolder or weight file is missing, or the weights cannot be fetched.
+    """
+    source_str = str(source)
+    local = Path(source_str).expanduser()
+    if local.exists():
+        missing = [sub for sub in _SUBFOLDERS if not (local / sub).is_dir()]
+        if vae is not None and "vae" in missing:
+            missing.remove("vae")
+        if missing:
+            raise BackboneError(
+                f"DiT folder {local} lacks subfolder(s) {', '.join(missing)}",
+                "point at a DiTPipeline folder (transformer/, vae/, scheduler/), e.g. the result of "
+                f"`huggingface-cli download {DEFAULT_DIT} --local-dir {local}`",
+            )
+        source_str = str(local)
+    try:
+        transformer = DiTTransformer2DModel.from_pretrained(source_str, subfolder="transformer")
+        autoencoder = (
+            AutoencoderKL.from_pretrained(str(vae)) if vae is not None
+            else AutoencoderKL.from_pretrained(source_str, subfolder="vae")
+        )
+        scheduler = DDIMScheduler.from_pretrained(source_str, subfolder="scheduler")
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise BackboneError(
+            f"cannot load DiT weights from {source_str!r}: {exc}",
+            f"on a machine with network run `huggingface-cli download {DEFAULT_DIT} --local-dir DIR`, "
+            "copy DIR here and pass it as the image backbone (or fill the Hugging Face cache, HF_HOME)",
+        ) from exc
+    logger.info("loaded DiT %s: %d blocks", source_str, len(transformer.transformer_blocks))
+    return DiTBackbone(transformer, autoencoder, scheduler, name=source_str, device=device, noise_seed=noise_seed)
+
+
+def build_tiny_dit(folder: Path, *, seed: int = 0, width: int = 64, heads: int = 4, image_size: int = 64) -> Path:
+    """Build a small seeded random DiT with DiT-XL/2's depth (28 blocks) and save it as a folder.
+
+    The folder has DiTPipeline's layout (transformer/, vae/, scheduler/), so :func:`load_dit`
+    reads it exactly as it reads a real checkpoint. The VAE has 4 levels (downsample 8, like
+    Stable Diffusion's), so ``image_size`` 64 gives an 8 x 8 latent, 16 tokens with patch 2.
+
+    Args:
+        folder: where to save (created).
+        seed: torch seed of the random weights.
+        width: transformer width (``heads`` x head dim).
+        heads: attention heads.
+        image_size: input resolution in pixels (a multiple of 16).
+    """
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=heads,
+        attention_head_dim=width // heads,
+        in_channels=4,
+        out_channels=8,
+        num_layers=28,
+        sample_size=image_size // 8,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+    )
+    autoencoder = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=image_size,
+    )
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    folder = Path(folder)
+    transformer.save_pretrained(folder / "transformer")
+    autoencoder.save_pretrained(folder / "vae")
+    scheduler.save_pretrained(folder / "scheduler")
+    return folder

@@ -1,0 +1,719 @@
+"""Plaid text backbone: tokeniser, noise schedule, noising and pooled block features.
+
+Loading (:func:`load_plaid`) reads the released Plaid 1B layout, a folder with
+
+* ``model.pt``, ``noise_schedule.pt``, ``gamma_bounds.pt``, ``embedding_matrix.pt``
+  (``torch.save``'d state dicts, loaded with ``weights_only=True`` and strict key matching),
+* optionally ``config.json`` (the :class:`PlaidConfig` fields; written for tiny models; when
+  absent the configuration is inferred from the state-dict shapes),
+* ``tokenizer.json`` (a Hugging Face ``tokenizers`` file; Plaid's is ``misc/owt2_tokenizer.json``
+  of the Plaid repository), unless a tokenizer is passed.
+
+:func:`build_tiny_plaid` writes a small random model in exactly that layout, so tests and the
+embedded demo go through the same loading code as the real checkpoint.
+
+Choices the paper leaves open (all recorded in :meth:`PlaidBackbone.settings`):
+
+* Captions are tokenised without added special tokens, truncated to ``token_length`` tokens and
+  padded with id 0 (end-of-text, Plaid's only special token). The mask marks the caption's own
+  tokens; pads still take part in attention (Plaid has no attention mask), but pooling averages
+  the caption's tokens only.
+* Timestep ``t`` in ``[0, 1000)`` maps to continuous time ``t / 1000``.
+* ``noising="ddim"`` (default, the paper's better text setting): deterministic DDIM inversion.
+  ``z_0 = alpha(0) E[x]`` (no noise: Plaid's ``t = 0`` still has ``sigma^2`` around 0.05, so the
+  "clean" start is defined without it), then steps of ``inversion_step`` timesteps along the grid
+  ``0, s, 2s, ...``; a target ``t`` off that grid is one extra step from ``floor(t / s) * s``.
+  Each step predicts ``x_hat = softmax(logits) @ E`` with a single pass (zero self-conditioning),
+  ``eps_hat = (z - alpha x_hat) / sigma`` and moves to ``z' = alpha' x_hat + sigma' eps_hat``.
+  So ``z_t`` never depends on which other timesteps are requested, and all targets of a batch
+  share one trajectory. The default step, 10, puts the paper's whole text grid {0, 10, 20, 30}
+  on the trajectory and costs ``t / 10`` full passes per target (3 at most on that grid).
+* ``noising="random"``: ``z_t = alpha(t) E[x] + sigma(t) eps`` with ``eps`` drawn per (seed, row
+  id, timestep) by :func:`seeded_normal`.
+* Pooling: mean of the residual stream after block ``b`` over the caption's tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
+
+from difffeat_tune._device import autocast_dtype, resolve_device
+from difffeat_tune._errors import BackboneError, ConfigError, DataError
+from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
+from difffeat_tune.backbones._hooks import capture_blocks, masked_mean_pool
+from difffeat_tune.backbones._plaid_net import (
+    SCHEDULE_WIDTH,
+    EmbeddingMatrix,
+    GammaBounds,
+    NoiseSchedule,
+    PlaidConfig,
+    PlaidNet,
+    schedule_dtype,
+)
+from difffeat_tune.data._base import Split
+
+logger = logging.getLogger(__name__)
+
+Noising = Literal["ddim", "random"]
+NOISING_MODES: tuple[Noising, ...] = ("ddim", "random")
+
+#: File names of the released layout.
+MODEL_FILE = "model.pt"
+SCHEDULE_FILE = "noise_schedule.pt"
+GAMMA_BOUNDS_FILE = "gamma_bounds.pt"
+EMBEDDING_FILE = "embedding_matrix.pt"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+WEIGHT_FILES = (MODEL_FILE, SCHEDULE_FILE, GAMMA_BOUNDS_FILE, EMBEDDING_FILE)
+
+#: Plaid's only special token, id 0: end of text (also the pad token).
+EOT_TOKEN = "<|endoftext|>"
+PAD_ID = 0
+
+#: Defaults (see the module docstring for why).
+DEFAULT_TOKEN_LENGTH = 60
+DEFAULT_INVERSION_STEP = 10
+DEFAULT_MAX_PASS_ROWS = 256
+NUM_TIMESTEPS = 1000
+POOLING = "mean-real-tokens"
+
+_WEIGHTS_HINT = (
+    "Plaid 1B's weights are in release v1.0.0 of github.com/igul222/plaid: download the split archive "
+    "plaid1b_weights.tar.gz.00, .01 and .02, then `cat plaid1b_weights.tar.gz.* | tar xzf -` and pass "
+    "the extracted folder (model.pt, noise_schedule.pt, gamma_bounds.pt, embedding_matrix.pt); put "
+    "misc/owt2_tokenizer.json of the same repository there as tokenizer.json"
+)
+_TOKENIZER_HINT = (
+    "Plaid 1B's tokenizer is misc/owt2_tokenizer.json in github.com/igul222/plaid: copy it to the "
+    "folder as tokenizer.json or pass its path as `tokenizer`"
+)
+
+
+class PlaidBackbone(Backbone):
+    """Pooled block features of a Plaid text diffusion Transformer.
+
+    Build it with :func:`load_plaid`. Blocks are numbered 1..``n_blocks``; timesteps are integers
+    in ``[0, 1000)`` mapped to continuous time ``t / 1000``.
+
+    Args:
+        net: the denoiser, on ``device``.
+        schedule: the noise schedule (kept on CPU, float64).
+        bounds: ``gamma_0`` and ``gamma_1``.
+        embedding: the token embedding matrix.
+        tokenizer: a Hugging Face tokenizer whose id 0 is end-of-text (copied; its padding and
+            truncation are turned off).
+        device: where features are computed and returned.
+        token_length: fixed caption length L (truncate, or pad with id 0).
+        noising: ``"ddim"`` (deterministic inversion) or ``"random"`` (seeded Gaussian noise).
+        inversion_step: DDIM step in timesteps (trajectory ``0, s, 2s, ...``).
+        noise_seed: seed of the random noise (``noising="random"`` only).
+        max_pass_rows: several timesteps share one forward pass while the pass holds at most
+            this many rows (always at least one timestep per pass).
+        name: display name; default ``"plaid-1b"`` for the 1B configuration, else
+            ``"plaid-<dim>x<n_blocks>"``.
+
+    Raises:
+        ConfigError: an option is out of range.
+        BackboneError: the tokenizer does not fit the model.
+    """
+
+    modality = "text"
+    num_timesteps = NUM_TIMESTEPS
+
+    def __init__(
+        self,
+        net: PlaidNet,
+        schedule: NoiseSchedule,
+        bounds: GammaBounds,
+        embedding: EmbeddingMatrix,
+        tokenizer: Tokenizer,
+        *,
+        device: torch.device,
+        token_length: int = DEFAULT_TOKEN_LENGTH,
+        noising: Noising = "ddim",
+        inversion_step: int = DEFAULT_INVERSION_STEP,
+        noise_seed: int = 0,
+        max_pass_rows: int = DEFAULT_MAX_PASS_ROWS,
+        name: str | None = None,
+    ) -> None:
+        _check_options(token_length, noising, inversion_step, noise_seed, max_pass_rows)
+        self.config: PlaidConfig = net.config
+        self.device = device
+        self.net = net.to(device).eval().requires_grad_(False)
+        self.schedule = schedule.to("cpu", torch.float64).eval().requires_grad_(False)
+        self.bounds = bounds.to("cpu", torch.float64).eval().requires_grad_(False)
+        self.embedding = embedding.eval().requires_grad_(False)
+        self.tokenizer = _own_tokenizer(tokenizer)
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if vocab > self.config.vocab_size:
+            raise BackboneError(
+                f"tokenizer has {vocab} tokens but the Plaid model only {self.config.vocab_size}",
+                "use the tokenizer the model was trained with",
+            )
+        self.token_length = token_length
+        self.noising: Noising = noising
+        self.inversion_step = inversion_step
+        self.noise_seed = noise_seed
+        self.max_pass_rows = max_pass_rows
+        self.name = name or ("plaid-1b" if self.config == PlaidConfig.plaid_1b() else
+                             f"plaid-{self.config.dim}x{self.config.n_blocks}")
+        self.num_blocks = self.config.n_blocks
+        self.width = self.config.dim
+        self._embeddings = embedding.normalized().detach().to(device)
+        self._tokenizer_hash = hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()[:16]
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ identity
+
+    def settings(self) -> dict[str, object]:
+        """Every extraction setting that changes the features.
+
+        ``inversion_step`` is ``None`` under random noising and ``noise_seed`` is ``None`` under
+        DDIM noising (they have no effect there, so they must not split a feature cache).
+        """
+        autocast = autocast_dtype(self.device)
+        return {
+            "token_length": self.token_length,
+            "noising": self.noising,
+            "inversion_step": self.inversion_step if self.noising == "ddim" else None,
+            "noise_seed": self.noise_seed if self.noising == "random" else None,
+            "pooling": POOLING,
+            "tokenizer": self._tokenizer_hash,
+            "time": "t/1000",
+            "precision": "float32" if autocast is None else f"autocast-{str(autocast).removeprefix('torch.')}",
+        }
+
+    def fingerprint(self) -> str:
+        """A hash of the configuration, denoiser, schedule, gamma bounds and embedding matrix."""
+        if self._fingerprint is None:
+            payload = {
+                "architecture": "plaid",
+                "config": asdict(self.config),
+                "model": weights_digest(self.net),
+                "noise_schedule": weights_digest(self.schedule),
+                "gamma_bounds": [repr(float(self.bounds.gamma_0)), repr(float(self.bounds.gamma_1))],
+                "embedding_matrix": weights_digest(self.embedding),
+            }
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+            self._fingerprint = digest[:16]
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ tokens
+
+    def tokenize(
+        self, captions: Sequence[str], ids: Sequence[str], split_name: str = "?"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``long [B, L]`` and real-token mask ``bool [B, L]`` (on CPU).
+
+        Args:
+            captions: one caption per row.
+            ids: the rows' ids (named in errors).
+            split_name: the split's name (named in errors).
+
+        Raises:
+            DataError: a caption is empty, whitespace only, or not a string.
+        """
+        for row_id, caption in zip(ids, captions, strict=True):
+            if not isinstance(caption, str) or not caption.strip():
+                raise DataError(
+                    f"split {split_name!r}: caption of row id {row_id!r} is empty",
+                    "give every row a non-empty caption, or remove the row",
+                )
+        length = self.token_length
+        tokens = torch.full((len(captions), length), PAD_ID, dtype=torch.long)
+        mask = torch.zeros((len(captions), length), dtype=torch.bool)
+        truncated = 0
+        for i, (row_id, enc) in enumerate(
+            zip(ids, self.tokenizer.encode_batch(list(captions), add_special_tokens=False), strict=True)
+        ):
+            token_ids = enc.ids
+            if not token_ids:
+                raise DataError(
+                    f"split {split_name!r}: caption of row id {row_id!r} gives no tokens",
+                    "give every row a caption the tokenizer can encode, or remove the row",
+                )
+            truncated += len(token_ids) > length
+            token_ids = token_ids[:length]
+            tokens[i, : len(token_ids)] = torch.tensor(token_ids, dtype=torch.long)
+            mask[i, : len(token_ids)] = True
+        if truncated:
+            logger.debug("%d of %d captions truncated to %d tokens", truncated, len(captions), length)
+        return tokens, mask
+
+    def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
+        """Tokenise rows ``indices`` of ``split``: ``{"tokens": long [B, L], "mask": bool [B, L]}``.
+
+        Raises:
+            DataError: the split has no captions, an index is out of range, or a caption is empty.
+        """
+        self.check_split(split)
+        assert split.captions is not None
+        rows = [int(i) for i in indices]
+        for i in rows:
+            if not 0 <= i < len(split):
+                raise DataError(f"split {split.name!r} has {len(split)} rows; index {i} is out of range")
+        ids = tuple(split.ids[i] for i in rows)
+        tokens, mask = self.tokenize([split.captions[i] for i in rows], ids, split.name)
+        return Encoded(ids, {"tokens": tokens.to(self.device), "mask": mask.to(self.device)})
+
+    # ------------------------------------------------------------------ schedule and noising
+
+    def schedule_at(self, timesteps: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(gamma, alpha, sigma)`` float64 ``[len(timesteps)]`` on CPU at times ``t / 1000``."""
+        with torch.inference_mode():
+            t = torch.tensor([float(s) for s in timesteps], dtype=torch.float64) / self.num_timesteps
+            gamma = self.bounds(self.schedule(t))
+            return gamma, torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+
+    def noisy_embeddings(self, batch: Encoded, timesteps: Sequence[int]) -> dict[int, torch.Tensor]:
+        """The noisy inputs ``{t: z_t float32 [B, L, embed_dim]}`` that :meth:`features` uses."""
+        self.validate(timesteps, [])
+        tokens, _ = self._batch_tensors(batch)
+        with torch.inference_mode(), self._autocast():
+            noisy = self._noisy(batch.ids, tokens, sorted(set(timesteps)))
+        return {t: z.clone() for t, z in noisy.items()}
+
+    def _noisy(self, ids: Sequence[str], tokens: torch.Tensor, timesteps: list[int]) -> dict[int, torch.Tensor]:
+        x0 = self._embeddings[tokens]
+        if not timesteps:
+            return {}
+        _, alphas, sigmas = self.schedule_at(timesteps)
+        if self.noising == "random":
+            out = {}
+            for t, alpha, sigma in zip(timesteps, alphas.tolist(), sigmas.tolist(), strict=True):
+                eps = seeded_normal(ids, t, x0.shape[1:], self.noise_seed, self.device)
+                out[t] = alpha * x0 + sigma * eps
+            return out
+        return self._ddim(x0, timesteps)
+
+    def _ddim(self, x0: torch.Tensor, timesteps: list[int]) -> dict[int, torch.Tensor]:
+        """DDIM inversion on the grid ``0, s, 2s, ...``, branching once to off-grid targets."""
+        step = self.inversion_step
+        last_grid = max(timesteps) // step * step
+        grid = list(range(0, last_grid + 1, step))
+        needed = sorted(set(grid) | set(timesteps))
+        gammas, alphas, sigmas = (v.tolist() for v in self.schedule_at(needed))
+        coef = {t: (g, a, s) for t, g, a, s in zip(needed, gammas, alphas, sigmas, strict=True)}
+        out: dict[int, torch.Tensor] = {}
+        z = coef[0][1] * x0
+        for g in grid:
+            if g in timesteps:
+                out[g] = z
+            branches = [t for t in timesteps if t // step * step == g and t != g]
+            if not branches and g == last_grid:
+                break
+            x_hat, eps_hat = self._predict(z, *coef[g])
+            for t in branches:
+                out[t] = coef[t][1] * x_hat + coef[t][2] * eps_hat
+            if g < last_grid:
+                z = coef[g + step][1] * x_hat + coef[g + step][2] * eps_hat
+        return out
+
+    def _predict(
+        self, z: torch.Tensor, gamma: float, alpha: float, sigma: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model's clean-embedding prediction ``x_hat`` and implied noise ``eps_hat`` at one time."""
+        gammas = torch.full((z.shape[0],), gamma, dtype=schedule_dtype(self.device), device=self.device)
+        logits = self.net(z, gammas)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            x_hat = torch.softmax(logits.float(), dim=-1) @ self._embeddings
+            return x_hat, (z.float() - alpha * x_hat) / sigma
+
+    # ------------------------------------------------------------------ features
+
+    def features(
+        self, batch: Encoded, timesteps: Sequence[int], blocks: Sequence[int]
+    ) -> dict[int, dict[int, torch.Tensor]]:
+        """Pooled features ``{t: {b: float32 [B, dim]}}`` on :attr:`device`.
+
+        Each noisy ``z_t`` goes through the net once, stopping after the deepest requested block;
+        timesteps are concatenated into one pass while it holds at most ``max_pass_rows`` rows.
+
+        Raises:
+            BackboneError: a timestep or block is out of range, or no block is requested.
+        """
+        self.validate(timesteps, blocks)
+        wanted = sorted(set(blocks))
+        if not wanted:
+            raise BackboneError("no blocks requested", f"ask for blocks in 1..{self.num_blocks}")
+        ts = list(dict.fromkeys(timesteps))
+        tokens, mask = self._batch_tensors(batch)
+        size = tokens.shape[0]
+        if size == 0:
+            return {t: {b: torch.zeros((0, self.width), device=self.device) for b in wanted} for t in ts}
+        out: dict[int, dict[int, torch.Tensor]] = {}
+        per_pass = max(1, self.max_pass_rows // size)
+        with torch.inference_mode(), self._autocast():
+            noisy = self._noisy(batch.ids, tokens, sorted(set(ts)))
+            gammas = dict(zip(ts, self.schedule_at(ts)[0].tolist(), strict=True))
+            for start in range(0, len(ts), per_pass):
+                chunk = ts[start : start + per_pass]
+                z = torch.cat([noisy[t] for t in chunk])
+                gamma = torch.tensor(
+                    [gammas[t] for t in chunk for _ in range(size)], dtype=schedule_dtype(self.device)
+                ).to(self.device)
+                pool = masked_mean_pool(mask.repeat(len(chunk), 1))
+                with capture_blocks(self.net.blocks, wanted, pool) as capture:
+                    pooled = capture.run(lambda z=z, gamma=gamma: self.net(z, gamma))
+                for j, t in enumerate(chunk):
+                    out[t] = {b: pooled[b][j * size : (j + 1) * size] for b in wanted}
+        # Cloned outside inference mode: ordinary tensors (usable in autograd), not views of a pass.
+        return {t: {b: v.float().clone() for b, v in per_block.items()} for t, per_block in out.items()}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _batch_tensors(self, batch: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            tokens, mask = batch.tensors["tokens"], batch.tensors["mask"]
+        except KeyError as exc:
+            raise BackboneError(
+                f"batch lacks {exc.args[0]!r}: it was not encoded by a text backbone",
+                "prepare batches with PlaidBackbone.encode",
+            ) from None
+        if tokens.dim() != 2 or mask.shape != tokens.shape or tokens.shape[0] != len(batch.ids):
+            raise BackboneError(
+                f"batch tensors do not match: tokens {tuple(tokens.shape)}, mask {tuple(mask.shape)}, "
+                f"{len(batch.ids)} ids"
+            )
+        return tokens.to(self.device), mask.to(self.device)
+
+    def _autocast(self) -> torch.autocast | nullcontext[None]:
+        dtype = autocast_dtype(self.device)
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load_plaid(
+    folder: str | Path,
+    tokenizer: str | Path | Tokenizer | None = None,
+    *,
+    device: str | torch.device | None = None,
+    token_length: int = DEFAULT_TOKEN_LENGTH,
+    noising: Noising = "ddim",
+    inversion_step: int = DEFAULT_INVERSION_STEP,
+    noise_seed: int = 0,
+    max_pass_rows: int = DEFAULT_MAX_PASS_ROWS,
+    name: str | None = None,
+) -> PlaidBackbone:
+    """Load a Plaid model from a folder in the released layout.
+
+    Args:
+        folder: holds ``model.pt``, ``noise_schedule.pt``, ``gamma_bounds.pt``,
+            ``embedding_matrix.pt``, optionally ``config.json``, and ``tokenizer.json`` unless
+            ``tokenizer`` is given.
+        tokenizer: a ``tokenizers`` JSON file or a loaded :class:`~tokenizers.Tokenizer`;
+            default ``<folder>/tokenizer.json``.
+        device: ``None``/``"auto"`` (CUDA if present), or a device.
+        token_length: caption length L in tokens (the paper: 60 on COCO, 600 on VG).
+        noising: ``"ddim"`` (deterministic inversion) or ``"random"``.
+        inversion_step: DDIM step in timesteps (default 10: see the module docstring).
+        noise_seed: seed of the random noise (``noising="random"``).
+        max_pass_rows: rows per forward pass when timesteps share a pass.
+        name: display name (see :class:`PlaidBackbone`).
+
+    Returns:
+        The backbone, on the resolved device.
+
+    Raises:
+        BackboneError: a file is missing or does not match the architecture.
+        ConfigError: an option or the device is invalid.
+    """
+    _check_options(token_length, noising, inversion_step, noise_seed, max_pass_rows)
+    resolved = resolve_device(device)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BackboneError(f"Plaid folder {folder} does not exist", _WEIGHTS_HINT)
+    for file_name in WEIGHT_FILES:
+        if not (folder / file_name).is_file():
+            raise BackboneError(f"Plaid weight file missing: {folder / file_name}", _WEIGHTS_HINT)
+    tok = _load_tokenizer(folder, tokenizer)
+
+    model_path = folder / MODEL_FILE
+    model_state = _load_state(model_path)
+    config_path = folder / CONFIG_FILE
+    config = _read_config(config_path) if config_path.is_file() else _infer_config(model_state, model_path)
+    with torch.device("meta"):
+        net = PlaidNet(config)
+    _load_strict(net, model_state, model_path, config, assign=True)
+    net = net.to(device=resolved, dtype=torch.float32)
+    del model_state
+
+    schedule_path = folder / SCHEDULE_FILE
+    schedule_state = _load_state(schedule_path)
+    w1 = schedule_state.get("W1")
+    schedule = NoiseSchedule(w1.shape[0] if isinstance(w1, torch.Tensor) and w1.dim() == 2 else SCHEDULE_WIDTH)
+    _load_strict(schedule, schedule_state, schedule_path, config)
+
+    bounds_path = folder / GAMMA_BOUNDS_FILE
+    bounds_state = {
+        k: v.reshape(()) if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+        for k, v in _load_state(bounds_path).items()
+    }
+    bounds = GammaBounds()
+    _load_strict(bounds, bounds_state, bounds_path, config)
+
+    embedding_path = folder / EMBEDDING_FILE
+    embedding = EmbeddingMatrix(config.vocab_size, config.embed_dim)
+    _load_strict(embedding, _load_state(embedding_path, bare_key="matrix"), embedding_path, config)
+
+    backbone = PlaidBackbone(
+        net, schedule, bounds, embedding, tok, device=resolved, token_length=token_length, noising=noising,
+        inversion_step=inversion_step, noise_seed=noise_seed, max_pass_rows=max_pass_rows, name=name,
+    )
+    logger.info(
+        "loaded %s from %s (dim %d, %d blocks, gamma %.3f..%.3f) on %s",
+        backbone.name, folder, config.dim, config.n_blocks,
+        float(bounds.gamma_0), float(bounds.gamma_1), resolved,
+    )
+    return backbone
+
+
+def _check_options(
+    token_length: int, noising: str, inversion_step: int, noise_seed: int, max_pass_rows: int
+) -> None:
+    def positive_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not positive_int(token_length):
+        raise ConfigError(f"token_length must be a positive integer, got {token_length!r}")
+    if noising not in NOISING_MODES:
+        raise ConfigError(f"unknown text noising {noising!r}", f"choose one of {', '.join(NOISING_MODES)}")
+    if not positive_int(inversion_step):
+        raise ConfigError(f"inversion_step must be a positive integer, got {inversion_step!r}")
+    if not isinstance(noise_seed, int) or isinstance(noise_seed, bool):
+        raise ConfigError(f"noise_seed must be an integer, got {noise_seed!r}")
+    if not positive_int(max_pass_rows):
+        raise ConfigError(f"max_pass_rows must be a positive integer, got {max_pass_rows!r}")
+
+
+def _load_tokenizer(folder: Path, tokenizer: str | Path | Tokenizer | None) -> Tokenizer:
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    path = folder / TOKENIZER_FILE if tokenizer is None else Path(tokenizer)
+    if not path.is_file():
+        raise BackboneError(f"Plaid tokenizer file missing: {path}", _TOKENIZER_HINT)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception on malformed files
+        raise BackboneError(f"cannot read tokenizer {path}: {exc}", _TOKENIZER_HINT) from exc
+
+
+def _own_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """A private copy with padding and truncation off (lengths are handled here)."""
+    own = Tokenizer.from_str(tokenizer.to_str())
+    own.no_padding()
+    own.no_truncation()
+    if own.id_to_token(PAD_ID) is None:
+        raise BackboneError(
+            "tokenizer has no token with id 0",
+            "Plaid's tokenizer has end-of-text as id 0, used for padding",
+        )
+    return own
+
+
+def _load_state(path: Path, bare_key: str | None = None) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)`` a state dict (memory-mapped when the format allows)."""
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BackboneError(f"cannot read Plaid weight file {path}: {exc}", _WEIGHTS_HINT) from exc
+    if isinstance(obj, torch.Tensor) and bare_key is not None:
+        obj = {bare_key: obj}
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+        raise BackboneError(f"{path} does not hold a state dict (got {type(obj).__name__})", _WEIGHTS_HINT)
+    return dict(obj)
+
+
+def _read_config(path: Path) -> PlaidConfig:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BackboneError(f"cannot read Plaid config {path}: {exc}") from exc
+    names = {f.name for f in fields(PlaidConfig)}
+    if not isinstance(raw, dict) or set(raw) != names:
+        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise BackboneError(f"{path} must hold exactly the fields {sorted(names)}, got {got}")
+    try:
+        return PlaidConfig(**raw)
+    except ValueError as exc:
+        raise BackboneError(f"invalid Plaid config {path}: {exc}") from exc
+
+
+def _infer_config(state: Mapping[str, torch.Tensor], path: Path) -> PlaidConfig:
+    """Architecture from the state-dict shapes; heads from the rotary buffer (else dim // 64)."""
+    try:
+        dim, embed_dim = state["input_linear.weight"].shape
+        vocab_size = state["output_linear.weight"].shape[0]
+        half_head = state["rotary_emb.inv_freq"].shape[0]
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise BackboneError(
+            f"cannot infer the Plaid configuration from {path}: key {exc} missing or malformed",
+            f"the file is not a Plaid model.pt; {_WEIGHTS_HINT}",
+        ) from exc
+    n_blocks = 0
+    while f"blocks.{n_blocks}.rmsnorm1.weight" in state:
+        n_blocks += 1
+    head_dim = 2 * half_head
+    n_heads = dim // head_dim if head_dim and dim % head_dim == 0 else max(1, dim // 64)
+    try:
+        return PlaidConfig(dim=int(dim), n_blocks=n_blocks, n_heads=int(n_heads),
+                           embed_dim=int(embed_dim), vocab_size=int(vocab_size))
+    except ValueError as exc:
+        raise BackboneError(f"cannot infer the Plaid configuration from {path}: {exc}") from exc
+
+
+def _load_strict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    config: PlaidConfig,
+    *,
+    assign: bool = False,
+) -> None:
+    """Load ``state`` into ``module``, naming every missing, unexpected or wrong-shape key."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} has {list(getattr(state[k], 'shape', [type(state[k]).__name__]))}, "
+        f"expected {list(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes: {_short(wrong)}")
+    if problems:
+        raise BackboneError(
+            f"{path} does not match the Plaid architecture {asdict(config)}: " + "; ".join(problems),
+            "check that the file is the released Plaid weight file and that config.json (if any) "
+            "describes it",
+        )
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=assign)
+
+
+def _short(items: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
+
+
+# ---------------------------------------------------------------------- tiny models
+
+
+def build_tiny_plaid(
+    folder: str | Path,
+    captions: Iterable[str],
+    *,
+    seed: int = 0,
+    dim: int = 64,
+    n_blocks: int = 24,
+    n_heads: int = 4,
+    embed_dim: int = 16,
+    vocab_size: int = 1024,
+    gamma_0: float = -3.0,
+    gamma_1: float = 6.0,
+) -> Path:
+    """Write a small random Plaid model in the released layout, loadable by :func:`load_plaid`.
+
+    Trains a byte-level BPE tokenizer on ``captions`` (id 0 = ``<|endoftext|>``), builds a
+    seeded random :class:`PlaidNet` (full depth 24 by default, so the paper's text grid of
+    blocks applies), noise schedule, gamma bounds and embedding matrix, and saves
+    ``model.pt``, ``noise_schedule.pt``, ``gamma_bounds.pt``, ``embedding_matrix.pt``,
+    ``config.json`` and ``tokenizer.json``. The tensors depend only on the arguments.
+
+    Args:
+        folder: output folder (created; existing files are replaced).
+        captions: training text for the tokenizer.
+        seed: seed of every random tensor.
+        dim, n_blocks, n_heads, embed_dim: architecture (see :class:`PlaidConfig`).
+        vocab_size: model vocabulary and tokenizer target size (the tokenizer may end up
+            smaller on a small corpus; ids stay below ``vocab_size``).
+        gamma_0, gamma_1: log-SNR bounds (``gamma_0 < gamma_1``).
+
+    Returns:
+        ``folder`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: an argument is out of range.
+    """
+    texts = [c for c in captions if isinstance(c, str) and c.strip()]
+    if not texts:
+        raise ConfigError("build_tiny_plaid needs at least one non-empty caption to train its tokenizer")
+    min_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + 1
+    if vocab_size < min_vocab:
+        raise ConfigError(f"vocab_size must be at least {min_vocab} (256 bytes + end-of-text), got {vocab_size}")
+    if not gamma_0 < gamma_1:
+        raise ConfigError(f"gamma_0 ({gamma_0}) must be below gamma_1 ({gamma_1})")
+    try:
+        config = PlaidConfig(dim=dim, n_blocks=n_blocks, n_heads=n_heads, embed_dim=embed_dim,
+                             vocab_size=vocab_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    if tokenizer.token_to_id(EOT_TOKEN) != PAD_ID:
+        raise BackboneError(f"tiny tokenizer put {EOT_TOKEN} at id {tokenizer.token_to_id(EOT_TOKEN)}, not 0")
+
+    generator = torch.Generator().manual_seed(seed)
+    net = PlaidNet(config)
+    net.init_weights(generator)
+    schedule = NoiseSchedule()
+    schedule.init_weights(generator)
+    bounds = GammaBounds(gamma_0, gamma_1)
+    embedding = EmbeddingMatrix(vocab_size, embed_dim)
+    with torch.no_grad():
+        embedding.matrix.copy_(torch.randn(embedding.matrix.shape, generator=generator))
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, module in (
+        (MODEL_FILE, net), (SCHEDULE_FILE, schedule), (GAMMA_BOUNDS_FILE, bounds), (EMBEDDING_FILE, embedding)
+    ):
+        _atomic_write(folder / file_name, lambda tmp, m=module: torch.save(m.state_dict(), tmp))
+    config_text = json.dumps(asdict(config), indent=2) + "\n"
+    _atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+    _atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(str(tmp)))
+    logger.info("built tiny Plaid %s (tokenizer %d tokens) in %s", asdict(config),
+                tokenizer.get_vocab_size(), folder)
+    return folder
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write via a temporary sibling, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

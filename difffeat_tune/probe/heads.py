@@ -1,0 +1,240 @@
+"""Probe heads: a linear probe on one feature and the paper's four fusion heads on two.
+
+Every head is an ``nn.Module`` called as ``head(*inputs)`` and returning logits ``[B, n_classes]``;
+``head.n_inputs`` says how many feature tensors it takes (1 for :class:`LinearProbe`, 2 for the
+fusion heads, image first, text second). Every fusion head ends in one linear classifier.
+
+Cross attention on pooled features
+----------------------------------
+The features are pooled vectors, one per modality. Taken literally as one image token attending
+to one text token, the softmax over a single key is identically 1 and attention returns the value
+projection of the text: cross attention would collapse to linear addition. :class:`CrossAttention`
+therefore expands each pooled vector into a short sequence of ``n_tokens`` *learned* tokens
+(one linear map ``D -> n_tokens * d_alg`` reshaped to ``[n_tokens, d_alg]``, i.e. ``n_tokens``
+different linear views of the feature). Splitting the raw vector into contiguous chunks was
+rejected: a hidden state's channels have no order, so chunks would be arbitrary channel groups
+sharing one projection. Image tokens are the queries, text tokens the keys and values;
+single-head scaled dot-product attention with ``d_k = d_alg`` (the paper's choice); an output
+projection; a residual connection adds the image query tokens back so image information is never
+lost when attention looks elsewhere; the result is averaged over the query tokens and classified
+by one linear layer. The attention weights depend on both inputs, so the head is a genuine
+input-dependent (gated) mixture of text views, not a fixed linear map. With ``n_tokens=1`` the
+head reduces exactly to linear addition (image projection + projected text value).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from difffeat_tune._errors import ConfigError
+
+#: Fusion method names, in the paper's order (linear_add is the paper's choice).
+FUSION_METHODS: tuple[str, ...] = ("simple_concat", "linear_concat", "linear_add", "cross_attention")
+#: Name of the unimodal head.
+UNIMODAL_HEAD = "linear"
+#: Every name :func:`build_head` accepts.
+HEAD_KINDS: tuple[str, ...] = (UNIMODAL_HEAD, *FUSION_METHODS)
+#: Shared fusion width (the paper: 512 by default, 2048 for large label spaces).
+DEFAULT_D_ALG = 512
+#: Number of learned tokens each pooled feature is expanded into by :class:`CrossAttention`.
+DEFAULT_CROSS_ATTENTION_TOKENS = 4
+#: Epsilon of the l2 normalisation in :class:`SimpleConcat`.
+L2_EPS = 1e-12
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+class LinearProbe(nn.Module):
+    """One linear layer on a single feature: ``logits = W x + b``.
+
+    Args:
+        in_dim: feature width.
+        n_classes: number of outputs.
+    """
+
+    n_inputs = 1
+
+    def __init__(self, in_dim: int, n_classes: int) -> None:
+        super().__init__()
+        _check_positive(in_dim=in_dim, n_classes=n_classes)
+        self.classifier = nn.Linear(in_dim, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[B, n_classes]`` of features ``[B, in_dim]``."""
+        return self.classifier(x)
+
+
+class _FusionHead(nn.Module):
+    """Common base: two inputs (image ``[B, Di]``, text ``[B, Dt]``)."""
+
+    n_inputs = 2
+
+    def __init__(self, image_dim: int, text_dim: int, n_classes: int) -> None:
+        super().__init__()
+        _check_positive(image_dim=image_dim, text_dim=text_dim, n_classes=n_classes)
+        self.image_dim = image_dim
+        self.text_dim = text_dim
+        self.n_classes = n_classes
+
+
+class SimpleConcat(_FusionHead):
+    """l2-normalise each feature, concatenate, linear: ``W [x/|x|; y/|y|] + b``."""
+
+    def __init__(self, image_dim: int, text_dim: int, n_classes: int) -> None:
+        super().__init__(image_dim, text_dim, n_classes)
+        self.classifier = nn.Linear(image_dim + text_dim, n_classes)
+
+    def forward(self, image: Tensor, text: Tensor) -> Tensor:
+        """Logits ``[B, n_classes]``."""
+        fused = torch.cat([F.normalize(image, dim=-1, eps=L2_EPS), F.normalize(text, dim=-1, eps=L2_EPS)], dim=-1)
+        return self.classifier(fused)
+
+
+class LinearConcat(_FusionHead):
+    """Project each feature to ``d_alg``, concatenate, linear: ``W [P x; Q y] + b``."""
+
+    def __init__(self, image_dim: int, text_dim: int, n_classes: int, d_alg: int = DEFAULT_D_ALG) -> None:
+        super().__init__(image_dim, text_dim, n_classes)
+        _check_positive(d_alg=d_alg)
+        self.image_proj = nn.Linear(image_dim, d_alg)
+        self.text_proj = nn.Linear(text_dim, d_alg)
+        self.classifier = nn.Linear(2 * d_alg, n_classes)
+
+    def forward(self, image: Tensor, text: Tensor) -> Tensor:
+        """Logits ``[B, n_classes]``."""
+        return self.classifier(torch.cat([self.image_proj(image), self.text_proj(text)], dim=-1))
+
+
+class LinearAdd(_FusionHead):
+    """Project each feature to ``d_alg``, add, linear: ``W (P x + Q y) + b`` (the paper's choice)."""
+
+    def __init__(self, image_dim: int, text_dim: int, n_classes: int, d_alg: int = DEFAULT_D_ALG) -> None:
+        super().__init__(image_dim, text_dim, n_classes)
+        _check_positive(d_alg=d_alg)
+        self.image_proj = nn.Linear(image_dim, d_alg)
+        self.text_proj = nn.Linear(text_dim, d_alg)
+        self.classifier = nn.Linear(d_alg, n_classes)
+
+    def forward(self, image: Tensor, text: Tensor) -> Tensor:
+        """Logits ``[B, n_classes]``."""
+        return self.classifier(self.image_proj(image) + self.text_proj(text))
+
+
+class CrossAttention(_FusionHead):
+    """Image-queries-text cross attention over learned tokens, with an image residual.
+
+    See the module docstring for the design. Shapes: image ``[B, Di]`` -> query tokens
+    ``[B, k, d]``; text ``[B, Dt]`` -> key/value tokens ``[B, k, d]``; attention ``[B, k, k]``
+    (softmax over the text tokens, scale ``1/sqrt(d)``); output ``mean_k(Q_img + O(attn V))``
+    ``[B, d]`` -> linear classifier.
+
+    Args:
+        image_dim: image feature width Di.
+        text_dim: text feature width Dt.
+        n_classes: number of outputs.
+        d_alg: token width, also the attention's d_k (single head).
+        n_tokens: tokens per modality (k). 1 reduces the head to linear addition.
+    """
+
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        n_classes: int,
+        d_alg: int = DEFAULT_D_ALG,
+        n_tokens: int = DEFAULT_CROSS_ATTENTION_TOKENS,
+    ) -> None:
+        super().__init__(image_dim, text_dim, n_classes)
+        _check_positive(d_alg=d_alg, n_tokens=n_tokens)
+        self.d_alg = d_alg
+        self.n_tokens = n_tokens
+        self.image_tokens = nn.Linear(image_dim, n_tokens * d_alg)
+        self.text_tokens = nn.Linear(text_dim, n_tokens * d_alg)
+        self.query = nn.Linear(d_alg, d_alg, bias=False)
+        self.key = nn.Linear(d_alg, d_alg, bias=False)
+        self.value = nn.Linear(d_alg, d_alg, bias=False)
+        self.out = nn.Linear(d_alg, d_alg)
+        self.classifier = nn.Linear(d_alg, n_classes)
+
+    def attention_weights(self, image: Tensor, text: Tensor) -> Tensor:
+        """Attention probabilities ``[B, k_image, k_text]`` (for inspection and tests)."""
+        q_tokens, kv_tokens = self._tokens(image, text)
+        scores = self.query(q_tokens) @ self.key(kv_tokens).transpose(-2, -1) / math.sqrt(self.d_alg)
+        return scores.softmax(dim=-1)
+
+    def _tokens(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        batch = image.shape[0]
+        q_tokens = self.image_tokens(image).view(batch, self.n_tokens, self.d_alg)
+        kv_tokens = self.text_tokens(text).view(batch, self.n_tokens, self.d_alg)
+        return q_tokens, kv_tokens
+
+    def forward(self, image: Tensor, text: Tensor) -> Tensor:
+        """Logits ``[B, n_classes]``."""
+        q_tokens, kv_tokens = self._tokens(image, text)
+        attended = F.scaled_dot_product_attention(self.query(q_tokens), self.key(kv_tokens), self.value(kv_tokens))
+        fused = (q_tokens + self.out(attended)).mean(dim=1)
+        return self.classifier(fused)
+
+
+def build_head(
+    kind: str,
+    *,
+    image_dim: int | None = None,
+    text_dim: int | None = None,
+    n_classes: int,
+    d_alg: int = DEFAULT_D_ALG,
+    in_dim: int | None = None,
+    n_tokens: int = DEFAULT_CROSS_ATTENTION_TOKENS,
+    seed: int | None = None,
+) -> nn.Module:
+    """Build a probe head by name.
+
+    Args:
+        kind: ``"linear"`` (unimodal) or one of :data:`FUSION_METHODS`.
+        image_dim: image feature width (fusion heads).
+        text_dim: text feature width (fusion heads).
+        n_classes: number of outputs.
+        d_alg: shared fusion width (ignored by ``linear`` and ``simple_concat``).
+        in_dim: feature width of the ``linear`` head.
+        n_tokens: tokens per modality of ``cross_attention`` (ignored by the others).
+        seed: if given, parameters are initialised from this seed without touching the global
+            RNG, so the same seed builds the same head.
+
+    Returns:
+        The head (on CPU, float32); ``head.n_inputs`` is 1 or 2.
+
+    Raises:
+        ConfigError: unknown kind (the message lists the valid names) or a missing/invalid width.
+    """
+    if kind not in HEAD_KINDS:
+        raise ConfigError(f"unknown head kind {kind!r}", f"valid names: {', '.join(HEAD_KINDS)}")
+    if kind == UNIMODAL_HEAD:
+        if in_dim is None:
+            raise ConfigError("head 'linear' needs in_dim (the feature width)")
+    elif image_dim is None or text_dim is None:
+        raise ConfigError(f"fusion head {kind!r} needs image_dim and text_dim")
+
+    def make() -> nn.Module:
+        if kind == UNIMODAL_HEAD:
+            return LinearProbe(in_dim, n_classes)  # type: ignore[arg-type]
+        if kind == "simple_concat":
+            return SimpleConcat(image_dim, text_dim, n_classes)  # type: ignore[arg-type]
+        if kind == "linear_concat":
+            return LinearConcat(image_dim, text_dim, n_classes, d_alg)  # type: ignore[arg-type]
+        if kind == "linear_add":
+            return LinearAdd(image_dim, text_dim, n_classes, d_alg)  # type: ignore[arg-type]
+        return CrossAttention(image_dim, text_dim, n_classes, d_alg, n_tokens)  # type: ignore[arg-type]
+
+    if seed is None:
+        return make()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()

@@ -1,0 +1,437 @@
+"""Multi-label and single-label metrics, in the definitions of the multi-label literature.
+
+Definitions (all values are fractions in [0, 1]; percent only in :meth:`MultiLabelMetrics.format`):
+
+* **Targets** are an integer matrix ``[N, C]``: 1 positive, 0 negative, -1 (:data:`IGNORE_LABEL`)
+  "ignore this entry" (VOC's difficult objects). An ignored entry is left out of everything: of
+  the ranking behind AP and of every true/false positive count. (ML-GCN's ``evaluation`` instead
+  turns -1 into 0 for CP..OF1; we do not, so an ignored entry never counts as a false positive.)
+* **AP** of a class: non-interpolated average precision, as in sklearn's
+  ``average_precision_score``: ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct score values
+  taken as thresholds, from the highest down. Without ties this is the precision at each
+  positive's rank, averaged over the class's positives. **Ties**: entries with equal scores form
+  one threshold, so every positive in a tie group gets the precision measured at the end of the
+  group (as if all tied entries were ranked together). The value does not depend on input order,
+  unlike ML-GCN's ``AveragePrecisionMeter``, which breaks ties by sort order. AP depends only on
+  the order of the scores, so logits and probabilities give the same AP (no sigmoid is applied:
+  a float32 sigmoid saturates to 1.0 above a logit of ~17 and would create artificial ties).
+  Computed in torch, vectorised over classes (one sort per block of classes).
+  ``torchmetrics.functional.classification.multilabel_average_precision(thresholds=None,
+  ignore_index=-1)`` has this exact definition (a port of sklearn's curve) and the tests check
+  that both agree, but it loops over classes in Python (~0.7 ms per class per call on this CPU,
+  e.g. ~60 ms for 80 classes), which would dominate the per-epoch validation of the fast loop.
+* **mAP**: mean of AP over the *scored* classes. A class is scored when it has at least one
+  positive among its non-ignored entries in the split. AP is undefined for the other classes:
+  they are left out of the mean (and out of CP, CR, CF1, see below), their indices are logged once
+  per distinct set (WARNING the first time, DEBUG after), and their number is returned as
+  ``n_classes_excluded`` (with ``n_classes_scored`` the number of classes averaged over).
+* **Threshold**: an entry is predicted positive when its probability is >= 0.5
+  (:data:`DEFAULT_THRESHOLD`). For logits this is evaluated as ``logit >= log(t / (1 - t))``
+  (``logit >= 0`` at 0.5), the same test in exact arithmetic without sigmoid rounding. ML-GCN and
+  Query2Label use the same rule (``scores >= 0`` on logits).
+* **CP, CR** (per-class): for each scored class, precision ``TP / (TP + FP)`` and recall
+  ``TP / (TP + FN)``; a class with no predicted positive has precision 0 (ML-GCN's ``Np[Np == 0] = 1``).
+  CP and CR are the means over the scored classes.
+* **CF1** = ``2 CP CR / (CP + CR)``: the harmonic mean of the averaged precision and recall, as
+  ML-GCN / Query2Label compute it, *not* the mean of per-class F1 (sklearn's ``average="macro"``
+  F1). 0 when CP + CR = 0.
+* **OP, OR, OF1** (overall): TP, FP, FN pooled over every non-ignored entry of every class
+  (including the classes without positives, whose predicted positives are false positives);
+  ``OP = TP / (TP + FP)`` (0 if nothing is predicted positive), ``OR = TP / (TP + FN)``,
+  ``OF1 = 2 OP OR / (OP + OR)`` (0 when OP + OR = 0).
+* **Top-k accuracy** (single-label): the fraction of rows whose true class is among the k highest
+  scores; k is clipped to the number of classes (so top-5 with 3 classes is top-3 = 1.0). Computed
+  with ``torchmetrics.functional.classification.multiclass_accuracy(average="micro", top_k=k)``.
+  Softmax is monotonic, so logits and probabilities give the same result.
+
+Scores must be finite: NaN or Inf raises :class:`ProbeInputError` (usually a diverged probe).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from difffeat_tune._errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: Target value meaning "ignore this entry" (same convention as ``difffeat_tune.data``).
+IGNORE_LABEL = -1
+#: Probability threshold for CP, CR, CF1, OP, OR, OF1.
+DEFAULT_THRESHOLD = 0.5
+#: k of the second single-label accuracy.
+DEFAULT_TOP_K = 5
+#: How many excluded class indices the WARNING names (the DEBUG record names all of them).
+_MAX_INDICES_IN_WARNING = 40
+
+#: Elements (rows x classes) per block of the vectorised AP computation (bounds peak memory).
+_AP_CHUNK_ELEMENTS = 1 << 22
+
+# Sets of excluded class indices already reported at WARNING level (log once per distinct set).
+_REPORTED_EXCLUSIONS: set[tuple[int, ...]] = set()
+
+
+class ProbeInputError(DataError):
+    """A probe input (features, scores or targets) is malformed: NaN/Inf, wrong shape, bad labels."""
+
+
+@dataclass(frozen=True)
+class MultiLabelMetrics:
+    """Multi-label metrics of one split (fractions in [0, 1]; see the module docstring).
+
+    Attributes:
+        map: mean average precision over the scored classes.
+        cp: per-class precision averaged over the scored classes.
+        cr: per-class recall averaged over the scored classes.
+        cf1: ``2 cp cr / (cp + cr)``.
+        op: overall precision, pooled over all non-ignored entries.
+        or_: overall recall, pooled over all non-ignored entries (``"or"`` in :meth:`as_dict`).
+        of1: ``2 op or / (op + or)``.
+        n_classes_scored: classes with at least one positive, the ones averaged over.
+        n_classes_excluded: classes without any positive in the split (AP undefined).
+    """
+
+    map: float
+    cp: float
+    cr: float
+    cf1: float
+    op: float
+    or_: float
+    of1: float
+    n_classes_scored: int
+    n_classes_excluded: int = 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Plain dict; the key of ``or_`` is ``"or"``."""
+        out = asdict(self)
+        out["or"] = out.pop("or_")
+        return out
+
+    def format(self) -> str:
+        """One-line display in percent, e.g. ``mAP 98.60 CP 97.50 ... (80/80 classes)``."""
+        names = (("mAP", self.map), ("CP", self.cp), ("CR", self.cr), ("CF1", self.cf1),
+                 ("OP", self.op), ("OR", self.or_), ("OF1", self.of1))
+        body = " ".join(f"{name} {100.0 * value:.2f}" for name, value in names)
+        total = self.n_classes_scored + self.n_classes_excluded
+        return f"{body} ({self.n_classes_scored}/{total} classes scored)"
+
+
+@dataclass(frozen=True)
+class SingleLabelMetrics:
+    """Single-label metrics of one split (fractions in [0, 1]).
+
+    Attributes:
+        top1: top-1 accuracy.
+        top5: top-k accuracy with k = min(5, number of classes).
+    """
+
+    top1: float
+    top5: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain dict ``{"top1": ..., "top5": ...}``."""
+        return asdict(self)
+
+    def format(self) -> str:
+        """One-line display in percent."""
+        return f"top-1 {100.0 * self.top1:.2f} top-5 {100.0 * self.top5:.2f}"
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_scores(scores: Tensor, *, from_logits: bool | None) -> None:
+    if not isinstance(scores, Tensor):
+        raise ProbeInputError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ProbeInputError(f"scores must be a non-empty [N, C] matrix, got shape {tuple(scores.shape)}")
+    if not scores.is_floating_point():
+        raise ProbeInputError(f"scores must be floating point, got {scores.dtype}")
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ProbeInputError(
+            f"scores contain {bad} NaN/Inf value(s) (shape {tuple(scores.shape)})",
+            "the probe probably diverged: lower the learning rate or check the features",
+        )
+    if from_logits is False and bool(((scores < 0) | (scores > 1)).any()):
+        raise ProbeInputError(
+            "scores outside [0, 1] with from_logits=False",
+            "pass from_logits=True for raw logits",
+        )
+
+
+def _check_multilabel_targets(targets: Tensor, shape: torch.Size) -> Tensor:
+    if not isinstance(targets, Tensor):
+        raise ProbeInputError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.shape != shape:
+        raise ProbeInputError(f"targets shape {tuple(targets.shape)} does not match scores shape {tuple(shape)}")
+    targets = targets.long()
+    valid = (targets == 1) | (targets == 0) | (targets == IGNORE_LABEL)
+    if not bool(valid.all()):
+        bad = torch.unique(targets[~valid])[:5].tolist()
+        raise ProbeInputError(f"multi-label targets must be in {{-1, 0, 1}}, found {bad}")
+    return targets
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 < threshold < 1.0:
+        raise ProbeInputError(f"threshold must be in (0, 1), got {threshold}")
+
+
+def singlelabel_class_indices(targets: Tensor, n_classes: int | None = None) -> Tensor:
+    """Class index per row from single-label targets.
+
+    Args:
+        targets: either class indices ``[N]`` (integer) or a one-hot matrix ``[N, C]`` with exactly
+            one 1 per row (the data sets' int8 label matrix).
+        n_classes: if given, indices must be below it and a matrix must have this many columns.
+
+    Returns:
+        Long tensor ``[N]``.
+
+    Raises:
+        ProbeInputError: wrong shape, a row that is not one-hot, or an index out of range.
+    """
+    if not isinstance(targets, Tensor):
+        raise ProbeInputError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.ndim == 2:
+        if n_classes is not None and targets.shape[1] != n_classes:
+            raise ProbeInputError(f"targets have {targets.shape[1]} columns, scores have {n_classes}")
+        binary = (targets == 0) | (targets == 1)
+        if not bool(binary.all()) or not bool((targets.sum(dim=1) == 1).all()):
+            bad_rows = torch.nonzero(~binary.all(dim=1) | (targets.sum(dim=1) != 1)).flatten()[:5].tolist()
+            raise ProbeInputError(
+                f"single-label targets must have exactly one 1 per row; rows {bad_rows} do not",
+                "use task='multilabel' for multi-label data",
+            )
+        return targets.argmax(dim=1)
+    if targets.ndim == 1:
+        if targets.is_floating_point() or targets.dtype == torch.bool:
+            raise ProbeInputError(f"class-index targets must be integer, got {targets.dtype}")
+        indices = targets.long()
+        upper = n_classes if n_classes is not None else int(indices.max()) + 1 if indices.numel() else 0
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= upper):
+            raise ProbeInputError(f"class indices must be in [0, {upper}), got range "
+                                  f"[{int(indices.min())}, {int(indices.max())}]")
+        return indices
+    raise ProbeInputError(f"single-label targets must be [N] or [N, C], got shape {tuple(targets.shape)}")
+
+
+# --------------------------------------------------------------------------------------------
+# multi-label
+
+
+def _average_precision_sorted(scores: Tensor, targets: Tensor) -> Tensor:
+    """AP of every column, vectorised (one sort of the whole block); NaN where no positive.
+
+    For each column the entries are sorted by decreasing score; cumulative true and false
+    positives are counted (ignored entries count as neither); every positive contributes the
+    precision measured at the end of its tie group (the last entry with the same score), and the
+    sum is divided by the number of positives. This is sklearn's step-wise AP.
+    """
+    scores_t = scores.detach().T.contiguous()
+    targets_t = targets.T.contiguous()
+    n_rows = scores_t.shape[1]
+    sorted_scores, order = scores_t.sort(dim=1, descending=True)
+    positive = (targets_t == 1).gather(1, order).to(torch.float64)
+    negative = (targets_t == 0).gather(1, order).to(torch.float64)
+    tp = positive.cumsum(dim=1)
+    seen = tp + negative.cumsum(dim=1)
+    precision = tp / seen.clamp(min=1.0)
+    # index of the end of each entry's tie group: smallest group-end index >= the entry's index
+    group_end = torch.ones_like(sorted_scores, dtype=torch.bool)
+    group_end[:, :-1] = sorted_scores[:, 1:] != sorted_scores[:, :-1]
+    positions = torch.arange(n_rows, device=scores.device).expand_as(order)
+    end_index = torch.where(group_end, positions, torch.full_like(positions, n_rows - 1))
+    end_index = end_index.flip(1).cummin(dim=1).values.flip(1)
+    n_positive = positive.sum(dim=1)
+    ap = (positive * precision.gather(1, end_index)).sum(dim=1) / n_positive.clamp(min=1.0)
+    return torch.where(n_positive > 0, ap, torch.full_like(ap, float("nan")))
+
+
+def _report_excluded(excluded: list[int], n_classes: int) -> None:
+    if not excluded:
+        return
+    key = tuple(excluded)
+    if key in _REPORTED_EXCLUSIONS:
+        logger.debug("AP undefined for %d/%d classes without positives: %s", len(excluded), n_classes, excluded)
+        return
+    _REPORTED_EXCLUSIONS.add(key)
+    shown = excluded[:_MAX_INDICES_IN_WARNING]
+    more = "" if len(excluded) <= _MAX_INDICES_IN_WARNING else f" ... (+{len(excluded) - len(shown)} more)"
+    logger.warning(
+        "%d of %d classes have no positive label in this split (indices %s%s): AP undefined, "
+        "excluded from mAP, CP, CR and CF1",
+        len(excluded), n_classes, shown, more,
+    )
+
+
+def average_precision_per_class(scores: Tensor, targets: Tensor, *, from_logits: bool) -> Tensor:
+    """Average precision of every class (see the module docstring for the definition).
+
+    Args:
+        scores: ``[N, C]`` floating scores, finite.
+        targets: ``[N, C]`` integer targets in {-1, 0, 1}; -1 entries are ignored.
+        from_logits: True if ``scores`` are logits, False if probabilities in [0, 1]. AP is
+            invariant to the monotonic sigmoid, so it only selects the validation of the range.
+
+    Returns:
+        Float64 tensor ``[C]`` on the scores' device; NaN for classes without any positive.
+
+    Raises:
+        ProbeInputError: non-finite scores, shape mismatch, labels outside {-1, 0, 1}.
+    """
+    _check_scores(scores, from_logits=from_logits)
+    targets = _check_multilabel_targets(targets, scores.shape)
+    n_classes = scores.shape[1]
+    has_positive = (targets == 1).any(dim=0)
+    scored = torch.nonzero(has_positive).flatten()
+    excluded = torch.nonzero(~has_positive).flatten().tolist()
+    _report_excluded(excluded, n_classes)
+    ap = torch.full((n_classes,), float("nan"), dtype=torch.float64, device=scores.device)
+    if scored.numel() == 0:
+        return ap
+    columns_per_chunk = max(1, _AP_CHUNK_ELEMENTS // scores.shape[0])
+    for chunk in scored.split(columns_per_chunk):
+        ap[chunk] = _average_precision_sorted(scores[:, chunk], targets[:, chunk])
+    return ap
+
+
+def mean_average_precision(scores: Tensor, targets: Tensor, *, from_logits: bool) -> float:
+    """mAP over the scored classes (classes without positives are excluded; see module docstring).
+
+    Raises:
+        ProbeInputError: as :func:`average_precision_per_class`, or no class has any positive.
+    """
+    ap = average_precision_per_class(scores, targets, from_logits=from_logits)
+    scored = ~torch.isnan(ap)
+    if not bool(scored.any()):
+        raise ProbeInputError(
+            f"no class has a positive label in this split ({ap.numel()} classes): mAP is undefined",
+            "check the split's labels",
+        )
+    return float(ap[scored].mean())
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with 0 where ``den == 0``."""
+    num = num.double()
+    den = den.double()
+    return torch.where(den > 0, num / den.clamp(min=1.0), torch.zeros_like(num))
+
+
+def _harmonic(p: float, r: float) -> float:
+    return 0.0 if p + r == 0.0 else 2.0 * p * r / (p + r)
+
+
+def multilabel_metrics(
+    scores: Tensor,
+    targets: Tensor,
+    *,
+    from_logits: bool,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> MultiLabelMetrics:
+    """mAP, CP, CR, CF1, OP, OR, OF1 of one split.
+
+    Args:
+        scores: ``[N, C]`` finite scores: logits (``from_logits=True``) or probabilities.
+        targets: ``[N, C]`` integer targets in {-1, 0, 1}; -1 entries are ignored everywhere.
+        from_logits: whether ``scores`` are logits (thresholded at ``logit(threshold)``) or
+            probabilities in [0, 1] (thresholded at ``threshold``). No default: say which.
+        threshold: probability threshold for the count-based metrics, in (0, 1).
+
+    Returns:
+        :class:`MultiLabelMetrics`; class-averaged values are over the classes with at least one
+        positive, whose number is ``n_classes_scored``.
+
+    Raises:
+        ProbeInputError: non-finite scores, probabilities outside [0, 1], shape mismatch, labels
+            outside {-1, 0, 1}, or no class with a positive label.
+    """
+    _check_threshold(threshold)
+    ap = average_precision_per_class(scores, targets, from_logits=from_logits)
+    targets = targets.long()
+    scored = ~torch.isnan(ap)
+    n_scored = int(scored.sum())
+    if n_scored == 0:
+        raise ProbeInputError(
+            f"no class has a positive label in this split ({ap.numel()} classes): metrics are undefined",
+            "check the split's labels",
+        )
+    cut = math.log(threshold / (1.0 - threshold)) if from_logits else threshold
+    valid = targets != IGNORE_LABEL
+    positive = targets == 1
+    predicted = (scores >= cut) & valid
+    tp = (predicted & positive).sum(dim=0)
+    n_predicted = predicted.sum(dim=0)
+    n_positive = positive.sum(dim=0)
+
+    class_precision = _ratio(tp, n_predicted)[scored]
+    class_recall = _ratio(tp, n_positive)[scored]
+    cp = float(class_precision.mean())
+    cr = float(class_recall.mean())
+    op = float(_ratio(tp.sum(), n_predicted.sum()))
+    or_ = float(_ratio(tp.sum(), n_positive.sum()))
+    return MultiLabelMetrics(
+        map=float(ap[scored].mean()),
+        cp=cp,
+        cr=cr,
+        cf1=_harmonic(cp, cr),
+        op=op,
+        or_=or_,
+        of1=_harmonic(op, or_),
+        n_classes_scored=n_scored,
+        n_classes_excluded=int(ap.numel()) - n_scored,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# single-label
+
+
+def top_k_accuracy(scores: Tensor, targets: Tensor, k: int) -> float:
+    """Fraction of rows whose true class is among the ``min(k, C)`` highest scores.
+
+    Args:
+        scores: ``[N, C]`` finite logits or probabilities (C >= 2).
+        targets: class indices ``[N]`` or one-hot ``[N, C]``.
+        k: requested k (>= 1), clipped to C.
+
+    Raises:
+        ProbeInputError: non-finite scores, bad targets, C < 2 or k < 1.
+    """
+    _check_scores(scores, from_logits=None)
+    n_classes = scores.shape[1]
+    if n_classes < 2:
+        raise ProbeInputError(f"single-label scores need at least 2 classes, got {n_classes}")
+    if k < 1:
+        raise ProbeInputError(f"top-k accuracy needs k >= 1, got {k}")
+    indices = singlelabel_class_indices(targets, n_classes)
+    if indices.shape[0] != scores.shape[0]:
+        raise ProbeInputError(f"targets have {indices.shape[0]} rows, scores have {scores.shape[0]}")
+    value = multiclass_accuracy(
+        scores.detach(), indices, num_classes=n_classes, top_k=min(k, n_classes), average="micro"
+    )
+    return float(value)
+
+
+def singlelabel_metrics(scores: Tensor, targets: Tensor, *, top_k: int = DEFAULT_TOP_K) -> SingleLabelMetrics:
+    """Top-1 and top-k (k = ``top_k`` clipped to the number of classes) accuracy.
+
+    Args:
+        scores: ``[N, C]`` finite logits or probabilities (softmax does not change the ranking).
+        targets: class indices ``[N]`` or one-hot ``[N, C]``.
+        top_k: k of the second accuracy (stored in the ``top5`` field).
+
+    Raises:
+        ProbeInputError: as :func:`top_k_accuracy`.
+    """
+    return SingleLabelMetrics(top1=top_k_accuracy(scores, targets, 1), top5=top_k_accuracy(scores, targets, top_k))

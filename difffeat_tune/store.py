@@ -1,0 +1,461 @@
+"""The Parquet feature store: pooled features keyed by data set, backbone, settings, t and split.
+
+Layout under the store root::
+
+    <dataset>-<dataset fingerprint>/
+        dataset.json                      label names, task, options, split sizes
+        labels/<split>.parquet            id, labels (int8 list: 1 / 0 / -1 = ignore), once per split
+        <modality>/<backbone>-<key>/      one extraction: key = hash(backbone fingerprint, settings, dtype)
+            extraction.json               backbone, fingerprint, settings, width, dtype, rows per part
+            manifest.json                 the complete parts: split -> t -> part -> rows, blocks
+            t0030/<split>/part-00000.parquet
+                                          columns: id, b08, b12, ... (one fixed-size list per block)
+
+A trial reading one (modality, t, b, split) opens only that t and split's part files and only
+the ``id`` and ``bNN`` columns (Parquet column projection), memory-mapped. Every part file
+carries its full provenance in the Parquet schema metadata. Writes go to a temporary file that
+is renamed into place, and the manifest is rewritten the same way after each part: an
+interrupted extraction never leaves a part that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from difffeat_tune._errors import StoreError
+from difffeat_tune._version import __version__
+from difffeat_tune.data._base import Dataset, Task
+
+logger = logging.getLogger(__name__)
+
+#: Feature dtypes a store can hold.
+DTYPES = {"float16": (np.float16, pa.float16()), "float32": (np.float32, pa.float32())}
+DEFAULT_DTYPE = "float16"
+#: Rows per part file: bounds memory during writes and makes a resumed extraction lose little.
+DEFAULT_ROWS_PER_PART = 16384
+_META_KEY = b"difffeat_tune"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_json(path: Path, obj: object) -> None:
+    _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+
+def _atomic_write_table(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"missing store file {path}", "re-run `difffeat-tune extract` for this data set") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"corrupt store file {path}: {exc}", f"delete {path} and re-run the extraction") from exc
+
+
+def block_column(block: int) -> str:
+    """Column name of block ``block`` in a part file."""
+    return f"b{block:02d}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/\\")).strip("_")[-40:] or "backbone"
+
+
+@dataclass(frozen=True)
+class ExtractionKey:
+    """Everything that decides the values of an extraction's features.
+
+    Two extractions share a folder only if their keys are equal: a changed seed, noising mode,
+    token length, weight file or dtype gives a new folder, never a stale reuse.
+    """
+
+    modality: str
+    backbone: str
+    fingerprint: str
+    settings: Mapping[str, object]
+    dtype: str = DEFAULT_DTYPE
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise StoreError(f"unknown feature dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
+
+    @property
+    def digest(self) -> str:
+        payload = json.dumps(
+            [self.modality, self.fingerprint, dict(self.settings), self.dtype], sort_keys=True, default=str
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    @property
+    def folder_name(self) -> str:
+        return f"{_slug(self.backbone)}-{self.digest}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "modality": self.modality,
+            "backbone": self.backbone,
+            "fingerprint": self.fingerprint,
+            "settings": dict(self.settings),
+            "dtype": self.dtype,
+            "key": self.digest,
+        }
+
+
+@dataclass(frozen=True)
+class Features:
+    """Features of one (modality, t, block, split), read from the store."""
+
+    ids: tuple[str, ...]
+    values: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The label matrix of one split (int8: 1 / 0 / -1 = ignore)."""
+
+    ids: tuple[str, ...]
+    values: np.ndarray
+    label_names: tuple[str, ...]
+    task: Task
+
+
+class Extraction:
+    """One extraction folder: the parts of every (t, split) for one backbone and key."""
+
+    def __init__(self, folder: Path, key: ExtractionKey | None = None, *, rows_per_part: int | None = None,
+                 width: int | None = None, num_blocks: int | None = None, dataset_fingerprint: str = "") -> None:
+        self.folder = folder
+        info_path = folder / "extraction.json"
+        if key is not None and not info_path.exists():
+            self.info = {
+                **key.as_dict(),
+                "rows_per_part": rows_per_part or DEFAULT_ROWS_PER_PART,
+                "width": width,
+                "num_blocks": num_blocks,
+                "dataset_fingerprint": dataset_fingerprint,
+                "package_version": __version__,
+            }
+            _atomic_write_json(info_path, self.info)
+        else:
+            self.info = _read_json(info_path)
+            if key is not None and self.info.get("key") != key.digest:
+                raise StoreError(f"{info_path} belongs to key {self.info.get('key')}, not {key.digest}",
+                                 f"delete {folder} or choose another store root")
+        self._manifest_path = folder / "manifest.json"
+        self.manifest: dict = _read_json(self._manifest_path) if self._manifest_path.exists() else {}
+
+    @property
+    def modality(self) -> str:
+        return str(self.info["modality"])
+
+    @property
+    def rows_per_part(self) -> int:
+        return int(self.info["rows_per_part"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.info["dtype"])
+
+    def part_path(self, t: int, split: str, part: int) -> Path:
+        return self.folder / f"t{t:04d}" / split / f"part-{part:05d}.parquet"
+
+    def part_blocks(self, t: int, split: str, part: int) -> set[int]:
+        """Blocks of a part that the manifest lists as complete (and whose file exists)."""
+        entry = self.manifest.get(split, {}).get(str(t), {}).get(str(part))
+        if entry is None or not self.part_path(t, split, part).exists():
+            return set()
+        return set(entry["blocks"])
+
+    def available(self, split: str) -> dict[int, set[int]]:
+        """``{t: blocks complete for every part}`` of a split."""
+        parts_total = self.manifest.get("_parts", {}).get(split)
+        out: dict[int, set[int]] = {}
+        for t_str, parts in self.manifest.get(split, {}).items():
+            if parts_total is None or len(parts) < parts_total:
+                continue
+            blocks = set.intersection(*(set(p["blocks"]) for p in parts.values()))
+            if blocks:
+                out[int(t_str)] = blocks
+        return out
+
+    def write_part(self, t: int, split: str, part: int, ids: Sequence[str], features: Mapping[int, np.ndarray],
+                   *, n_parts: int, provenance: Mapping[str, object]) -> Path:
+        """Write (or extend with new blocks) one part file atomically, then record it in the manifest."""
+        np_dtype, pa_dtype = DTYPES[self.dtype]
+        path = self.part_path(t, split, part)
+        columns: dict[str, pa.Array] = {}
+        old_blocks = self.part_blocks(t, split, part)
+        if old_blocks:
+            old = pq.read_table(path)
+            if list(old.column("id").to_pylist()) != list(ids):
+                raise StoreError(f"{path} holds other row ids than the rows being added",
+                                 f"delete {path.parent} and re-run the extraction")
+            columns.update({name: old.column(name) for name in old.column_names if name != "id"})
+        for block, values in sorted(features.items()):
+            with np.errstate(over="ignore"):  # overflow is reported below, by name
+                cast = np.ascontiguousarray(values, dtype=np_dtype)
+            if not np.isfinite(cast).all():
+                bad = "NaN/Inf from the model" if not np.isfinite(values).all() else f"overflow in {self.dtype}"
+                raise StoreError(f"features of t={t}, block {block}, split {split!r} are not finite ({bad})",
+                                 "use --dtype float32" if "overflow" in bad else "check the backbone weights")
+            flat = pa.array(cast.reshape(-1), type=pa_dtype)
+            columns[block_column(block)] = pa.FixedSizeListArray.from_arrays(flat, cast.shape[1])
+        blocks = sorted(old_blocks | set(features))
+        meta = {
+            **{k: self.info[k] for k in ("modality", "backbone", "fingerprint", "settings", "dtype", "key")},
+            "dataset_fingerprint": self.info.get("dataset_fingerprint"),
+            "t": t, "split": split, "part": part, "rows": len(ids), "blocks": blocks,
+            "package_version": __version__, **provenance,
+        }
+        names = ["id", *sorted(columns)]
+        arrays = [pa.array(list(ids), type=pa.string()), *(columns[n] for n in names[1:])]
+        schema = pa.schema([pa.field(n, a.type) for n, a in zip(names, arrays)],
+                           metadata={_META_KEY: json.dumps(meta, default=str).encode()})
+        _atomic_write_table(path, pa.Table.from_arrays(arrays, schema=schema))
+        self.manifest.setdefault("_parts", {})[split] = n_parts
+        self.manifest.setdefault(split, {}).setdefault(str(t), {})[str(part)] = {"rows": len(ids), "blocks": blocks}
+        _atomic_write_json(self._manifest_path, self.manifest)
+        return path
+
+    def load(self, t: int, block: int, split: str, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> Features:
+        """Read one (t, block, split) onto ``device``, validating every part file.
+
+        Raises:
+            StoreError: naming the file, for a missing (t, block), a truncated or corrupt part, a
+                row count that disagrees with the manifest, or a NaN/Inf value.
+        """
+        entries = self.manifest.get(split, {}).get(str(t))
+        n_parts = self.manifest.get("_parts", {}).get(split)
+        have = self.available(split)
+        if not entries or n_parts is None or t not in have or block not in have[t]:
+            listing = ", ".join(f"t={tt}: blocks {sorted(bb)}" for tt, bb in sorted(have.items())) or "nothing"
+            raise StoreError(
+                f"{self.modality} features for t={t}, block {block}, split {split!r} are not in {self.folder}"
+                f" (complete: {listing})",
+                f"run `difffeat-tune extract` with --{self.modality}-timesteps including {t} and "
+                f"--{self.modality}-blocks including {block}",
+            )
+        column = block_column(block)
+        ids: list[str] = []
+        chunks: list[np.ndarray] = []
+        for part in range(n_parts):
+            path = self.part_path(t, split, part)
+            try:
+                table = pq.read_table(path, columns=["id", column], memory_map=True)
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreError(f"cannot read feature shard {path}: {exc}",
+                                 f"delete {path} and re-run the same `difffeat-tune extract` to rebuild it") from exc
+            expected = entries[str(part)]["rows"]
+            if table.num_rows != expected:
+                raise StoreError(f"feature shard {path} has {table.num_rows} rows, the manifest says {expected}",
+                                 f"delete {path} and re-run the extraction")
+            col = table.column(column).combine_chunks()
+            values = col.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, col.type.list_size)
+            if not np.isfinite(values).all():
+                row = int(np.nonzero(~np.isfinite(values).all(axis=1))[0][0])
+                raise StoreError(f"feature shard {path}, column {column}: NaN/Inf at row {row}",
+                                 f"delete {path} and re-run the extraction")
+            ids.extend(table.column("id").to_pylist())
+            chunks.append(values)
+        tensor = torch.from_numpy(np.concatenate(chunks)).to(device=device, dtype=dtype)
+        return Features(ids=tuple(ids), values=tensor)
+
+
+@dataclass
+class FeatureStore:
+    """A folder of extracted features (see the module docstring for the layout).
+
+    Example:
+        >>> store = FeatureStore("features")                                   # doctest: +SKIP
+        >>> view = store.view("shapes")                                        # doctest: +SKIP
+        >>> view.load("image", t=30, block=12, split="val").values.shape      # doctest: +SKIP
+    """
+
+    root: Path
+    _extractions: dict[Path, Extraction] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    def dataset_dir(self, name: str, fingerprint: str) -> Path:
+        return self.root / f"{_slug(name)}-{fingerprint}"
+
+    def write_dataset(self, dataset: Dataset) -> Path:
+        """Record a data set's description and its labels, once per split (skipped if present)."""
+        folder = self.dataset_dir(dataset.name, dataset.fingerprint())
+        info = {
+            "name": dataset.name, "fingerprint": dataset.fingerprint(), "task": dataset.task,
+            "label_names": list(dataset.label_names), "options": dict(dataset.options),
+            "splits": {name: len(split) for name, split in dataset.splits.items()},
+            "has_images": dataset.has_images, "has_text": dataset.has_text,
+        }
+        for name, split in dataset.splits.items():
+            path = folder / "labels" / f"{name}.parquet"
+            if path.exists():
+                continue
+            flat = pa.array(np.ascontiguousarray(split.labels, dtype=np.int8).reshape(-1), type=pa.int8())
+            table = pa.table({"id": pa.array(list(split.ids), type=pa.string()),
+                              "labels": pa.FixedSizeListArray.from_arrays(flat, len(dataset.label_names))})
+            _atomic_write_table(path, table)
+        _atomic_write_json(folder / "dataset.json", info)
+        return folder
+
+    def extraction(self, dataset: Dataset, key: ExtractionKey, *, rows_per_part: int | None = None,
+                   width: int | None = None, num_blocks: int | None = None) -> Extraction:
+        """The folder of ``key``'s features of ``dataset``, created if new."""
+        folder = self.dataset_dir(dataset.name, dataset.fingerprint()) / key.modality / key.folder_name
+        return Extraction(folder, key, rows_per_part=rows_per_part, width=width, num_blocks=num_blocks,
+                          dataset_fingerprint=dataset.fingerprint())
+
+    def datasets(self) -> list[Path]:
+        """Data-set folders in the store."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if (p / "dataset.json").is_file())
+
+    def view(self, dataset: str | Path | None = None, *, image: str | None = None, text: str | None = None) -> FeatureView:
+        """Open the features of one data set for reading.
+
+        Args:
+            dataset: data-set folder, or its name (prefix of the folder name); may be omitted when
+                the store holds one data set.
+            image: the image extraction's key (or folder name) when there are several.
+            text: the text extraction's key (or folder name) when there are several.
+        """
+        folder = self._resolve_dataset(dataset)
+        return FeatureView(folder, image=self._resolve_extraction(folder, "image", image),
+                           text=self._resolve_extraction(folder, "text", text))
+
+    def _resolve_dataset(self, dataset: str | Path | None) -> Path:
+        found = self.datasets()
+        if dataset is not None and Path(dataset).is_dir() and (Path(dataset) / "dataset.json").is_file():
+            return Path(dataset)
+        matches = [p for p in found if dataset is None or p.name == dataset or p.name.startswith(f"{dataset}-")]
+        if len(matches) == 1:
+            return matches[0]
+        names = ", ".join(p.name for p in found) or "none"
+        what = "no data set" if not matches else "several data sets"
+        raise StoreError(f"{what} matching {dataset!r} in feature store {self.root} (found: {names})",
+                         "run `difffeat-tune extract` first, or pass the data-set folder name")
+
+    def _resolve_extraction(self, folder: Path, modality: str, wanted: str | None) -> Extraction | None:
+        base = folder / modality
+        candidates = sorted(p for p in base.iterdir() if (p / "extraction.json").is_file()) if base.is_dir() else []
+        if wanted is not None:
+            candidates = [p for p in candidates if p.name == wanted or p.name.endswith(f"-{wanted}")]
+        if not candidates:
+            if wanted is not None:
+                raise StoreError(f"no {modality} extraction {wanted!r} under {base}")
+            return None
+        if len(candidates) > 1:
+            raise StoreError(
+                f"several {modality} extractions under {base}: {', '.join(p.name for p in candidates)}",
+                f"choose one with the {modality} key (the part after the last '-')",
+            )
+        path = candidates[0]
+        if path not in self._extractions:
+            self._extractions[path] = Extraction(path)
+        return self._extractions[path]
+
+
+@dataclass
+class FeatureView:
+    """Read access to one data set's labels and its image and text extractions."""
+
+    folder: Path
+    image: Extraction | None
+    text: Extraction | None
+    info: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.info = _read_json(self.folder / "dataset.json")
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(self.info["label_names"])
+
+    @property
+    def task(self) -> Task:
+        return self.info["task"]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.info["splits"])
+
+    def extraction(self, modality: str) -> Extraction:
+        ext = self.image if modality == "image" else self.text if modality == "text" else None
+        if ext is None:
+            raise StoreError(f"no {modality} features for data set {self.folder.name}",
+                             f"run `difffeat-tune extract` with the {modality} backbone")
+        return ext
+
+    def load(self, modality: str, t: int, block: int, split: str, device: torch.device | str = "cpu") -> Features:
+        return self.extraction(modality).load(t, block, split, device)
+
+    def labels(self, split: str) -> Labels:
+        path = self.folder / "labels" / f"{split}.parquet"
+        if not path.exists():
+            raise StoreError(f"no labels for split {split!r}: {path} is missing",
+                             f"available splits: {', '.join(self.splits)}; re-run the extraction to rewrite labels")
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"cannot read label file {path}: {exc}", f"delete {path} and re-run the extraction") from exc
+        col = table.column("labels").combine_chunks()
+        values = col.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, col.type.list_size)
+        return Labels(ids=tuple(table.column("id").to_pylist()), values=values.astype(np.int8),
+                      label_names=self.label_names, task=self.task)
+
+    def available(self, modality: str, split: str) -> dict[int, set[int]]:
+        ext = self.image if modality == "image" else self.text
+        return {} if ext is None else ext.available(split)
+
+
+def check_aligned(name_a: str, ids_a: Iterable[str], name_b: str, ids_b: Iterable[str]) -> None:
+    """Raise :class:`StoreError` if two id sequences differ, naming the first mismatch."""
+    a, b = list(ids_a), list(ids_b)
+    if a == b:
+        return
+    if len(a) != len(b):
+        raise StoreError(f"{name_a} has {len(a)} rows but {name_b} has {len(b)}",
+                         "re-extract both from the same data set")
+    i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    raise StoreError(f"row {i}: {name_a} has id {a[i]!r} but {name_b} has {b[i]!r}",
+                     "re-extract both from the same data set")

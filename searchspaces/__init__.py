@@ -1,0 +1,1 @@
+"""Search spaces shipped with difffeat-tune (TOML files; see difffeat_tune.search.space)."""

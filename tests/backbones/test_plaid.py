@@ -1,0 +1,401 @@
+"""Plaid backbone: architecture keys, tiny build/load round trip, features, noising, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from difffeat_tune._errors import BackboneError, ConfigError, DataError
+from difffeat_tune.backbones._base import Encoded, seeded_normal
+from difffeat_tune.backbones._plaid_net import (
+    MUP_BASE_WIDTH,
+    GammaBounds,
+    NoiseSchedule,
+    PlaidConfig,
+    PlaidNet,
+)
+from difffeat_tune.backbones.plaid import PlaidBackbone, build_tiny_plaid, load_plaid
+from difffeat_tune.data._base import Split
+
+CAPTIONS = (
+    "a dog runs on the green grass",
+    "two cats sleep on a red sofa",
+    "a man rides a bicycle in the city",
+    "In this photo, there are also some chairs, bottles.",
+    "a plate of food with broccoli and rice",
+    "a red bus waits at the stop in the rain",
+)
+TOKEN_LENGTH = 16
+BLOCKS = [8, 12, 16, 20, 24]
+
+
+def make_split(captions: tuple[str, ...] = CAPTIONS, name: str = "train") -> Split:
+    n = len(captions)
+    labels = np.zeros((n, 3), dtype=np.int8)
+    labels[np.arange(n), np.arange(n) % 3] = 1
+    return Split(name, tuple(f"row{i}" for i in range(n)), labels, captions)
+
+
+def load(folder, **kwargs) -> PlaidBackbone:
+    kwargs.setdefault("token_length", TOKEN_LENGTH)
+    return load_plaid(folder, device="cpu", **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, which thrash on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return build_tiny_plaid(tmp_path_factory.mktemp("plaid") / "tiny", CAPTIONS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_folder) -> PlaidBackbone:
+    return load(tiny_folder)
+
+
+@pytest.fixture(scope="module")
+def batch(backbone) -> Encoded:
+    return backbone.encode(make_split(), range(len(CAPTIONS)))
+
+
+# ---------------------------------------------------------------- (a) release key names and shapes
+
+
+def expected_plaid_1b_shapes() -> dict[str, tuple[int, ...]]:
+    shapes = {
+        "input_linear.weight": (2048, 16),
+        "selfcond_linear.weight": (2048, 16),
+        "gamma_linear.weight": (2048, 64),
+        "rotary_emb.inv_freq": (32,),
+        "output_norm.weight": (2048,),
+        "output_linear.weight": (32768, 2048),
+        "output_linear.bias": (32768,),
+    }
+    for i in range(24):
+        shapes[f"blocks.{i}.rmsnorm1.weight"] = (2048,)
+        shapes[f"blocks.{i}.attn_qkv.weight"] = (6144, 2048)
+        shapes[f"blocks.{i}.attn_out.weight"] = (2048, 2048)
+        shapes[f"blocks.{i}.rmsnorm2.weight"] = (2048,)
+        shapes[f"blocks.{i}.mlp.fc1.weight"] = (8192, 2048)
+        shapes[f"blocks.{i}.mlp.fc2.weight"] = (2048, 8192)
+    return shapes
+
+
+def test_plaid_1b_state_dict_matches_released_model_keys_and_shapes():
+    with torch.device("meta"):
+        net = PlaidNet(PlaidConfig.plaid_1b())
+    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert got == expected_plaid_1b_shapes()
+    assert len(got) == 7 + 24 * 6
+
+
+def test_noise_schedule_and_side_files_match_released_keys_and_shapes():
+    with torch.device("meta"):
+        schedule = NoiseSchedule()
+        bounds = GammaBounds()
+    assert {k: tuple(v.shape) for k, v in schedule.state_dict().items()} == {
+        "W1": (1024, 1), "b1": (1024,), "W2": (1, 1024)
+    }
+    assert {k: tuple(v.shape) for k, v in bounds.state_dict().items()} == {"gamma_0": (), "gamma_1": ()}
+
+
+# ---------------------------------------------------------------- (b) build, save, load
+
+
+def test_tiny_build_writes_released_layout_and_loads_identical_state(tiny_folder, backbone):
+    names = {p.name for p in tiny_folder.iterdir()}
+    assert names == {"model.pt", "noise_schedule.pt", "gamma_bounds.pt", "embedding_matrix.pt",
+                     "config.json", "tokenizer.json"}
+    saved = torch.load(tiny_folder / "model.pt", weights_only=True)
+    loaded = backbone.net.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    saved_schedule = torch.load(tiny_folder / "noise_schedule.pt", weights_only=True)
+    assert all(torch.equal(saved_schedule[k].double(), v) for k, v in backbone.schedule.state_dict().items())
+    matrix = torch.load(tiny_folder / "embedding_matrix.pt", weights_only=True)["matrix"]
+    assert torch.equal(matrix, backbone.embedding.matrix)
+    assert backbone.config == PlaidConfig(dim=64, n_blocks=24, n_heads=4, embed_dim=16, vocab_size=1024)
+    assert (backbone.num_blocks, backbone.width, backbone.num_timesteps) == (24, 64, 1000)
+
+
+def test_tiny_build_is_deterministic_from_seed(tmp_path):
+    first = build_tiny_plaid(tmp_path / "a", CAPTIONS, seed=3, n_blocks=2)
+    second = build_tiny_plaid(tmp_path / "b", CAPTIONS, seed=3, n_blocks=2)
+    other = build_tiny_plaid(tmp_path / "c", CAPTIONS, seed=4, n_blocks=2)
+    for name in ("model.pt", "noise_schedule.pt", "gamma_bounds.pt", "embedding_matrix.pt"):
+        a, b = (torch.load(f / name, weights_only=True) for f in (first, second))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (first / "tokenizer.json").read_text() == (second / "tokenizer.json").read_text()
+    a, c = (torch.load(f / "model.pt", weights_only=True) for f in (first, other))
+    assert not torch.equal(a["blocks.0.attn_qkv.weight"], c["blocks.0.attn_qkv.weight"])
+
+
+def test_reloaded_model_gives_identical_features_and_fingerprint(tiny_folder, backbone, batch):
+    again = load(tiny_folder)
+    assert again.fingerprint() == backbone.fingerprint()
+    first = backbone.features(batch, [0, 20], [12, 24])
+    second = again.features(again.encode(make_split(), range(len(CAPTIONS))), [0, 20], [12, 24])
+    assert all(torch.equal(first[t][b], second[t][b]) for t in first for b in first[t])
+
+
+def test_fingerprint_changes_with_weights(tmp_path, backbone):
+    other = load(build_tiny_plaid(tmp_path / "seed1", CAPTIONS, seed=1))
+    assert other.fingerprint() != backbone.fingerprint()
+
+
+def test_config_is_inferred_from_shapes_without_config_json(tmp_path):
+    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=3, dim=32, n_heads=2)
+    (folder / "config.json").unlink()
+    assert load(folder).config == PlaidConfig(dim=32, n_blocks=3, n_heads=2, embed_dim=16, vocab_size=1024)
+
+
+@pytest.mark.parametrize(
+    "name", ["model.pt", "noise_schedule.pt", "gamma_bounds.pt", "embedding_matrix.pt", "tokenizer.json"]
+)
+def test_missing_file_names_its_path_and_the_source(tmp_path, name):
+    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
+    (folder / name).unlink()
+    with pytest.raises(BackboneError) as err:
+        load(folder)
+    assert str(folder / name) in str(err.value)
+    assert "igul222/plaid" in str(err.value)
+
+
+def test_wrong_shape_key_fails_strict_load_naming_key_and_shapes(tmp_path):
+    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state["blocks.1.mlp.fc1.weight"] = torch.zeros(100, 64)
+    torch.save(state, folder / "model.pt")
+    with pytest.raises(BackboneError, match=r"blocks\.1\.mlp\.fc1\.weight has \[100, 64\], expected \[256, 64\]"):
+        load(folder)
+
+
+def test_missing_and_unexpected_keys_fail_strict_load(tmp_path):
+    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
+    state = torch.load(folder / "noise_schedule.pt", weights_only=True)
+    state["W3"] = state.pop("W2")
+    torch.save(state, folder / "noise_schedule.pt")
+    with pytest.raises(BackboneError, match=r"missing keys \[W2\]; unexpected keys \[W3\]"):
+        load(folder)
+
+
+def test_bad_options_are_config_errors(tiny_folder):
+    with pytest.raises(ConfigError, match="noising"):
+        load(tiny_folder, noising="gaussian")
+    with pytest.raises(ConfigError, match="inversion_step"):
+        load(tiny_folder, inversion_step=0)
+
+
+# ---------------------------------------------------------------- the network itself
+
+
+def test_blocks_return_residual_stream_and_readout_scale_is_applied_once(backbone, batch):
+    net = backbone.net
+    z = backbone.noisy_embeddings(batch, [0])[0]
+    gamma = backbone.schedule_at([0])[0].expand(len(batch))
+    hidden = {}
+    handle = net.blocks[-1].register_forward_hook(lambda m, a, out: hidden.setdefault("last", out))
+    try:
+        with torch.no_grad():
+            logits = net(z, gamma)
+    finally:
+        handle.remove()
+    assert hidden["last"].shape == (len(batch), TOKEN_LENGTH, 64)
+    with torch.no_grad():
+        expected = net.output_linear(net.output_norm(hidden["last"]) * (MUP_BASE_WIDTH / 64))
+    assert logits.shape == (len(batch), TOKEN_LENGTH, 1024)
+    torch.testing.assert_close(logits, expected)
+
+
+# ---------------------------------------------------------------- (c) features
+
+
+def test_features_have_shape_t_block_batch_width(backbone, batch):
+    feats = backbone.features(batch, [0, 10, 30], BLOCKS)
+    assert list(feats) == [0, 10, 30]
+    for per_block in feats.values():
+        assert list(per_block) == BLOCKS
+        for tensor in per_block.values():
+            assert tensor.shape == (len(CAPTIONS), 64)
+            assert tensor.dtype == torch.float32
+            assert torch.isfinite(tensor).all()
+
+
+def test_features_are_deterministic_across_calls(backbone, batch):
+    first = backbone.features(batch, [0, 20], BLOCKS)
+    second = backbone.features(batch, [0, 20], BLOCKS)
+    assert all(torch.equal(first[t][b], second[t][b]) for t in first for b in BLOCKS)
+
+
+def test_features_do_not_depend_on_batch_composition(backbone, batch):
+    full = backbone.features(batch, [0, 20], [8, 24])
+    split = make_split()
+    for row in (0, 3):
+        alone = backbone.features(backbone.encode(split, [row]), [0, 20], [8, 24])
+        for t in (0, 20):
+            for b in (8, 24):
+                torch.testing.assert_close(alone[t][b][0], full[t][b][row], atol=1e-4, rtol=1e-4)
+
+
+def test_features_do_not_depend_on_other_requested_timesteps(backbone, batch):
+    together = backbone.features(batch, [0, 10, 25, 30], [12, 24])
+    for t in (0, 10, 25, 30):
+        alone = backbone.features(batch, [t], [12, 24])
+        for b in (12, 24):
+            torch.testing.assert_close(alone[t][b], together[t][b], atol=1e-5, rtol=1e-5)
+
+
+def test_features_are_not_degenerate(backbone, batch):
+    feats = backbone.features(batch, [0, 30], [8, 24])
+    for t in (0, 30):
+        assert (feats[t][8] - feats[t][24]).abs().max() > 1e-2  # blocks differ
+        rows = feats[t][24]
+        assert torch.cdist(rows, rows)[~torch.eye(len(rows), dtype=torch.bool)].min() > 1e-2  # captions differ
+    assert (feats[0][24] - feats[30][24]).abs().max() > 1e-2  # timesteps differ
+
+
+# ---------------------------------------------------------------- (d) tokens, mask and pooling
+
+
+def test_captions_are_padded_with_end_of_text_and_mask_marks_real_tokens(backbone, batch):
+    tokens, mask = batch.tensors["tokens"], batch.tensors["mask"]
+    assert tokens.dtype == torch.long and mask.dtype == torch.bool
+    assert tokens.shape == mask.shape == (len(CAPTIONS), TOKEN_LENGTH)
+    for i, caption in enumerate(CAPTIONS):
+        ids = backbone.tokenizer.encode(caption, add_special_tokens=False).ids[:TOKEN_LENGTH]
+        assert tokens[i, : len(ids)].tolist() == ids
+        assert mask[i].sum() == len(ids) and mask[i, : len(ids)].all()
+        assert (tokens[i, len(ids):] == 0).all()
+    assert backbone.tokenizer.id_to_token(0) == "<|endoftext|>"
+
+
+def test_pooling_averages_the_caption_tokens_only(backbone, batch):
+    mask = batch.tensors["mask"]
+    assert not mask.all()  # some rows have padding, so the two means below differ
+    z = backbone.noisy_embeddings(batch, [10])[10]
+    gamma = backbone.schedule_at([10])[0].expand(len(batch))
+    hidden = {}
+    handle = backbone.net.blocks[11].register_forward_hook(lambda m, a, out: hidden.setdefault("h", out))
+    try:
+        with torch.no_grad():
+            backbone.net(z, gamma)
+    finally:
+        handle.remove()
+    h = hidden["h"]
+    real_mean = torch.stack([h[i][mask[i]].mean(dim=0) for i in range(len(h))])
+    feats = backbone.features(batch, [10], [12])[10][12]
+    torch.testing.assert_close(feats, real_mean, atol=1e-5, rtol=1e-5)
+    assert (feats - h.mean(dim=1)).abs().max() > 1e-3
+
+
+def test_captions_are_truncated_to_token_length(tiny_folder):
+    short = load(tiny_folder, token_length=4)
+    assert short.settings()["token_length"] == 4
+    captions = ("a dog runs on the green grass", "a dog runs on a red sofa in the rain")
+    split = make_split(captions)
+    enc = short.encode(split, [0, 1])
+    assert enc.tensors["mask"].all()
+    assert torch.equal(enc.tensors["tokens"][0], enc.tensors["tokens"][1])  # same first 4 tokens
+    feats = short.features(enc, [0], [24])[0][24]
+    assert torch.equal(feats[0], feats[1])
+
+
+def test_settings_record_every_feature_changing_option(backbone):
+    settings = backbone.settings()
+    assert settings["token_length"] == TOKEN_LENGTH
+    assert settings["noising"] == "ddim" and settings["inversion_step"] == 10
+    assert settings["pooling"] == "mean-real-tokens"
+    assert isinstance(settings["tokenizer"], str) and len(settings["tokenizer"]) == 16
+    json.dumps(settings)
+
+
+# ---------------------------------------------------------------- (e) noising
+
+
+def test_ddim_noising_ignores_the_noise_seed(tiny_folder, backbone, batch):
+    reseeded = load(tiny_folder, noise_seed=123)
+    assert reseeded.settings() == backbone.settings()
+    a = backbone.features(batch, [20], [24])[20][24]
+    b = reseeded.features(batch, [20], [24])[20][24]
+    assert torch.equal(a, b)
+
+
+def test_random_noising_depends_on_the_noise_seed(tiny_folder, batch):
+    seed0, again, seed1 = (load(tiny_folder, noising="random", noise_seed=s) for s in (0, 0, 1))
+    assert seed0.settings() != seed1.settings()
+    f0, f0b, f1 = (bb.features(batch, [20], [24])[20][24] for bb in (seed0, again, seed1))
+    assert torch.equal(f0, f0b)
+    assert (f0 - f1).abs().max() > 1e-3
+
+
+def test_random_noising_is_alpha_embedding_plus_sigma_seeded_noise(tiny_folder, batch):
+    bb = load(tiny_folder, noising="random", noise_seed=7)
+    z = bb.noisy_embeddings(batch, [30])[30]
+    _, alpha, sigma = bb.schedule_at([30])
+    x0 = bb.embedding.normalized()[batch.tensors["tokens"]]
+    eps = seeded_normal(batch.ids, 30, (TOKEN_LENGTH, 16), 7, torch.device("cpu"))
+    torch.testing.assert_close(z, float(alpha) * x0 + float(sigma) * eps)
+
+
+def test_ddim_at_t0_is_alpha0_times_clean_embedding(backbone, batch):
+    z0 = backbone.noisy_embeddings(batch, [0])[0]
+    _, alpha, _ = backbone.schedule_at([0])
+    matrix = backbone.embedding.matrix
+    normalized = matrix / (matrix.norm(dim=1, keepdim=True) + 1e-8)
+    torch.testing.assert_close(z0, float(alpha) * normalized[batch.tensors["tokens"]])
+
+
+def test_ddim_step_follows_the_model_prediction(backbone, batch):
+    z = backbone.noisy_embeddings(batch, [0, 10])
+    gamma, alpha, sigma = backbone.schedule_at([0, 10])
+    with torch.no_grad():
+        logits = backbone.net(z[0], gamma[0].expand(len(batch)))
+    x_hat = logits.softmax(dim=-1) @ backbone.embedding.normalized()
+    eps_hat = (z[0] - float(alpha[0]) * x_hat) / float(sigma[0])
+    torch.testing.assert_close(z[10], float(alpha[1]) * x_hat + float(sigma[1]) * eps_hat)
+
+
+# ---------------------------------------------------------------- (f) validation
+
+
+@pytest.mark.parametrize(
+    ("timesteps", "blocks", "message"),
+    [([0], [0], "block 0"), ([0], [25], "block 25"), ([1000], [8], "timestep 1000"), ([-1], [8], "timestep -1")],
+)
+def test_out_of_range_timesteps_and_blocks_are_rejected(backbone, batch, timesteps, blocks, message):
+    with pytest.raises(BackboneError, match=message):
+        backbone.features(batch, timesteps, blocks)
+
+
+# ---------------------------------------------------------------- (g) captions
+
+
+@pytest.mark.parametrize("caption", ["", "   \n"])
+def test_empty_caption_is_a_data_error_naming_the_row(backbone, caption):
+    split = make_split(("a dog", caption, "a cat"), name="val")
+    with pytest.raises(DataError, match=r"split 'val': caption of row id 'row1' is empty"):
+        backbone.encode(split, [0, 1, 2])
+
+
+# ---------------------------------------------------------------- (h) schedule
+
+
+def test_schedule_is_normalised_and_gamma_increases(backbone):
+    g = backbone.schedule(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert g.dtype == torch.float64
+    assert math.isclose(float(g[0]), 0.0, abs_tol=1e-12) and math.isclose(float(g[1]), 1.0, rel_tol=1e-12)
+    gamma, alpha, sigma = backbone.schedule_at(list(range(0, 1000, 7)) + [999])
+    assert (gamma.diff() > 0).all()
+    assert math.isclose(float(gamma[0]), -3.0, abs_tol=1e-9)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(alpha))

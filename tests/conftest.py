@@ -1,0 +1,116 @@
+"""Shared fixtures: a per-session cache for generated data and tiny models, small real data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from difffeat_tune._paths import CACHE_ENV
+from difffeat_tune.data._base import ArrayImages, Dataset, Split
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Point the package cache at a session folder: tiny models and data are built once, never in ~."""
+    folder = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv(CACHE_ENV, str(folder))
+    mp.setenv("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+    yield folder
+    mp.undo()
+
+
+def make_split(name: str, n: int, n_classes: int = 3, *, seed: int = 0, captions: bool = True,
+               images: bool = True) -> Split:
+    """A small random split with images and captions."""
+    rng = np.random.default_rng(seed)
+    words = ["red circle", "blue square", "green star", "a small ring", "two hearts"]
+    return Split(
+        name=name,
+        ids=tuple(f"{name}-{i:04d}" for i in range(n)),
+        labels=rng.integers(0, 2, (n, n_classes)).astype(np.int8),
+        captions=tuple(f"{words[i % len(words)]} number {i}" for i in range(n)) if captions else None,
+        images=ArrayImages(rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)) if images else None,
+    )
+
+
+@pytest.fixture
+def toy_dataset() -> Dataset:
+    """A 3-class data set with 40 train and 16 val rows of random images and captions."""
+    return Dataset("toy", ("a", "b", "c"), "multilabel",
+                   {"train": make_split("train", 40, seed=1), "val": make_split("val", 16, seed=2)})
+
+
+SMALL_SPACE = """
+description = "a small test space"
+[image]
+t = [10, 30, 50]
+b = [4, 8, 12]
+[text]
+t = [0, 10]
+b = [8, 12]
+[fusion]
+methods = ["simple_concat", "linear_concat", "linear_add", "cross_attention"]
+d_alg = 32
+[probe]
+epochs = 15
+batch_size = 32
+"""
+#: Where the synthetic features are most informative (the optimum a search must find).
+IMAGE_PEAK, TEXT_PEAK = (30, 8), (0, 12)
+
+
+def write_synthetic_store(root: Path, *, n_train: int = 240, n_val: int = 80, n_test: int = 80,
+                          n_classes: int = 6, dim: int = 16, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A real feature store whose features carry label signal peaked at IMAGE_PEAK / TEXT_PEAK.
+
+    Image features see classes 0-3 and text features classes 2-5, so fusion beats either alone.
+    Returns the store's view.
+    """
+    from difffeat_tune.store import ExtractionKey, FeatureStore
+
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        labels = (rng.random((n, n_classes)) < 0.3).astype(np.int8)
+        labels[np.arange(n), rng.integers(0, n_classes, n)] = 1
+        splits[name] = Split(name, tuple(f"{name}-{i}" for i in range(n)), labels, None, None)
+    dataset = Dataset("synthetic", tuple(f"c{i}" for i in range(n_classes)), "multilabel", splits)
+    store = FeatureStore(root)
+    store.write_dataset(dataset)
+    mixing = {m: rng.standard_normal((n_classes, dim)) for m in ("image", "text")}
+    visible = {"image": np.arange(n_classes) < 4, "text": np.arange(n_classes) >= 2}
+    grids = {"image": ((10, 30, 50), (4, 8, 12)), "text": ((0, 10), (8, 12))}
+    peaks = {"image": IMAGE_PEAK, "text": TEXT_PEAK}
+    for modality in ("image", "text"):
+        key = ExtractionKey(modality, f"synthetic-{modality}", "f" * 16, {"seed": seed}, "float32")
+        ext = store.extraction(dataset, key, width=dim, num_blocks=28)
+        ts, bs = grids[modality]
+        pt, pb = peaks[modality]
+        for t in ts:
+            values = {}
+            for name, split in splits.items():
+                for b in bs:
+                    distance = abs(ts.index(t) - ts.index(pt)) + abs(bs.index(b) - bs.index(pb))
+                    strength = 2.0 / (1 + distance)
+                    signal = (split.labels * visible[modality]) @ mixing[modality]
+                    values.setdefault(name, {})[b] = (strength * signal
+                                                      + rng.standard_normal(signal.shape)).astype(np.float32)
+                ext.write_part(t, name, 0, split.ids, values[name], n_parts=1, provenance={})
+    return store.view("synthetic")
+
+
+@pytest.fixture
+def synthetic_view(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return write_synthetic_store(tmp_path / "features")
+
+
+@pytest.fixture
+def small_space(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from difffeat_tune.search.space import load_space
+
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL_SPACE)
+    return load_space(path)

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difffeat_tune._errors import ConfigError, StoreError
+from difffeat_tune.config import TrialConfig
+from difffeat_tune.probe.objective import Objective, ObjectiveSettings
+from difffeat_tune.probe.train import TrainRecipe
+from tests.conftest import IMAGE_PEAK, TEXT_PEAK
+
+FAST = ObjectiveSettings(recipe=TrainRecipe(epochs=15, batch_size=32, cpu_threads=1))
+
+
+def test_scores_on_val_and_evaluates_on_test_by_default(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, FAST, device="cpu")
+    assert objective.selection_split == "val" and objective.eval_split == "test"
+    result = objective(TrialConfig("image", image=IMAGE_PEAK))
+    assert result.split == "val" and result.epochs_run == 15 and len(result.history) == 15
+    assert set(result.metrics) >= {"map", "cp", "cr", "cf1", "op", "or", "of1"}
+    assert objective.evaluate(TrialConfig("image", image=IMAGE_PEAK)).split == "test"
+
+
+def test_the_informative_configuration_scores_higher(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, FAST, device="cpu")
+    peak = objective(TrialConfig("image", image=IMAGE_PEAK)).score
+    far = objective(TrialConfig("image", image=(50, 12))).score
+    assert peak > far + 0.05
+
+
+def test_fusion_beats_each_modality_alone(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, FAST, device="cpu")
+    image = objective(TrialConfig("image", image=IMAGE_PEAK)).score
+    text = objective(TrialConfig("text", text=TEXT_PEAK)).score
+    for method in ("simple_concat", "linear_concat", "linear_add", "cross_attention"):
+        fused = objective(TrialConfig("fusion", image=IMAGE_PEAK, text=TEXT_PEAK, fusion=method, d_alg=32)).score
+        assert fused > max(image, text), method
+
+
+def test_paper_protocol_selects_on_the_evaluation_split(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=2), protocol="paper"), "cpu")
+    assert objective.selection_split == "test"
+    assert objective(TrialConfig("text", text=TEXT_PEAK)).split == "test"
+
+
+def test_without_a_val_split_selection_uses_a_seeded_train_holdout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from tests.conftest import write_synthetic_store
+
+    view = write_synthetic_store(tmp_path / "f")
+    (view.folder / "labels" / "val.parquet").unlink()
+    info = view.info
+    del info["splits"]["val"]
+    import json
+
+    (view.folder / "dataset.json").write_text(json.dumps(info))
+    from difffeat_tune.store import FeatureStore
+
+    objective = Objective(FeatureStore(tmp_path / "f").view("synthetic"), FAST, "cpu")
+    assert objective.selection_split == "train-holdout" and objective.eval_split == "test"
+    first = objective(TrialConfig("image", image=IMAGE_PEAK))
+    again = Objective(FeatureStore(tmp_path / "f").view("synthetic"), FAST, "cpu")(TrialConfig("image", image=IMAGE_PEAK))
+    assert first.score == pytest.approx(again.score)
+    shutil.rmtree(tmp_path / "f")
+
+
+def test_results_are_deterministic(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    config = TrialConfig("fusion", image=IMAGE_PEAK, text=TEXT_PEAK, fusion="linear_add", d_alg=32)
+    a = Objective(synthetic_view, FAST, "cpu")(config)
+    b = Objective(synthetic_view, FAST, "cpu")(config)
+    assert a.history == b.history
+
+
+def test_on_epoch_sees_every_epoch_and_can_stop_training(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    seen = []
+    result = Objective(synthetic_view, FAST, "cpu")(TrialConfig("image", image=IMAGE_PEAK),
+                                                    on_epoch=lambda e, s: seen.append((e, s)) or e >= 3)
+    assert [e for e, _ in seen] == [1, 2, 3] and result.stopped_early and result.epochs_run == 3
+
+
+def test_feature_cache_is_bounded_and_reused(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=1), cache_size=4), "cpu")
+    objective(TrialConfig("image", image=IMAGE_PEAK))
+    cached = objective._cache[("image", IMAGE_PEAK, "train")]
+    objective(TrialConfig("image", image=IMAGE_PEAK))
+    assert objective._cache[("image", IMAGE_PEAK, "train")] is cached
+    for t in (10, 30, 50):
+        objective(TrialConfig("image", image=(t, 4)))
+    assert len(objective._cache) <= 4
+
+
+def test_a_configuration_that_was_not_extracted_names_the_missing_shard(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(StoreError, match="t=20, block 8"):
+        Objective(synthetic_view, FAST, "cpu")(TrialConfig("image", image=(20, 8)))
+
+
+def test_unknown_fusion_method_or_protocol_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown fusion method"):
+        TrialConfig("fusion", image=(10, 8), text=(0, 8), fusion="late")
+    with pytest.raises(ConfigError, match="protocol"):
+        ObjectiveSettings(protocol="test")  # type: ignore[arg-type]
+
+
+def test_ids_that_do_not_match_the_labels_are_an_error(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = synthetic_view.folder / "labels" / "val.parquet"
+    table = pq.read_table(path)
+    ids = table.column("id").to_pylist()
+    ids[3], ids[4] = ids[4], ids[3]
+    pq.write_table(table.set_column(0, "id", pa.array(ids)), path)
+    with pytest.raises(StoreError, match="row 3"):
+        Objective(synthetic_view, FAST, "cpu")(TrialConfig("text", text=TEXT_PEAK))
+    assert np.isfinite(torch.zeros(1).numpy()).all()

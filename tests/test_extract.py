@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difffeat_tune._errors import BackboneError, DataError
+from difffeat_tune.backbones.dit import build_tiny_dit, load_dit
+from difffeat_tune.data._base import Dataset, Split
+from difffeat_tune.extract import extract
+from difffeat_tune.store import FeatureStore
+
+TIMESTEPS = [10, 50]
+BLOCKS = [8, 12]
+
+
+@pytest.fixture(scope="module")
+def dit(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return load_dit(build_tiny_dit(tmp_path_factory.mktemp("dit") / "m"), device="cpu")
+
+
+def test_extraction_stores_every_timestep_block_and_split(tmp_path: Path, toy_dataset: Dataset, dit) -> None:  # type: ignore[no-untyped-def]
+    report = extract(toy_dataset, dit, FeatureStore(tmp_path), TIMESTEPS, BLOCKS, batch_size=16)
+    view = FeatureStore(tmp_path).view("toy")
+    for split in ("train", "val"):
+        assert view.available("image", split) == {10: {8, 12}, 50: {8, 12}}
+    assert report.rows == (40 + 16) * 2
+    # Stored values equal a direct call of the backbone (within float16 storage precision).
+    direct = dit.features(dit.encode(toy_dataset.split("val"), range(16)), [50], [12])[50][12]
+    torch.testing.assert_close(view.load("image", 50, 12, "val").values, direct, rtol=2e-3, atol=2e-3)
+
+
+def test_rerun_skips_complete_parts(tmp_path: Path, toy_dataset: Dataset, dit) -> None:  # type: ignore[no-untyped-def]
+    store = FeatureStore(tmp_path)
+    extract(toy_dataset, dit, store, TIMESTEPS, BLOCKS)
+    again = extract(toy_dataset, dit, store, TIMESTEPS, BLOCKS)
+    assert again.parts_written == 0 and again.rows == 0 and again.parts_skipped == 4
+
+
+def test_interrupted_extraction_keeps_finished_parts_and_resumes(tmp_path: Path, toy_dataset: Dataset, dit) -> None:  # type: ignore[no-untyped-def]
+    store = FeatureStore(tmp_path / "a")
+    calls = []
+
+    def crash_in_second_part(rows: int) -> None:
+        calls.append(rows)
+        if sum(calls) > 2 * 20 * len(TIMESTEPS):  # past the first two parts of 20 rows
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(toy_dataset, dit, store, TIMESTEPS, BLOCKS, batch_size=10, rows_per_part=20,
+                progress=crash_in_second_part)
+    folder = next((tmp_path / "a").rglob("extraction.json")).parent
+    written = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet"))
+    assert written == ["t0010/train/part-00000.parquet", "t0010/train/part-00001.parquet",
+                       "t0050/train/part-00000.parquet", "t0050/train/part-00001.parquet"]
+    assert not list(folder.rglob("*.tmp"))
+    resumed = extract(toy_dataset, dit, store, TIMESTEPS, BLOCKS, batch_size=10)
+    assert resumed.parts_written == 2 and resumed.parts_skipped == 4  # only val was left
+    clean = FeatureStore(tmp_path / "b")
+    extract(toy_dataset, dit, clean, TIMESTEPS, BLOCKS, batch_size=10, rows_per_part=20)
+    for t in TIMESTEPS:
+        torch.testing.assert_close(store.view("toy").load("image", t, 8, "train").values,
+                                   clean.view("toy").load("image", t, 8, "train").values)
+
+
+def test_bad_request_fails_before_any_work(tmp_path: Path, toy_dataset: Dataset, dit) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BackboneError, match="block 29"):
+        extract(toy_dataset, dit, FeatureStore(tmp_path), [10], [8, 29])
+    with pytest.raises(BackboneError, match="timestep 1000"):
+        extract(toy_dataset, dit, FeatureStore(tmp_path), [1000], [8])
+    with pytest.raises(DataError, match="no split 'test'"):
+        extract(toy_dataset, dit, FeatureStore(tmp_path), [10], [8], splits=["test"])
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+class _BrokenAt:
+    """Images where one row cannot be read, as a corrupt file would behave."""
+
+    def __init__(self, inner, bad: int) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.bad = inner, bad
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def load(self, index: int):  # type: ignore[no-untyped-def]
+        if index == self.bad:
+            raise DataError(f"cannot read image of row id 'train-{index:04d}'")
+        return self.inner.load(index)
+
+
+def test_unreadable_image_names_the_row_and_keeps_completed_parts(tmp_path: Path, toy_dataset: Dataset, dit) -> None:  # type: ignore[no-untyped-def]
+    train = toy_dataset.split("train")
+    broken = Dataset("toy", toy_dataset.label_names, "multilabel", {
+        "train": Split("train", train.ids, train.labels, train.captions, _BrokenAt(train.images, 35)),
+    })
+    with pytest.raises(DataError, match="train-0035"):
+        extract(broken, dit, FeatureStore(tmp_path), [10], [8], batch_size=10, rows_per_part=20)
+    assert len(list(tmp_path.rglob("part-*.parquet"))) == 1
