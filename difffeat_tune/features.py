@@ -21,21 +21,31 @@ from difffeat_tune.store import DEFAULT_DTYPE, FeatureStore, FeatureView
 
 logger = logging.getLogger(__name__)
 
+#: Text token length when neither the user nor the data set says (the paper's main COCO runs).
+DEFAULT_TOKEN_LENGTH = 60
 #: Default feature-store folder, inside the local runs folder.
 DEFAULT_FEATURES = Path("runs") / "features"
 
 
 @dataclass(frozen=True)
 class TextSettings:
-    """Text-backbone settings that change the features (see ``load_plaid``)."""
+    """Text-backbone settings that change the features (see ``load_plaid``).
 
-    token_length: int = 60
+    ``token_length=None`` takes the data set's ``recommended_token_length`` option, else
+    :data:`DEFAULT_TOKEN_LENGTH` (the paper's COCO value).
+    """
+
+    token_length: int | None = None
     noising: str = "ddim"
     inversion_step: int | None = None
     noise_seed: int = 0
 
-    def as_kwargs(self) -> dict[str, object]:
-        kwargs: dict[str, object] = {"token_length": self.token_length, "noising": self.noising,
+    def as_kwargs(self, dataset: Dataset | None = None) -> dict[str, object]:
+        token_length = self.token_length
+        if token_length is None:
+            recommended = dataset.options.get("recommended_token_length") if dataset is not None else None
+            token_length = int(recommended) if recommended is not None else DEFAULT_TOKEN_LENGTH  # type: ignore[call-overload]
+        kwargs: dict[str, object] = {"token_length": token_length, "noising": self.noising,
                                      "noise_seed": self.noise_seed}
         if self.inversion_step is not None:
             kwargs["inversion_step"] = self.inversion_step
@@ -84,7 +94,7 @@ class PreparedFeatures:
     backbones: dict[str, str]
 
 
-def load_backbones(request: FeatureRequest) -> dict[str, Backbone]:
+def load_backbones(request: FeatureRequest, dataset: Dataset | None = None) -> dict[str, Backbone]:
     """Load the request's backbones (fails fast on missing weights, before any extraction)."""
     out: dict[str, Backbone] = {}
     if "image" in request.modalities:
@@ -92,7 +102,7 @@ def load_backbones(request: FeatureRequest) -> dict[str, Backbone]:
                                            noise_seed=request.image_noise_seed, vae=request.vae)
     if "text" in request.modalities:
         out["text"] = load_text_backbone(request.text_backbone, device=request.device, tokenizer=request.tokenizer,
-                                         **request.text.as_kwargs())
+                                         **request.text.as_kwargs(dataset))
     return out
 
 
@@ -114,7 +124,7 @@ def ensure_features(
     """
     space = load_space(request.space)
     dataset = load_dataset(request.dataset, **request.dataset_options)
-    backbones = load_backbones(request)
+    backbones = load_backbones(request, dataset)
     splits = request.splits or tuple(dataset.splits)
     for modality, backbone in backbones.items():
         check_request(dataset, backbone, *request.grid(modality, space), splits)

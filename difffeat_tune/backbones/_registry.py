@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 #: The name that selects the small seeded backbones shipped with the package.
 TINY = "tiny"
 #: Bump when the tiny builders change, so stale cached models are never reused.
-TINY_VERSION = 1
+TINY_VERSION = 2
+#: Width of the tiny text model: small, since text passes dominate the embedded demo's cost.
+TINY_TEXT_DIM = 32
+TINY_TEXT_HEADS = 2
 
 
 def tiny_folder(modality: str, seed: int = 0) -> Path:
@@ -36,7 +39,8 @@ def tiny_folder(modality: str, seed: int = 0) -> Path:
         from difffeat_tune.data.shapes import load_shapes  # the tokenizer learns the embedded captions
 
         captions = list(load_shapes(enhanced=True).split("train").captions or ())
-        _build_atomically(folder, lambda tmp: build_tiny_plaid(tmp, captions, seed=seed))
+        _build_atomically(folder, lambda tmp: build_tiny_plaid(tmp, captions, seed=seed, dim=TINY_TEXT_DIM,
+                                                                n_heads=TINY_TEXT_HEADS))
     logger.info("built tiny %s backbone in %s", modality, folder)
     return folder
 
