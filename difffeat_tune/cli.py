@@ -76,7 +76,8 @@ def prepare(request: FeatureRequest, quiet: bool = False):  # type: ignore[no-un
 
 
 # Options shared by several commands (Typer reads the help from the Annotated metadata).
-DatasetOpt = Annotated[str, typer.Option(help="Data set: 'shapes' (embedded), 'shapes-enhanced', or a manifest path.")]
+DatasetOpt = Annotated[str, typer.Option(help="Data set: 'shapes' (embedded), 'shapes-enhanced', coco, coco-enhanced, vg500, voc2007, cifar100, tiny-imagenet, ag-news (with --root), or a manifest path.")]
+RootOpt = Annotated[Optional[Path], typer.Option(help="Folder of a public data set's files (coco, vg500, ...).")]
 FeaturesOpt = Annotated[Path, typer.Option(help="Feature-store folder.")]
 SpaceOpt = Annotated[str, typer.Option(help="Search space: a name in searchspaces/ or a .toml path.")]
 ImageBackboneOpt = Annotated[str, typer.Option(help="'tiny', a hub id (facebook/DiT-XL-2-256) or a DiT folder.")]
@@ -87,7 +88,7 @@ DeviceOpt = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu',
 BatchOpt = Annotated[int, typer.Option(help="Rows per extraction batch (each goes through every timestep).")]
 DtypeOpt = Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the image noise and of random text noise.")]
-TokenLengthOpt = Annotated[int, typer.Option(help="Text token length L (pad with end-of-text, or truncate).")]
+TokenLengthOpt = Annotated[Optional[int], typer.Option(help="Text token length L (pad with end-of-text, or truncate); default: the data set's recommendation, else 60.")]
 NoisingOpt = Annotated[str, typer.Option(help="Text noising: 'ddim' (deterministic inversion) or 'random'.")]
 InversionOpt = Annotated[Optional[int], typer.Option(help="DDIM-inversion step in timesteps (default: the backbone's).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
@@ -98,10 +99,11 @@ RunsOpt = Annotated[Path, typer.Option(help="Runs folder (SQLite studies, compar
 
 def _request(dataset: str, features: Path, space: str, modalities: tuple[str, ...], image_backbone: str,
              vae: Optional[str], text_backbone: str, tokenizer: Optional[str], device: str, batch_size: int,
-             dtype: str, noise_seed: int, token_length: int, text_noising: str, inversion_step: Optional[int],
-             **grid: tuple[int, ...] | None) -> FeatureRequest:
+             dtype: str, noise_seed: int, token_length: Optional[int], text_noising: str, inversion_step: Optional[int],
+             root: Optional[Path] = None, **grid: tuple[int, ...] | None) -> FeatureRequest:
     return FeatureRequest(
-        dataset=dataset, features=features, space=space, modalities=modalities,
+        dataset=dataset, dataset_options={"root": root} if root is not None else {},
+        features=features, space=space, modalities=modalities,
         image_backbone=image_backbone, vae=vae, text_backbone=text_backbone, tokenizer=tokenizer,
         device=device, batch_size=batch_size, dtype=dtype, image_noise_seed=noise_seed,
         text=TextSettings(token_length=token_length, noising=text_noising, inversion_step=inversion_step,
@@ -113,6 +115,7 @@ def _request(dataset: str, features: Path, space: str, modalities: tuple[str, ..
 @app.command()
 def extract(
     dataset: DatasetOpt = "shapes",
+    root: RootOpt = None,
     features: FeaturesOpt = DEFAULT_FEATURES,
     space: SpaceOpt = DEFAULT_SPACE,
     modality: Annotated[str, typer.Option(help="'image', 'text' or 'both'.")] = "both",
@@ -129,7 +132,7 @@ def extract(
     batch_size: BatchOpt = 64,
     dtype: DtypeOpt = "float16",
     noise_seed: SeedOpt = 0,
-    token_length: TokenLengthOpt = 60,
+    token_length: TokenLengthOpt = None,
     text_noising: NoisingOpt = "ddim",
     inversion_step: InversionOpt = None,
     as_json: JsonOpt = False,
@@ -142,7 +145,7 @@ def extract(
     request = _request(
         dataset, features, space, ("image", "text") if modality == "both" else (modality,), image_backbone, vae,
         text_backbone, tokenizer, device, batch_size, dtype, noise_seed, token_length, text_noising, inversion_step,
-        image_timesteps=_ints(image_timesteps, "--image-timesteps"), image_blocks=_ints(image_blocks, "--image-blocks"),
+        root=root, image_timesteps=_ints(image_timesteps, "--image-timesteps"), image_blocks=_ints(image_blocks, "--image-blocks"),
         text_timesteps=_ints(text_timesteps, "--text-timesteps"), text_blocks=_ints(text_blocks, "--text-blocks"),
     )
     if splits:
@@ -170,6 +173,9 @@ def extract(
     out.print(table)
 
 
+#: Search engines of `run heuristic` / `run grid`.
+ENGINES: tuple[str, ...] = ("local", "ray")
+
 run_app = typer.Typer(help="Run a search study (resumes when the study already exists).", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 
@@ -177,6 +183,7 @@ app.add_typer(run_app, name="run")
 @dataclass(frozen=True)
 class _SearchArgs:
     dataset: str
+    root: Optional[Path]
     features: Path
     space: str
     image_backbone: str
@@ -187,7 +194,7 @@ class _SearchArgs:
     batch_size: int
     dtype: str
     noise_seed: int
-    token_length: int
+    token_length: Optional[int]
     text_noising: str
     inversion_step: Optional[int]
     storage: Optional[str]
@@ -200,6 +207,8 @@ class _SearchArgs:
     epochs: Optional[int]
     protocol: str
     seed: int
+    engine: str = "local"
+    ray_address: Optional[str] = None
 
     def storage_url(self) -> str:
         return self.storage or default_storage(self.runs)
@@ -218,7 +227,7 @@ def _objective(args: _SearchArgs, quiet: bool) -> tuple[Objective, SearchSpace]:
     space = load_space(args.space)
     request = _request(args.dataset, args.features, args.space, ("image", "text"), args.image_backbone, args.vae,
                        args.text_backbone, args.tokenizer, args.device, args.batch_size, args.dtype, args.noise_seed,
-                       args.token_length, args.text_noising, args.inversion_step)
+                       args.token_length, args.text_noising, args.inversion_step, root=args.root)
     prepared = prepare(request, quiet=quiet)
     recipe_fields = dict(space.probe)
     if args.epochs is not None:
@@ -232,6 +241,12 @@ def _run(sampler: str, args: _SearchArgs, study_name: Optional[str], n_trials: O
     name = study_name or f"{objective.view.folder.name.rsplit('-', 1)[0]}-{sampler}"
     options = args.options(sampler, space)
     with _trial_progress(quiet=as_json, what=f"{sampler} search ({name})") as callback:
+        if args.engine == "ray":
+            from difffeat_tune.search.ray_engine import run_search_ray  # imports Ray: only when asked
+
+            return run_search_ray(objective.view, space, options, objective.settings, storage=args.storage_url(),
+                                  study_name=name, ray_address=args.ray_address, results_dir=args.runs / "ray",
+                                  n_trials=n_trials, device=args.device, callbacks=[callback])
         return run_search(objective, space, options, storage=args.storage_url(), study_name=name,
                           n_trials=n_trials, callbacks=[callback])
 
@@ -277,6 +292,7 @@ def _print_summary(summary: SearchSummary, storage: str) -> None:
 def _search_command(sampler: str):  # type: ignore[no-untyped-def]
     def command(
         dataset: DatasetOpt = "shapes",
+        root: RootOpt = None,
         features: FeaturesOpt = DEFAULT_FEATURES,
         space: SpaceOpt = DEFAULT_SPACE,
         storage: StorageOpt = None,
@@ -291,6 +307,8 @@ def _search_command(sampler: str):  # type: ignore[no-untyped-def]
         protocol: Annotated[str, typer.Option(help="'validation' (select on val, report test) or 'paper' (select on the evaluation split).")] = "validation",
         n_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (resume later).")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the grid order.")] = 0,
+        engine: Annotated[str, typer.Option(help="'local' (Optuna in this process) or 'ray' (Ray Tune trials on a Ray cluster).")] = "local",
+        ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join ('auto', 'host:port'); default: a local Ray.")] = None,
         image_backbone: ImageBackboneOpt = "tiny",
         vae: VaeOpt = None,
         text_backbone: TextBackboneOpt = "tiny",
@@ -299,19 +317,22 @@ def _search_command(sampler: str):  # type: ignore[no-untyped-def]
         batch_size: BatchOpt = 64,
         dtype: DtypeOpt = "float16",
         noise_seed: SeedOpt = 0,
-        token_length: TokenLengthOpt = 60,
+        token_length: TokenLengthOpt = None,
         text_noising: NoisingOpt = "ddim",
         inversion_step: InversionOpt = None,
         as_json: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         _setup_logging(verbose)
+        if engine not in ENGINES:
+            raise typer.BadParameter(f"choose {' or '.join(ENGINES)}", param_hint="--engine")
         args = _search_args(
-            dataset=dataset, features=features, space=space, image_backbone=image_backbone, vae=vae,
+            dataset=dataset, root=root, features=features, space=space, image_backbone=image_backbone, vae=vae,
             text_backbone=text_backbone, tokenizer=tokenizer, device=device, batch_size=batch_size, dtype=dtype,
             noise_seed=noise_seed, token_length=token_length, text_noising=text_noising,
             inversion_step=inversion_step, storage=storage, runs=runs, workers=workers, fusion=fusion,
-            neighbourhood=neighbourhood, radius=radius, pruner=pruner, epochs=epochs, protocol=protocol, seed=seed)
+            neighbourhood=neighbourhood, radius=radius, pruner=pruner, epochs=epochs, protocol=protocol, seed=seed,
+            engine=engine, ray_address=ray_address)
         summary = _run(sampler, args, study_name, n_trials, as_json)
         if as_json:
             out.print_json(json.dumps(summary.as_dict(), default=str))
@@ -332,6 +353,7 @@ run_app.command("grid")(_search_command("grid"))
 @app.command()
 def compare(
     dataset: DatasetOpt = "shapes",
+    root: RootOpt = None,
     features: FeaturesOpt = DEFAULT_FEATURES,
     space: SpaceOpt = DEFAULT_SPACE,
     storage: StorageOpt = None,
@@ -342,6 +364,11 @@ def compare(
     pruner: Annotated[str, typer.Option(help="none, median or halving (over probe epochs).")] = "none",
     epochs: Annotated[Optional[int], typer.Option(help="Probe epochs (default: the space's, else 40).")] = None,
     protocol: Annotated[str, typer.Option(help="'validation' or 'paper'.")] = "validation",
+    image_backbone: ImageBackboneOpt = "tiny",
+    vae: VaeOpt = None,
+    text_backbone: TextBackboneOpt = "tiny",
+    tokenizer: TokenizerOpt = None,
+    token_length: TokenLengthOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -349,8 +376,9 @@ def compare(
     """Run (or reuse) the heuristic and the grid study on the same features and compare them."""
     _setup_logging(verbose)
     args = _search_args(
-        dataset=dataset, features=features, space=space, image_backbone="tiny", vae=None, text_backbone="tiny",
-        tokenizer=None, device=device, batch_size=64, dtype="float16", noise_seed=0, token_length=60,
+        dataset=dataset, root=root, features=features, space=space, image_backbone=image_backbone, vae=vae,
+        text_backbone=text_backbone, tokenizer=tokenizer, device=device, batch_size=64, dtype="float16", noise_seed=0,
+        token_length=token_length,
         text_noising="ddim", inversion_step=None, storage=storage, runs=runs, workers=workers, fusion=fusion,
         neighbourhood="cross", radius=1, pruner=pruner, epochs=epochs, protocol=protocol, seed=0)
     objective, space_obj = _objective(args, quiet=as_json)

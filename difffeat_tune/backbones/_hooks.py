@@ -3,7 +3,9 @@
 Forward hooks are registered on every requested block and always removed by a context
 manager (so a failed pass never leaves hooks behind). The hook of the deepest requested block
 raises a private exception that ends the pass: blocks after it are never computed, without
-copying the library's ``forward``.
+copying the library's ``forward``. With ``stop=False`` the pass runs to the end instead and
+its result is kept (:attr:`BlockCapture.output`), so one pass gives features and the model's
+output (e.g. logits for a DDIM inversion step).
 """
 
 from __future__ import annotations
@@ -46,12 +48,18 @@ class BlockCapture:
     def __init__(self, blocks: Sequence[int]) -> None:
         self.blocks = tuple(blocks)
         self.features: dict[int, torch.Tensor] = {}
+        #: What the last ``forward`` returned; ``None`` when the pass was stopped early.
+        self.output: object = None
 
     def run(self, forward: Callable[[], object]) -> dict[int, torch.Tensor]:
-        """Call ``forward`` (one model pass) and return ``{block: pooled [B, D]}``."""
+        """Call ``forward`` (one model pass) and return ``{block: pooled [B, D]}``.
+
+        The pass's own result is left in :attr:`output` (``None`` if it stopped early).
+        """
         self.features = {}
+        self.output = None
         try:
-            forward()
+            self.output = forward()
         except _StopForward:
             pass
         missing = [b for b in self.blocks if b not in self.features]
@@ -61,7 +69,9 @@ class BlockCapture:
 
 
 @contextmanager
-def capture_blocks(blocks: nn.ModuleList, wanted: Sequence[int], pool: Pool) -> Iterator[BlockCapture]:
+def capture_blocks(
+    blocks: nn.ModuleList, wanted: Sequence[int], pool: Pool, *, stop: bool = True
+) -> Iterator[BlockCapture]:
     """Hook the output of blocks ``wanted`` (1-based: block b is ``blocks[b - 1]``).
 
     Args:
@@ -69,6 +79,8 @@ def capture_blocks(blocks: nn.ModuleList, wanted: Sequence[int], pool: Pool) -> 
         wanted: 1-based block numbers; the pass stops after the deepest one.
         pool: pools one block's tokens; hooks live for one pass, so a batch-dependent pool
             (a padding mask) is simply passed anew for each batch.
+        stop: stop the pass after the deepest wanted block (default). ``False`` runs the whole
+            model and keeps its result in :attr:`BlockCapture.output`.
 
     Yields:
         A :class:`BlockCapture`; call its ``run`` with the forward pass.
@@ -83,7 +95,7 @@ def capture_blocks(blocks: nn.ModuleList, wanted: Sequence[int], pool: Pool) -> 
         def hook(_module: nn.Module, _args: object, output: object) -> None:
             hidden = output[0] if isinstance(output, tuple) else output
             capture.features[b] = pool(hidden)
-            if b == deepest:
+            if stop and b == deepest:
                 raise _StopForward
 
         return hook

@@ -27,7 +27,10 @@ Choices the paper leaves open (all recorded in :meth:`PlaidBackbone.settings`):
   ``eps_hat = (z - alpha x_hat) / sigma`` and moves to ``z' = alpha' x_hat + sigma' eps_hat``.
   So ``z_t`` never depends on which other timesteps are requested, and all targets of a batch
   share one trajectory. The default step, 10, puts the paper's whole text grid {0, 10, 20, 30}
-  on the trajectory and costs ``t / 10`` full passes per target (3 at most on that grid).
+  on the trajectory. Each grid point goes through the net once: at a target the trajectory
+  steps on from, that single full pass gives both the features (hooks) and the logits of the
+  step, so the grid {0, 10, 20, 30} costs 4 passes per batch (full passes at 0, 10 and 20, and a
+  pass at 30 that stops after the deepest requested block).
 * ``noising="random"``: ``z_t = alpha(t) E[x] + sigma(t) eps`` with ``eps`` drawn per (seed, row
   id, timestep) by :func:`seeded_normal`.
 * Pooling: mean of the residual stream after block ``b`` over the caption's tokens.
@@ -43,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -67,6 +70,8 @@ from difffeat_tune.data._base import Split
 logger = logging.getLogger(__name__)
 
 Noising = Literal["ddim", "random"]
+#: ``(t, z_t, gamma per row) -> logits``: the pass at a target the DDIM trajectory steps on from.
+TargetPass = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 NOISING_MODES: tuple[Noising, ...] = ("ddim", "random")
 
 #: File names of the released layout.
@@ -285,7 +290,13 @@ class PlaidBackbone(Backbone):
             noisy = self._noisy(batch.ids, tokens, sorted(set(timesteps)))
         return {t: z.clone() for t, z in noisy.items()}
 
-    def _noisy(self, ids: Sequence[str], tokens: torch.Tensor, timesteps: list[int]) -> dict[int, torch.Tensor]:
+    def _noisy(
+        self,
+        ids: Sequence[str],
+        tokens: torch.Tensor,
+        timesteps: list[int],
+        target_pass: TargetPass | None = None,
+    ) -> dict[int, torch.Tensor]:
         x0 = self._embeddings[tokens]
         if not timesteps:
             return {}
@@ -296,25 +307,45 @@ class PlaidBackbone(Backbone):
                 eps = seeded_normal(ids, t, x0.shape[1:], self.noise_seed, self.device)
                 out[t] = alpha * x0 + sigma * eps
             return out
-        return self._ddim(x0, timesteps)
+        return self._ddim(x0, timesteps, target_pass)
 
-    def _ddim(self, x0: torch.Tensor, timesteps: list[int]) -> dict[int, torch.Tensor]:
-        """DDIM inversion on the grid ``0, s, 2s, ...``, branching once to off-grid targets."""
+    def _ddim(
+        self, x0: torch.Tensor, timesteps: list[int], target_pass: TargetPass | None = None
+    ) -> dict[int, torch.Tensor]:
+        """DDIM inversion on the grid ``0, s, 2s, ...``, branching once to off-grid targets.
+
+        Every grid point ``g`` the trajectory steps from goes through the net once, for its logits.
+        When ``g`` is also a target and ``target_pass`` is given, that pass is
+        ``target_pass(g, z_g, gamma_rows)``, which must return the net's logits (it can read the
+        features on the way); other grid points get a plain ``self.net`` pass. ``target_pass`` is
+        never called for a target whose ``z`` feeds no step (the end of the trajectory, or an
+        off-grid target), so callers can stop those passes early. ``z_t`` does not depend on
+        ``target_pass`` or on the other targets.
+
+        Returns:
+            ``{t: z_t}`` for every target.
+        """
         step = self.inversion_step
-        last_grid = max(timesteps) // step * step
+        targets = set(timesteps)
+        last_grid = max(targets) // step * step
         grid = list(range(0, last_grid + 1, step))
-        needed = sorted(set(grid) | set(timesteps))
+        needed = sorted(targets.union(grid))
         gammas, alphas, sigmas = (v.tolist() for v in self.schedule_at(needed))
         coef = {t: (g, a, s) for t, g, a, s in zip(needed, gammas, alphas, sigmas, strict=True)}
         out: dict[int, torch.Tensor] = {}
         z = coef[0][1] * x0
         for g in grid:
-            if g in timesteps:
+            if g in targets:
                 out[g] = z
-            branches = [t for t in timesteps if t // step * step == g and t != g]
+            branches = sorted(t for t in targets if t // step * step == g and t != g)
             if not branches and g == last_grid:
                 break
-            x_hat, eps_hat = self._predict(z, *coef[g])
+            gamma_rows = self._gamma_rows([coef[g][0]], z.shape[0])
+            if g in targets and target_pass is not None:
+                logits = target_pass(g, z, gamma_rows)
+            else:
+                logits = self.net(z, gamma_rows)
+            x_hat, eps_hat = self._predict(z, logits, *coef[g][1:])
             for t in branches:
                 out[t] = coef[t][1] * x_hat + coef[t][2] * eps_hat
             if g < last_grid:
@@ -322,14 +353,18 @@ class PlaidBackbone(Backbone):
         return out
 
     def _predict(
-        self, z: torch.Tensor, gamma: float, alpha: float, sigma: float
+        self, z: torch.Tensor, logits: torch.Tensor, alpha: float, sigma: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model's clean-embedding prediction ``x_hat`` and implied noise ``eps_hat`` at one time."""
-        gammas = torch.full((z.shape[0],), gamma, dtype=schedule_dtype(self.device), device=self.device)
-        logits = self.net(z, gammas)
+        """Clean-embedding prediction ``x_hat`` from the net's ``logits`` at ``z``, and ``eps_hat``."""
         with torch.autocast(device_type=self.device.type, enabled=False):
             x_hat = torch.softmax(logits.float(), dim=-1) @ self._embeddings
             return x_hat, (z.float() - alpha * x_hat) / sigma
+
+    def _gamma_rows(self, gammas: Sequence[float], size: int) -> torch.Tensor:
+        """``gamma`` per row ``[len(gammas) * size]``: each value repeated for ``size`` rows."""
+        return torch.tensor(
+            [g for g in gammas for _ in range(size)], dtype=schedule_dtype(self.device)
+        ).to(self.device)
 
     # ------------------------------------------------------------------ features
 
@@ -338,8 +373,14 @@ class PlaidBackbone(Backbone):
     ) -> dict[int, dict[int, torch.Tensor]]:
         """Pooled features ``{t: {b: float32 [B, dim]}}`` on :attr:`device`.
 
-        Each noisy ``z_t`` goes through the net once, stopping after the deepest requested block;
-        timesteps are concatenated into one pass while it holds at most ``max_pass_rows`` rows.
+        Each noisy ``z_t`` goes through the net once. Under DDIM noising, a target on the
+        trajectory that the inversion steps on from (``0, 10, 20`` of ``{0, 10, 20, 30}``) runs
+        the whole net once, with hooks: that pass gives both its features and the logits of the
+        next step. The other targets (the end of the trajectory, off-grid targets, and every
+        target under random noising) stop after the deepest requested block, and are
+        concatenated into one pass while it holds at most ``max_pass_rows`` rows. So
+        ``{0, 10, 20, 30}`` with step 10 costs 4 passes per batch (3 inversion steps plus 4
+        feature passes would be 7).
 
         Raises:
             BackboneError: a timestep or block is out of range, or no block is requested.
@@ -354,23 +395,30 @@ class PlaidBackbone(Backbone):
         if size == 0:
             return {t: {b: torch.zeros((0, self.width), device=self.device) for b in wanted} for t in ts}
         out: dict[int, dict[int, torch.Tensor]] = {}
-        per_pass = max(1, self.max_pass_rows // size)
+        pool = masked_mean_pool(mask)
+
+        def target_pass(t: int, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+            # A target the trajectory steps on from: the whole net, features read on the way.
+            with capture_blocks(self.net.blocks, wanted, pool, stop=False) as capture:
+                out[t] = capture.run(lambda: self.net(z, gamma))
+            return cast(torch.Tensor, capture.output)
+
         with torch.inference_mode(), self._autocast():
-            noisy = self._noisy(batch.ids, tokens, sorted(set(ts)))
-            gammas = dict(zip(ts, self.schedule_at(ts)[0].tolist(), strict=True))
-            for start in range(0, len(ts), per_pass):
-                chunk = ts[start : start + per_pass]
+            noisy = self._noisy(batch.ids, tokens, sorted(set(ts)), target_pass)
+            rest = [t for t in ts if t not in out]
+            gammas = dict(zip(rest, self.schedule_at(rest)[0].tolist(), strict=True)) if rest else {}
+            per_pass = max(1, self.max_pass_rows // size)
+            for start in range(0, len(rest), per_pass):
+                chunk = rest[start : start + per_pass]
                 z = torch.cat([noisy[t] for t in chunk])
-                gamma = torch.tensor(
-                    [gammas[t] for t in chunk for _ in range(size)], dtype=schedule_dtype(self.device)
-                ).to(self.device)
-                pool = masked_mean_pool(mask.repeat(len(chunk), 1))
-                with capture_blocks(self.net.blocks, wanted, pool) as capture:
+                gamma = self._gamma_rows([gammas[t] for t in chunk], size)
+                chunk_pool = pool if len(chunk) == 1 else masked_mean_pool(mask.repeat(len(chunk), 1))
+                with capture_blocks(self.net.blocks, wanted, chunk_pool) as capture:
                     pooled = capture.run(lambda z=z, gamma=gamma: self.net(z, gamma))
                 for j, t in enumerate(chunk):
                     out[t] = {b: pooled[b][j * size : (j + 1) * size] for b in wanted}
         # Cloned outside inference mode: ordinary tensors (usable in autograd), not views of a pass.
-        return {t: {b: v.float().clone() for b, v in per_block.items()} for t, per_block in out.items()}
+        return {t: {b: v.float().clone() for b, v in out[t].items()} for t in ts}
 
     # ------------------------------------------------------------------ helpers
 

@@ -198,13 +198,7 @@ def run_search(
         storage=open_storage(storage), study_name=study_name, direction="maximize", load_if_exists=True,
         sampler=make_sampler(space, options), pruner=make_pruner(options.pruner, epochs),
     )
-    _check_study_matches(study, options, space)
-    for key, value in {"sampler": options.sampler, "space": space.source or space.name,
-                       "fusion_methods": list(options.fusion_methods), "neighbourhood": options.neighbourhood,
-                       "pruner": options.pruner, "features": str(objective.view.folder),
-                       "selection_split": objective.selection_split, "eval_split": objective.eval_split,
-                       "epochs": epochs}.items():
-        study.set_user_attr(key, value)
+    record_study_attrs(study, options, space, objective, engine="local")
     if options.sampler == "grid":
         grid_size = len(space.fusion_configs(options.fusion_methods))
         done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
@@ -218,6 +212,18 @@ def run_search(
     if options.evaluate_best:
         evaluate_best(study, objective, space)
     return summarize(study)
+
+
+def record_study_attrs(study: optuna.Study, options: SearchOptions, space: SearchSpace, objective: Objective,
+                       *, engine: str) -> None:
+    """Check that a resumed study was run with the same sampler and space, then record the run's settings."""
+    _check_study_matches(study, options, space)
+    for key, value in {"sampler": options.sampler, "space": space.source or space.name,
+                       "fusion_methods": list(options.fusion_methods), "neighbourhood": options.neighbourhood,
+                       "pruner": options.pruner, "features": str(objective.view.folder),
+                       "selection_split": objective.selection_split, "eval_split": objective.eval_split,
+                       "epochs": objective.settings.recipe.epochs, "engine": engine}.items():
+        study.set_user_attr(key, value)
 
 
 def _check_study_matches(study: optuna.Study, options: SearchOptions, space: SearchSpace) -> None:

@@ -45,6 +45,21 @@ def test_forward_stops_after_deepest_requested_block() -> None:
     assert [b.calls for b in model] == [1, 1, 1, 0, 0, 0]
 
 
+def test_stop_false_runs_the_whole_model_and_keeps_its_output() -> None:
+    model = _stack()
+    x = torch.randn(2, 5, 4)
+    with capture_blocks(nn.ModuleList(model), [1, 3], mean_pool) as cap:
+        stopped = cap.run(lambda: model(x))
+    assert cap.output is None
+    with capture_blocks(nn.ModuleList(model), [1, 3], mean_pool, stop=False) as cap:
+        got = cap.run(lambda: model(x))
+    assert [b.calls for b in model] == [2, 2, 2, 1, 1, 1]
+    torch.testing.assert_close(cap.output, model(x))
+    assert set(got) == {1, 3}
+    for b in (1, 3):
+        torch.testing.assert_close(got[b], stopped[b])
+
+
 def test_hooks_are_removed_after_the_pass_and_after_an_error() -> None:
     model = _stack()
     blocks = nn.ModuleList(model)

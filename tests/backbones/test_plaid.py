@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -364,6 +366,133 @@ def test_ddim_step_follows_the_model_prediction(backbone, batch):
     x_hat = logits.softmax(dim=-1) @ backbone.embedding.normalized()
     eps_hat = (z[0] - float(alpha[0]) * x_hat) / float(sigma[0])
     torch.testing.assert_close(z[10], float(alpha[1]) * x_hat + float(sigma[1]) * eps_hat)
+
+
+# ---------------------------------------------------------------- (e2) DDIM pass sharing
+
+
+def reference_ddim_features(
+    bb: PlaidBackbone, batch: Encoded, timesteps: list[int], blocks: list[int]
+) -> tuple[dict[int, torch.Tensor], dict[int, dict[int, torch.Tensor]]]:
+    """``z_t`` and pooled features the slow way: one plain pass per inversion step, one per target."""
+    step = bb.inversion_step
+    tokens, mask = batch.tensors["tokens"], batch.tensors["mask"]
+    gamma, alpha, sigma = bb.schedule_at(list(range(0, max(timesteps) + 1)))
+    matrix = bb.embedding.matrix.detach()
+    emb = matrix / (matrix.norm(dim=1, keepdim=True) + 1e-8)
+    n = len(batch)
+
+    def predict(z: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            logits = bb.net(z, gamma[s].expand(n))
+        x_hat = logits.softmax(dim=-1) @ emb
+        return x_hat, (z - float(alpha[s]) * x_hat) / float(sigma[s])
+
+    zs = {}
+    for t in timesteps:  # each target on its own: z_t cannot depend on the other targets
+        z, g = float(alpha[0]) * emb[tokens], 0
+        while g + step <= t:
+            x_hat, eps_hat = predict(z, g)
+            g += step
+            z = float(alpha[g]) * x_hat + float(sigma[g]) * eps_hat
+        if g != t:
+            x_hat, eps_hat = predict(z, g)
+            z = float(alpha[t]) * x_hat + float(sigma[t]) * eps_hat
+        zs[t] = z
+    feats: dict[int, dict[int, torch.Tensor]] = {}
+    weights = mask.float().unsqueeze(-1)
+    for t, z in zs.items():
+        hidden: dict[int, torch.Tensor] = {}
+        handles = [
+            bb.net.blocks[b - 1].register_forward_hook(lambda m, a, out, b=b: hidden.__setitem__(b, out))
+            for b in blocks
+        ]
+        try:
+            with torch.no_grad():
+                bb.net(z, gamma[t].expand(n))
+        finally:
+            for handle in handles:
+                handle.remove()
+        feats[t] = {b: (hidden[b] * weights).sum(dim=1) / weights.sum(dim=1) for b in blocks}
+    return zs, feats
+
+
+@contextmanager
+def rows_through(bb: PlaidBackbone) -> Iterator[dict[str, object]]:
+    """Counts the net's passes and the rows each block computes (forward pre-hooks)."""
+    seen: dict[str, object] = {"passes": 0, "rows": [0] * bb.num_blocks}
+
+    def on_net(_m, args):
+        seen["passes"] += 1  # type: ignore[operator]
+
+    def on_block(b: int):
+        def hook(_m, args):
+            seen["rows"][b] += args[0].shape[0]  # type: ignore[index]
+        return hook
+
+    handles = [bb.net.register_forward_pre_hook(on_net)]
+    handles += [block.register_forward_pre_hook(on_block(i)) for i, block in enumerate(bb.net.blocks)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("timesteps", [[0, 10, 20, 30], [30, 0, 10, 25], [25], [5, 40, 20]])
+def test_ddim_features_equal_the_step_by_step_reference(backbone, batch, timesteps):
+    zs, expected = reference_ddim_features(backbone, batch, sorted(set(timesteps)), BLOCKS)
+    noisy = backbone.noisy_embeddings(batch, timesteps)
+    feats = backbone.features(batch, timesteps, BLOCKS)
+    assert list(feats) == timesteps
+    for t in timesteps:
+        torch.testing.assert_close(noisy[t], zs[t], atol=1e-5, rtol=1e-5)
+        for b in BLOCKS:
+            torch.testing.assert_close(feats[t][b], expected[t][b], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_pass_rows", [len(CAPTIONS), 256])
+def test_ddim_paper_grid_runs_each_grid_point_through_the_net_once(tiny_folder, batch, max_pass_rows):
+    bb = load(tiny_folder, max_pass_rows=max_pass_rows)
+    n = len(batch)
+    with rows_through(bb) as seen:
+        feats = bb.features(batch, [0, 10, 20, 30], BLOCKS)
+    # Full passes at 0, 10, 20 give features and the next step's logits; 30 stops after block 24.
+    # Separate inversion and feature passes would be 3 + 4 = 7 (7 n rows).
+    assert seen["passes"] == 4
+    assert seen["rows"] == [4 * n] * 24
+    _, expected = reference_ddim_features(bb, batch, [0, 10, 20, 30], BLOCKS)
+    for t in (0, 10, 20, 30):
+        for b in BLOCKS:
+            torch.testing.assert_close(feats[t][b], expected[t][b], atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_end_of_trajectory_still_stops_after_the_deepest_block(backbone, batch):
+    n = len(batch)
+    with rows_through(backbone) as seen:
+        backbone.features(batch, [0, 10, 20, 30], [8, 12])
+    assert seen["passes"] == 4
+    # 0, 10 and 20 feed the trajectory (whole net); 30 only needs blocks 1..12.
+    assert seen["rows"] == [4 * n] * 12 + [3 * n] * 12
+
+
+@pytest.mark.parametrize(("max_pass_rows", "passes"), [(len(CAPTIONS), 5), (256, 4)])
+def test_ddim_off_grid_and_end_targets_share_stopped_passes(tiny_folder, batch, max_pass_rows, passes):
+    bb = load(tiny_folder, max_pass_rows=max_pass_rows)
+    n = len(batch)
+    with rows_through(bb) as seen:
+        bb.features(batch, [0, 10, 25, 30], [12, 24])
+    # Whole-net passes at 0, 10 (targets) and 20 (inversion only); 25 and 30 feed nothing.
+    assert seen["passes"] == passes
+    assert seen["rows"] == [5 * n] * 24
+
+
+def test_random_noising_batches_all_timesteps_in_one_stopped_pass(tiny_folder, batch):
+    bb = load(tiny_folder, noising="random")
+    with rows_through(bb) as seen:
+        bb.features(batch, [0, 10, 20, 30], [8, 12])
+    assert seen["passes"] == 1
+    assert seen["rows"] == [4 * len(batch)] * 12 + [0] * 12
 
 
 # ---------------------------------------------------------------- (f) validation

@@ -1,0 +1,343 @@
+"""The Ray Tune engine: a real local Ray runs the searches; the searcher's logic is also tested without workers."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from optuna.trial import TrialState
+
+pytest.importorskip("ray.tune")
+
+import ray  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+from difffeat_tune._errors import ConfigError  # noqa: E402
+from difffeat_tune.config import TrialConfig  # noqa: E402
+from difffeat_tune.probe.objective import Objective, ObjectiveSettings  # noqa: E402
+from difffeat_tune.probe.train import TrainRecipe  # noqa: E402
+from difffeat_tune.search._heuristic import grid_neighbourhood, plan_status  # noqa: E402
+from difffeat_tune.search.ray_engine import (  # noqa: E402
+    DiffFeatSearch, ViewLocation, WorkerSpec, run_search_ray,
+)
+from difffeat_tune.search.runner import SearchOptions, make_pruner, open_storage, run_search  # noqa: E402
+from difffeat_tune.search.space import load_space  # noqa: E402
+from difffeat_tune.store import block_column  # noqa: E402
+from tests.conftest import IMAGE_PEAK, TEXT_PEAK, write_synthetic_store  # noqa: E402
+
+#: Few epochs at a higher learning rate: the probes still peak at IMAGE_PEAK and TEXT_PEAK.
+SETTINGS = ObjectiveSettings(recipe=TrainRecipe(epochs=4, batch_size=32, lr=1e-2, cpu_threads=1))
+#: A 2x2 image grid and a 1x2 text grid of the synthetic store: 4 + 2 unimodal trials, 3 x 2 fusion.
+TINY_SPACE = """
+[image]
+t = [10, 30]
+b = [4, 8]
+[text]
+t = [0]
+b = [8, 12]
+[fusion]
+methods = ["linear_add"]
+d_alg = 16
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """One real Ray instance for the module (start-up takes ~15 s)."""
+    # address="local": always a new instance, never a cluster some `ray start` left on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    """A SQLite storage in memory-backed /dev/shm when there is one (commits are ~10 ms on disk)."""
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path
+    yield f"sqlite:///{folder}/studies.db"
+    if folder != tmp_path:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny_space(tmp_path: Path):  # type: ignore[no-untyped-def]
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    return load_space(path)
+
+
+def _plan(study: optuna.Study) -> dict[str, set[str]]:
+    plan: dict[str, set[str]] = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        plan.setdefault(t.user_attrs["phase"], set()).add(t.user_attrs["config"])
+    return plan
+
+
+# ------------------------------------------------------------------------------- real Ray runs
+
+def test_ray_heuristic_runs_the_local_plan_and_finds_the_same_best(
+        ray_local, tmp_path: Path, db_url: str, small_space) -> None:  # type: ignore[no-untyped-def]
+    view = write_synthetic_store(tmp_path / "features")
+    local = run_search(Objective(view, SETTINGS, device="cpu"), small_space, SearchOptions(evaluate_best=False),
+                       storage=db_url, study_name="local")
+    summary = run_search_ray(view, small_space, SearchOptions(), SETTINGS, storage=db_url, study_name="ray",
+                             results_dir=tmp_path / "runs" / "ray", device="cpu")
+    assert summary.trials == {"complete": 28}
+    assert summary.phases == local.phases == {"image": 9, "text": 4, "fusion": 15}
+    assert summary.best_config == local.best_config and summary.best_config["modality"] == "fusion"
+    assert summary.best_score == pytest.approx(local.best_score, abs=1e-6)
+    assert summary.probe_epochs == local.probe_epochs == 28 * 4
+    assert summary.selection_split == "val" and summary.eval_split == "test"
+    assert set(summary.eval_metrics) >= {"map", "of1"}  # evaluate_best ran on the driver
+    storage = open_storage(db_url, heartbeat=False)
+    ray_study = optuna.load_study(study_name="ray", storage=storage)
+    local_study = optuna.load_study(study_name="local", storage=storage)
+    assert _plan(ray_study) == _plan(local_study)
+    local_values = {t.user_attrs["config"]: t.value for t in local_study.trials}
+    for trial in ray_study.trials:
+        assert {"phase", "modality", "config", "metrics", "epochs_run", "seconds", "split", "map"} <= set(
+            trial.user_attrs)
+        assert trial.user_attrs["split"] == "val" and trial.user_attrs["epochs_run"] == 4
+        assert trial.user_attrs["map"] == trial.user_attrs["metrics"]["map"] == pytest.approx(trial.value)
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]  # every epoch's score reached the study
+        assert trial.value == pytest.approx(local_values[trial.user_attrs["config"]], abs=1e-6)
+    assert ray_study.user_attrs["engine"] == "ray" and ray_study.user_attrs["sampler"] == "heuristic"
+    assert (tmp_path / "runs" / "ray" / "ray").is_dir()  # Tune's results folder
+    assert ray.is_initialized()  # the run used the test's Ray and left it running
+
+
+def _poison_block(view, modality: str, t: int, block: int, split: str) -> Path:  # type: ignore[no-untyped-def]
+    """Overwrite one block's column of a stored shard with NaN (a corrupt shard for one configuration)."""
+    path = view.extraction(modality).part_path(t, split, 0)
+    table = pq.read_table(path)
+    name = block_column(block)
+    width = table.column(name).type.list_size
+    values = pa.array(np.full(table.num_rows * width, np.nan, dtype=np.float32))
+    table = table.set_column(table.schema.get_field_index(name), name,
+                             pa.FixedSizeListArray.from_arrays(values, width))
+    pq.write_table(table, path)
+    return path
+
+
+def test_a_failing_configuration_is_recorded_fail_with_its_error_and_the_search_goes_on(
+        ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
+    view = write_synthetic_store(tmp_path / "features")
+    _poison_block(view, "image", 10, 4, "train")  # image t=10 b=4: not in the cross around the image peak
+    summary = run_search_ray(ViewLocation.of(view), tiny_space, SearchOptions(evaluate_best=False), SETTINGS,
+                             storage=db_url, study_name="broken", results_dir=tmp_path / "ray", device="cpu")
+    # The heuristic retries a failed configuration once (max_failures=2), then gives it up.
+    assert summary.trials == {"complete": 3 + 2 + 6, "fail": 2}
+    assert summary.phases == {"image": 3, "text": 2, "fusion": 6}
+    study = optuna.load_study(study_name="broken", storage=open_storage(db_url, heartbeat=False))
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert {t.user_attrs["config"] for t in failed} == {"image t=10 b=4"}
+    for trial in failed:
+        assert trial.user_attrs["error"].startswith("StoreError: ") and "NaN" in trial.user_attrs["error"]
+    status = plan_status(DiffFeatSearch(tiny_space, SearchOptions(), storage=open_storage(db_url),
+                                        study_name="broken").study)
+    assert status.exhausted and status.given_up == (TrialConfig("image", image=(10, 4), d_alg=16),)
+    assert status.best_image == TrialConfig("image", image=IMAGE_PEAK, d_alg=16)
+    assert status.best_text == TrialConfig("text", text=TEXT_PEAK, d_alg=16)
+
+
+def test_ray_grid_covers_the_grid_once(ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
+    view = write_synthetic_store(tmp_path / "features")
+    options = SearchOptions(sampler="grid", evaluate_best=False)
+    settings = ObjectiveSettings(recipe=TrainRecipe(epochs=2, batch_size=32, cpu_threads=1))
+    seen: list[int] = []
+    summary = run_search_ray(view, tiny_space, options, settings, storage=db_url, study_name="grid",
+                             results_dir=tmp_path / "ray", device="cpu",
+                             callbacks=[lambda study, trial: seen.append(trial.number)])  # a closure, as the CLI's
+    grid = {c.label() for c in tiny_space.fusion_configs(options.fusion_methods)}
+    assert len(grid) == 8 and sorted(seen) == list(range(8))
+    assert summary.trials == {"complete": 8} and summary.phases == {"fusion": 8}
+    study = optuna.load_study(study_name="grid", storage=db_url)
+    assert sorted(t.user_attrs["config"] for t in study.trials) == sorted(grid)
+    start = time.perf_counter()
+    again = run_search_ray(view, tiny_space, options, settings, storage=db_url, study_name="grid",
+                           results_dir=tmp_path / "ray", device="cpu")
+    assert again.trials == {"complete": 8}
+    assert time.perf_counter() - start < 10  # nothing left to do: Tune is not even started
+
+
+# ------------------------------------------------------------------------- the searcher alone
+
+def _final(score: float) -> dict[str, object]:
+    """A trial's final result as Tune hands it to the searcher (nested dicts flattened)."""
+    return {"score": score, "epoch": 4, "final": True, "metrics/map": score, "metrics/of1": score / 2,
+            "split": "val", "seconds": 0.01, "epochs_run": 4, "training_iteration": 5}
+
+
+def _fake_score(params: dict[str, object]) -> float:
+    score = 0.5 + 0.25 * (params["image_t"] is not None) + 0.25 * (params["text_t"] is not None)
+    if params["image_t"] is not None:
+        score -= abs(int(params["image_t"]) - IMAGE_PEAK[0]) / 100 + abs(int(params["image_b"]) - IMAGE_PEAK[1]) / 40
+    if params["text_t"] is not None:
+        score -= abs(int(params["text_t"]) - TEXT_PEAK[0]) / 100 + abs(int(params["text_b"]) - TEXT_PEAK[1]) / 40
+    return score
+
+
+def test_suggest_never_blocks_waits_at_the_phase_barrier_and_finishes(db_url: str, small_space) -> None:  # type: ignore[no-untyped-def]
+    searcher = DiffFeatSearch(small_space, SearchOptions(), storage=open_storage(db_url), study_name="s",
+                              poll_interval=0.01)
+    assert searcher.set_search_properties(None, None, small_space.to_tune())
+    suggested: dict[str, dict[str, object]] = {}
+    for i in range(13):  # every unimodal configuration is pending at once
+        suggested[f"u{i}"] = searcher.suggest(f"u{i}")  # type: ignore[assignment]
+    assert {p["modality"] for p in suggested.values()} == {"image", "text"}
+    assert all(p is not None and set(p) == set(small_space.to_tune()) for p in suggested.values())
+    image = next(p for p in suggested.values() if p["modality"] == "image")
+    assert image["text_t"] is None and image["fusion"] is None  # absent axes are None in the Tune config
+    start = time.perf_counter()
+    assert searcher.suggest("barrier") is None  # nothing pending: the fusion plan needs every result
+    assert time.perf_counter() - start < 1.0
+    for trial_id in list(suggested)[:-1]:
+        searcher.on_trial_complete(trial_id, result=_final(_fake_score(suggested[trial_id])))
+        time.sleep(0.011)
+        assert searcher.suggest(f"still-{trial_id}") is None
+    last = list(suggested)[-1]
+    searcher.on_trial_complete(last, result=_final(_fake_score(suggested[last])))
+    fusion = {f"f{i}": searcher.suggest(f"f{i}") for i in range(15)}
+    assert all(p is not None and p["modality"] == "fusion" for p in fusion.values())
+    crosses = {(p["image_t"], p["image_b"], p["text_t"], p["text_b"]) for p in fusion.values()}  # type: ignore[index]
+    assert crosses == {(i + x) for i in grid_neighbourhood(small_space.image, IMAGE_PEAK)
+                       for x in grid_neighbourhood(small_space.text, TEXT_PEAK)}
+    time.sleep(0.011)
+    assert searcher.suggest("barrier-2") is None
+    for trial_id, params in fusion.items():
+        searcher.on_trial_complete(trial_id, result=_final(_fake_score(params)))  # type: ignore[arg-type]
+    assert searcher.suggest("after") == Searcher.FINISHED
+    study = searcher.study
+    assert len(study.trials) == 28 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    best = study.best_trial
+    assert best.user_attrs["phase"] == "fusion" and best.user_attrs["metrics"] == {"map": best.value,
+                                                                                   "of1": best.value / 2}
+    assert best.user_attrs["map"] == best.value and best.user_attrs["epochs_run"] == 4
+    searcher.close()
+
+
+def test_failures_reported_by_tune_are_recorded_fail_with_their_error(db_url: str, small_space) -> None:  # type: ignore[no-untyped-def]
+    searcher = DiffFeatSearch(small_space, SearchOptions(), storage=open_storage(db_url), study_name="f")
+    for trial_id in ("raised", "died", "interrupted", "left-running"):
+        assert searcher.suggest(trial_id) is not None
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as db:  # the driver beats for its running trials
+        assert db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone() == (4,)
+    searcher.on_trial_complete("raised", result={"score": math.nan, "error": "StoreError: shard x is corrupt"})
+    searcher.on_trial_complete("died", error=True)  # Tune gave up after FailureConfig's retries
+    searcher.on_trial_complete("interrupted", result={"score": 0.5, "epoch": 2})  # stopped mid-way, not pruned
+    searcher.close()  # the driver ends with a trial still running
+    errors = [t.user_attrs.get("error", "") for t in searcher.study.trials]
+    assert all(t.state == TrialState.FAIL for t in searcher.study.trials)
+    assert errors[0] == "StoreError: shard x is corrupt"
+    assert errors[1].startswith("Ray Tune gave up on the trial")
+    assert errors[2].startswith("stopped before it finished")
+    assert errors[3] == "the Ray driver stopped before the trial finished"
+    # FAILED configurations are pending again: the heuristic retries them (max_failures=2).
+    assert len(plan_status(searcher.study).pending) == 13
+
+
+def test_the_trials_of_a_dead_driver_go_stale_and_are_retried(db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        storage = optuna.storages.RDBStorage(db_url, heartbeat_interval=1, grace_period=1)
+    dead = DiffFeatSearch(tiny_space, SearchOptions(), storage=storage, study_name="d", poll_interval=0.01)
+    first = {f"a{i}": dead.suggest(f"a{i}") for i in range(6)}  # every unimodal configuration
+    assert all(first.values()) and dead.suggest("a6") is None
+    dead._stop_beating.set()  # the driver dies: no more heartbeats, nothing told
+    time.sleep(2.5)
+    alive = DiffFeatSearch(tiny_space, SearchOptions(), storage=storage, study_name="d", poll_interval=0.01)
+    assert alive.suggest("b0") is None  # the first look fails the stale trials...
+    time.sleep(0.02)
+    retried = alive.suggest("b1")  # ...whose configurations are pending again
+    assert retried is not None and retried == first["a0"]
+    states = [t.state for t in alive.study.trials]
+    assert states[:6] == [TrialState.FAIL] * 6 and states[6] == TrialState.RUNNING
+    alive.close()
+
+
+def test_the_study_pruner_stops_trials_through_the_scheduler(db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
+    searcher = DiffFeatSearch(tiny_space, SearchOptions(pruner="median"), storage=open_storage(db_url),
+                              study_name="p", pruner=make_pruner("median", 8))
+    for i in range(6):
+        trial_id = f"t{i}"
+        assert searcher.suggest(trial_id) is not None
+        score = 0.9 if i < 5 else 0.1
+        stopped_at = None
+        for epoch in range(1, 9):  # what the scheduler does with each epoch's result
+            if searcher.report(trial_id, {"score": score, "epoch": epoch}):
+                stopped_at = epoch
+                break
+        if i < 5:
+            assert stopped_at is None
+            searcher.on_trial_complete(trial_id, result=_final(score))
+        else:
+            assert stopped_at == 2  # the median pruner's warm-up is epochs // 4 = 2 steps
+            searcher.on_trial_complete(trial_id, result={"score": score, "epoch": 2, "time_total_s": 0.5})
+    pruned = searcher.study.trials[-1]
+    assert pruned.state == TrialState.PRUNED and pruned.user_attrs["epochs_run"] == 2
+    assert sorted(pruned.intermediate_values) == [1, 2]
+    searcher.close()
+
+
+def test_n_trials_budget_and_pickling(db_url: str, tmp_path: Path, small_space) -> None:  # type: ignore[no-untyped-def]
+    searcher = DiffFeatSearch(small_space, SearchOptions(), storage=open_storage(db_url), study_name="b", n_trials=2)
+    assert searcher.suggest("a") is not None and searcher.suggest("b") is not None
+    assert searcher.suggest("c") == Searcher.FINISHED
+    copy = pickle.loads(pickle.dumps(searcher))  # Tune pickles its searcher with the Tuner's state
+    assert copy.study.study_name == "b" and len(copy.study.trials) == 2
+    searcher.close()
+    view = write_synthetic_store(tmp_path / "features")
+    location = ViewLocation.of(view)
+    assert Path(location.root).is_absolute() and location.open().folder == view.folder
+    spec = pickle.loads(pickle.dumps(WorkerSpec(location, SETTINGS, "cpu", 32)))
+    assert spec.location == location and hash(spec) == hash(WorkerSpec(location, SETTINGS, "cpu", 32))
+    with pytest.raises(ConfigError, match="shared folder"):
+        ViewLocation("s3://bucket/features", "synthetic")
+
+
+def test_cli_engine_ray_dispatches_to_run_search_ray(tmp_path: Path, db_url: str, tiny_space,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from typer.testing import CliRunner
+
+    from difffeat_tune import cli
+    from difffeat_tune.search import ray_engine
+    from difffeat_tune.search.runner import SearchSummary
+
+    view = write_synthetic_store(tmp_path / "features")
+    objective = Objective(view, SETTINGS, device="cpu")
+    # The features exist already: skip the CLI's extraction step.
+    monkeypatch.setattr(cli, "_objective", lambda args, quiet: (objective, tiny_space))
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+    def fake_run_search_ray(*args: object, **kwargs: object) -> SearchSummary:
+        calls.append((args, kwargs))
+        return SearchSummary("cli", "grid", None, None, None, None, {}, None, {}, {}, {}, 0, 0.0)
+
+    monkeypatch.setattr(ray_engine, "run_search_ray", fake_run_search_ray)
+    runner = CliRunner()
+    common = ["--storage", db_url, "--runs", str(tmp_path / "runs"), "--study-name", "cli", "--device", "cpu"]
+    bad = runner.invoke(cli.app, ["run", "grid", "--engine", "spark", *common])
+    assert bad.exit_code == 2 and "--engine" in bad.output and not calls
+    result = runner.invoke(cli.app, ["run", "grid", "--engine", "ray", "--ray-address", "auto", "--n-trials", "3",
+                                     "--json", *common])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("{"):])["study_name"] == "cli"
+    (view_arg, space_arg, options_arg, settings_arg), kwargs = calls[0]
+    assert view_arg is objective.view and space_arg is tiny_space and settings_arg == objective.settings
+    assert isinstance(options_arg, SearchOptions) and options_arg.sampler == "grid"
+    assert kwargs["storage"] == db_url and kwargs["study_name"] == "cli" and kwargs["ray_address"] == "auto"
+    assert kwargs["results_dir"] == tmp_path / "runs" / "ray" and kwargs["n_trials"] == 3
+    assert kwargs["device"] == "cpu"
