@@ -223,23 +223,24 @@ def _search_args(**kwargs: object) -> _SearchArgs:
     return _SearchArgs(**kwargs)  # type: ignore[arg-type]
 
 
-def _objective(args: _SearchArgs, quiet: bool) -> tuple[Objective, SearchSpace]:
+def _objective(args: _SearchArgs, sampler: str, quiet: bool) -> tuple[Objective, SearchSpace, SearchOptions]:
+    """Validate the space, search options and recipe, then extract (or reuse) features: bad input fails first."""
     space = load_space(args.space)
-    request = _request(args.dataset, args.features, args.space, ("image", "text"), args.image_backbone, args.vae,
-                       args.text_backbone, args.tokenizer, args.device, args.batch_size, args.dtype, args.noise_seed,
-                       args.token_length, args.text_noising, args.inversion_step, root=args.root)
-    prepared = prepare(request, quiet=quiet)
+    options = args.options(sampler, space)
     recipe_fields = dict(space.probe)
     if args.epochs is not None:
         recipe_fields["epochs"] = args.epochs
     settings = ObjectiveSettings(recipe=TrainRecipe(**recipe_fields), protocol=args.protocol)  # type: ignore[arg-type]
-    return Objective(prepared.view, settings, device=args.device), space
+    request = _request(args.dataset, args.features, args.space, ("image", "text"), args.image_backbone, args.vae,
+                       args.text_backbone, args.tokenizer, args.device, args.batch_size, args.dtype, args.noise_seed,
+                       args.token_length, args.text_noising, args.inversion_step, root=args.root)
+    prepared = prepare(request, quiet=quiet)
+    return Objective(prepared.view, settings, device=args.device), space, options
 
 
 def _run(sampler: str, args: _SearchArgs, study_name: Optional[str], n_trials: Optional[int], as_json: bool) -> SearchSummary:
-    objective, space = _objective(args, quiet=as_json)
+    objective, space, options = _objective(args, sampler, quiet=as_json)
     name = study_name or f"{objective.view.folder.name.rsplit('-', 1)[0]}-{sampler}"
-    options = args.options(sampler, space)
     with _trial_progress(quiet=as_json, what=f"{sampler} search ({name})") as callback:
         if args.engine == "ray":
             from difffeat_tune.search.ray_engine import run_search_ray  # imports Ray: only when asked
@@ -286,7 +287,7 @@ def _print_summary(summary: SearchSummary, storage: str) -> None:
     table.add_row("probe epochs", str(summary.probe_epochs))
     table.add_row("wall time", f"{summary.wall_seconds:.1f} s")
     out.print(table)
-    out.print(f"Browse it: [bold]difffeat-tune dashboard --storage {storage}[/]")
+    out.print(f"Browse it: [bold]difffeat-tune dashboard --storage {storage}[/]", soft_wrap=True)  # copy-pasteable
 
 
 def _search_command(sampler: str):  # type: ignore[no-untyped-def]
@@ -381,14 +382,14 @@ def compare(
         token_length=token_length,
         text_noising="ddim", inversion_step=None, storage=storage, runs=runs, workers=workers, fusion=fusion,
         neighbourhood="cross", radius=1, pruner=pruner, epochs=epochs, protocol=protocol, seed=0)
-    objective, space_obj = _objective(args, quiet=as_json)
+    objective, space_obj, heuristic_options = _objective(args, "heuristic", quiet=as_json)
     base = study_name or objective.view.folder.name.rsplit("-", 1)[0]
     summaries = {}
     for sampler in ("heuristic", "grid"):
+        options = heuristic_options if sampler == "heuristic" else args.options(sampler, space_obj)
         with _trial_progress(quiet=as_json, what=f"{sampler} search ({base}-{sampler})") as callback:
-            summaries[sampler] = run_search(objective, space_obj, args.options(sampler, space_obj),
-                                            storage=args.storage_url(), study_name=f"{base}-{sampler}",
-                                            callbacks=[callback])
+            summaries[sampler] = run_search(objective, space_obj, options, storage=args.storage_url(),
+                                            study_name=f"{base}-{sampler}", callbacks=[callback])
     comparison = Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"])
     paths = comparison.save(runs, base, open_storage(args.storage_url(), heartbeat=False))
     if as_json:

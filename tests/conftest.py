@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Before anything imports huggingface_hub (it reads this once): tests never reach for the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
