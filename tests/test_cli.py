@@ -142,3 +142,21 @@ def test_bad_space_file_names_the_key(tmp_path: Path, capsys, monkeypatch) -> No
     bad.write_text(SPACE.replace("[probe]", "[image_extra]\nx = 1\n[probe]"))
     code, out, err = run_cli(["extract", "--space", str(bad)], capsys, monkeypatch)
     assert code == 2 and "image_extra" in err
+
+
+def test_extract_and_search_run_end_to_end_on_a_coco_fixture(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from tests.data.test_coco import write_coco
+
+    root = write_coco(tmp_path / "coco")
+    common = ["--dataset", "coco-enhanced", "--root", str(root), "--space", str(project / "space.toml"),
+              "--features", str(tmp_path / "features"), "--device", "cpu"]
+    code, out, err = run_cli(["extract", *common, "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["dataset"].startswith("coco-enhanced-")
+    code, out, err = run_cli(["run", "heuristic", *common, "--storage", f"sqlite:///{tmp_path}/s.db", "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads(out)
+    # COCO has no test labels: selection on a seeded hold-out of train, evaluation on val.
+    assert summary["selection_split"] == "train-holdout" and summary["eval_split"] == "val"
+    assert summary["phases"]["image"] == 4 and summary["phases"]["text"] == 4 and summary["best_config"]
