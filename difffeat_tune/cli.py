@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
+import sys
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -334,7 +335,9 @@ def _search_command(sampler: str):  # type: ignore[no-untyped-def]
             inversion_step=inversion_step, storage=storage, runs=runs, workers=workers, fusion=fusion,
             neighbourhood=neighbourhood, radius=radius, pruner=pruner, epochs=epochs, protocol=protocol, seed=seed,
             engine=engine, ray_address=ray_address)
-        summary = _run(sampler, args, study_name, n_trials, as_json)
+        # With --json, stdout carries the JSON alone: anything a library prints (Ray Tune's status) goes to stderr.
+        with redirect_stdout(sys.stderr) if as_json else nullcontext():
+            summary = _run(sampler, args, study_name, n_trials, as_json)
         if as_json:
             out.print_json(json.dumps(summary.as_dict(), default=str))
         else:

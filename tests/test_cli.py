@@ -112,6 +112,7 @@ def test_run_heuristic_on_ray_records_the_same_plan(project: Path, tmp_path: Pat
     code, out, err = run_cli(["run", "heuristic", *common, "--study-name", "ray", "--engine", "ray", "--json"],
                              capsys, monkeypatch)
     assert code == 0, err
+    assert json.loads(out)["study_name"] == "ray"  # stdout holds the JSON alone, Ray's output went to stderr
 
     def plan(name: str) -> set[tuple]:
         study = optuna.load_study(study_name=name, storage=storage)
