@@ -38,9 +38,9 @@ def _compare(objective: Objective, space_name: str, fusion: tuple[str, ...], pru
 
 def _print(comparison: Comparison, title: str) -> None:
     print(f"\n{title}")
-    print(f"{'':<26}{'heuristic':>44}{'grid':>44}")
+    print(f"{'':<26}  {'heuristic':<50}{'grid':<50}")
     for what, h, g in comparison.rows():
-        print(f"{what:<26}{h:>44}{g:>44}")
+        print(f"{what:<26}  {h:<50}{g:<50}")
     ratio = comparison.as_dict()
     print(f"trials heuristic/grid: {ratio['trial_ratio']:.3f}   probe epochs heuristic/grid: "
           f"{ratio['epoch_ratio']:.3f}   regret (val): {100 * (comparison.regret or 0):.2f} points   "

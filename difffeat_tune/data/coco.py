@@ -47,6 +47,9 @@ import numpy as np
 
 from difffeat_tune._errors import DataError
 from difffeat_tune.data._base import Dataset, FileImages, Split
+from difffeat_tune.data._enhance import (  # re-exported: the rule is the paper's COCO-enhanced one
+    ALSO_SENTENCE, PLURAL_OVERRIDES, RARE_FRACTION, RARE_SENTENCE, enhance_caption, plurals, rare_mask, terminate,
+)
 from difffeat_tune.data._files import (
     exists_in, get_key, get_list, list_files, missing_images_error, read_json, require_dir, require_root,
 )
@@ -61,67 +64,8 @@ CaptionChoice = Literal["first", "random", "all"]
 CLASS_ORDERS: tuple[str, ...] = ("coco-id", "alphabetical")
 CAPTION_CHOICES: tuple[str, ...] = ("first", "random", "all")
 
-#: Categories present in under this fraction of the training images are "rare" (the paper's 1%).
-RARE_FRACTION = 0.01
-ALSO_SENTENCE = "In this photo, there are also some {}."
-RARE_SENTENCE = "In the photo's subtle background, you can also spot some {}."
-#: Plurals of COCO category names where ``inflect`` is wrong or ambiguous: names that already are
-#: plural ("skis", "scissors"; inflect says "skiss"), mass nouns ("broccoli"), irregular plurals
-#: stated explicitly rather than trusted to the library ("person", "sheep", "mouse" the device).
-PLURAL_OVERRIDES: Mapping[str, str] = {
-    "person": "people",
-    "skis": "skis",
-    "scissors": "scissors",
-    "broccoli": "broccoli",
-    "sheep": "sheep",
-    "mouse": "mice",
-    "tv": "TVs",
-}
-_TERMINAL_PUNCTUATION = ".!?"
 _HINT_DOWNLOAD = ("download the COCO 2014 train/val images and the 2014 train/val annotations from "
                   "cocodataset.org and extract them into the data folder")
-
-
-def plurals(names: Sequence[str]) -> list[str]:
-    """The plurals of category names: :data:`PLURAL_OVERRIDES`, else ``inflect`` (which handles
-    multi-word names by their head noun: "hair drier" -> "hair driers")."""
-    import inflect
-
-    engine = inflect.engine()
-    return [PLURAL_OVERRIDES[n] if n in PLURAL_OVERRIDES else str(engine.plural_noun(n)) for n in names]
-
-
-def rare_mask(train_labels: np.ndarray, fraction: float = RARE_FRACTION) -> np.ndarray:
-    """Per label column, whether the category is positive in under ``fraction`` of the rows."""
-    if len(train_labels) == 0:
-        return np.zeros(train_labels.shape[1], dtype=bool)
-    return (train_labels > 0).mean(axis=0) < fraction
-
-
-def enhance_caption(caption: str, plurals: Sequence[str], rare: Sequence[bool]) -> str:
-    """Append the paper's COCO-enhanced sentences to one caption.
-
-    Args:
-        caption: the base caption (a final period is added if it has no terminal punctuation).
-        plurals: the plural names of the image's categories, in the order to list them.
-        rare: per entry of ``plurals``, whether that category is rare.
-
-    Returns:
-        ``caption`` unchanged if ``plurals`` is empty, else with "In this photo, there are also
-        some c1, c2, ..., cK." and, if some are rare, "In the photo's subtle background, you can
-        also spot some r1, ...".
-    """
-    if not plurals:
-        return caption
-    text = _terminate(caption) + " " + ALSO_SENTENCE.format(", ".join(plurals))
-    rare_names = [p for p, r in zip(plurals, rare) if r]
-    if rare_names:
-        text += " " + RARE_SENTENCE.format(", ".join(rare_names))
-    return text
-
-
-def _terminate(text: str) -> str:
-    return text if not text or text[-1] in _TERMINAL_PUNCTUATION else text + "."
 
 
 def _clean(caption: str) -> str:
@@ -216,7 +160,7 @@ def _choose(captions: tuple[str, ...], image_id: int, how: str, seed: int) -> st
     if how == "first":
         return captions[0]
     if how == "all":
-        return " ".join(_terminate(c) for c in captions)
+        return " ".join(terminate(c) for c in captions)
     # "random": a hash of (seed, image id) so the choice of one image depends on nothing else.
     digest = hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
     return captions[int.from_bytes(digest, "big") % len(captions)]

@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw
 from difffeat_tune._errors import DataError
 from difffeat_tune._paths import cache_dir
 from difffeat_tune.data._base import ArrayImages, Dataset, Split
+from difffeat_tune.data._enhance import RARE_FRACTION, enhance_caption, plurals, rare_mask
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,6 @@ class ShapesConfig:
         fillers: filler phrases (each starts with its own separator).
         rare_fraction: categories present in under this fraction of the training images get the
             enhanced "subtle background" sentence (the paper's 1%).
-        also_sentence: the enhanced sentence naming every label category.
-        rare_sentence: the enhanced sentence naming the image's rare categories.
     """
 
     n_train: int = 2400
@@ -223,14 +222,12 @@ class ShapesConfig:
         " in the scene", ", nothing else stands out", " among other things", " if you look closely",
         " drawn by hand", " in this image",
     )
-    rare_fraction: float = 0.01
+    rare_fraction: float = RARE_FRACTION
     #: Text token length recommended for these captions (the backbone's L): plain captions are
     #: short (99% under 24 tokens of the tiny tokenizer), enhanced ones longer (99% under 41), so
     #: the paper's COCO value of 60 would mostly pad.
     token_length: int = 32
     token_length_enhanced: int = 48
-    also_sentence: str = "In this photo, there are also some {}."
-    rare_sentence: str = "In the photo's subtle background, you can also spot some {}."
 
     def __post_init__(self) -> None:
         n = len(self.categories)
@@ -620,44 +617,24 @@ def _caption(rng: np.random.Generator, objects: Sequence[_Object], background: _
 
 
 def enhance_captions(captions: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
-                     rare: Sequence[bool], *, also_sentence: str = ShapesConfig.also_sentence,
-                     rare_sentence: str = ShapesConfig.rare_sentence) -> tuple[str, ...]:
-    """Append the paper's COCO-enhanced sentences to each caption.
+                     rare: Sequence[bool]) -> tuple[str, ...]:
+    """Append the paper's COCO-enhanced sentences to each caption (the rule of :mod:`._enhance`).
 
     Args:
         captions: the base captions.
         labels: ``[N, C]`` labels aligned with ``captions`` (positive = 1).
-        label_names: the ``C`` category names (singular; pluralised with ``inflect``).
+        label_names: the ``C`` category names (singular).
         rare: per category, whether it is rare (see :func:`rare_categories`).
-        also_sentence: the sentence naming every category, with one ``{}`` for the list.
-        rare_sentence: the sentence naming the rare categories, with one ``{}`` for the list.
-
-    Returns:
-        The captions with "In this photo, there are also some ..." naming every label category
-        in plural form and, when the image holds rare categories, "In the photo's subtle
-        background, you can also spot some ..." naming those.
     """
-    import inflect
-
-    engine = inflect.engine()
-    plurals = [engine.plural_noun(name) for name in label_names]
-    out = []
-    for caption, row in zip(captions, labels):
-        present = np.flatnonzero(row > 0)
-        text = caption
-        if len(present):
-            text += " " + also_sentence.format(", ".join(plurals[c] for c in present))
-        rare_present = [c for c in present if rare[c]]
-        if rare_present:
-            text += " " + rare_sentence.format(", ".join(plurals[c] for c in rare_present))
-        out.append(text)
-    return tuple(out)
+    names = plurals(label_names)
+    return tuple(enhance_caption(caption, [names[c] for c in np.flatnonzero(row > 0)],
+                                 [rare[c] for c in np.flatnonzero(row > 0)])
+                 for caption, row in zip(captions, labels))
 
 
-def rare_categories(train_labels: np.ndarray, fraction: float = ShapesConfig.rare_fraction) -> tuple[bool, ...]:
+def rare_categories(train_labels: np.ndarray, fraction: float = RARE_FRACTION) -> tuple[bool, ...]:
     """Per category, whether it is present in under ``fraction`` of the training images."""
-    prevalence = (train_labels > 0).mean(axis=0)
-    return tuple(bool(p < fraction) for p in prevalence)
+    return tuple(bool(r) for r in rare_mask(train_labels, fraction))
 
 
 # --------------------------------------------------------------------------------------------
@@ -798,8 +775,7 @@ def load_shapes(*, seed: int = 0, enhanced: bool = False, n_train: int | None = 
     splits = {}
     for name in SPLITS:
         split = raw[name]
-        captions = (enhance_captions(split.captions, split.labels, cfg.categories, rare,
-                                     also_sentence=cfg.also_sentence, rare_sentence=cfg.rare_sentence)
+        captions = (enhance_captions(split.captions, split.labels, cfg.categories, rare)
                     if enhanced else split.captions)
         splits[name] = Split(
             name=name,
