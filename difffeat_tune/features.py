@@ -17,7 +17,7 @@ from difffeat_tune.data import load_dataset
 from difffeat_tune.data._base import Dataset
 from difffeat_tune.extract import DEFAULT_BATCH_SIZE, ExtractReport, check_request, extract
 from difffeat_tune.search.space import DEFAULT_SPACE, SearchSpace, load_space
-from difffeat_tune.store import DEFAULT_DTYPE, FeatureStore, FeatureView
+from difffeat_tune.store import DEFAULT_DTYPE, Extraction, FeatureStore, FeatureView
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,6 @@ def ensure_features(
         check_request(dataset, backbone, *request.grid(modality, space), splits)
     store = FeatureStore(request.features)
     reports = []
-    keys: dict[str, str] = {}
     for modality, backbone in backbones.items():
         timesteps, blocks = request.grid(modality, space)
         report = extract(
@@ -140,7 +139,10 @@ def ensure_features(
             on_total=(lambda n, m=modality: on_total(m, n)) if on_total else None,
         )
         reports.append(report)
-        keys[modality] = Path(report.folder).name
-    view = store.view(store.dataset_dir(dataset.name, dataset.fingerprint()),
-                      image=keys.get("image"), text=keys.get("text"))
-    return PreparedFeatures(view=view, dataset=dataset, reports=reports, backbones=keys)
+    # Exactly the extractions of this request (others of the same data set may sit beside them).
+    folders = {m: Path(r.folder) for m, r in zip(backbones, reports)}
+    view = FeatureView(store.dataset_dir(dataset.name, dataset.fingerprint()),
+                       image=Extraction(folders["image"]) if "image" in folders else None,
+                       text=Extraction(folders["text"]) if "text" in folders else None)
+    return PreparedFeatures(view=view, dataset=dataset, reports=reports,
+                            backbones={m: f.name for m, f in folders.items()})

@@ -161,3 +161,15 @@ def test_extract_and_search_run_end_to_end_on_a_coco_fixture(project: Path, tmp_
     # COCO has no test labels: selection on a seeded hold-out of train, evaluation on val.
     assert summary["selection_split"] == "train-holdout" and summary["eval_split"] == "val"
     assert summary["phases"]["image"] == 4 and summary["phases"]["text"] == 4 and summary["best_config"]
+
+
+def test_extractions_with_other_settings_sit_side_by_side(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    common = _common(project, tmp_path)
+    for seed in ("0", "1"):
+        code, _, err = run_cli(["extract", *common, "--modality", "image", "--noise-seed", seed, "--json"],
+                               capsys, monkeypatch)
+        assert code == 0, err
+    image_folders = list((tmp_path / "features").glob("*/image/*"))
+    assert len(image_folders) == 2  # a changed seed is a new key, never a stale reuse
+    code, out, err = run_cli(["extract", *common, "--modality", "text", "--json"], capsys, monkeypatch)
+    assert code == 0, err and json.loads(out)["extractions"][0]["modality"] == "text"
