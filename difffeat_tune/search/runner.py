@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,11 +56,13 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_INTERVAL if heartbeat else None,
-            grace_period=GRACE_PERIOD if heartbeat else None,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them knowingly
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_INTERVAL if heartbeat else None,
+                grace_period=GRACE_PERIOD if heartbeat else None,
+            )
     except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this URL"
         raise ConfigError(f"cannot open storage {url!r}: {exc}",
                           "give a SQLAlchemy URL such as sqlite:///runs/studies.db or postgresql://user@host/db") from exc
