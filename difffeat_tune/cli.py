@@ -46,6 +46,10 @@ def _ints(text: Optional[str], option: str) -> tuple[int, ...] | None:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
+    # Optuna logs every trial at INFO through its own handler; the progress line already shows them.
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
 class _RowsPerSecond(TextColumn):
