@@ -121,7 +121,7 @@ def extract(
     per_pass = timesteps_per_pass or len(timesteps)
     report = ExtractReport(modality=backbone.modality, folder=str(ext.folder))
 
-    plan: list[tuple[Split, int, range, dict[int, list[int]]]] = []
+    plan: list[tuple[Split, int, int, range, dict[int, list[int]]]] = []
     for name in splits:
         split = dataset.split(name)
         n_parts = max(1, math.ceil(len(split) / ext.rows_per_part))
@@ -130,15 +130,14 @@ def extract(
             missing = {t: [b for b in blocks if b not in ext.part_blocks(t, name, part)] for t in timesteps}
             missing = {t: bs for t, bs in missing.items() if bs}
             if missing:
-                plan.append((split, part, rows, missing))
+                plan.append((split, part, n_parts, rows, missing))
             else:
                 report.parts_skipped += len(timesteps)
     if on_total is not None:
-        on_total(sum(len(rows) * len(missing) for _, _, rows, missing in plan))
+        on_total(sum(len(rows) * len(missing) for _, _, _, rows, missing in plan))
 
     start = time.perf_counter()
-    for split, part, rows, missing in plan:
-        n_parts = max(1, math.ceil(len(split) / ext.rows_per_part))
+    for split, part, n_parts, rows, missing in plan:
         todo_t = sorted(missing)
         todo_b = sorted(set().union(*missing.values()))
         collected: dict[int, dict[int, list[np.ndarray]]] = {t: {b: [] for b in todo_b} for t in todo_t}

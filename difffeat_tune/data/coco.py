@@ -47,9 +47,7 @@ import numpy as np
 
 from difffeat_tune._errors import DataError
 from difffeat_tune.data._base import Dataset, FileImages, Split
-from difffeat_tune.data._enhance import (  # re-exported: the rule is the paper's COCO-enhanced one
-    ALSO_SENTENCE, PLURAL_OVERRIDES, RARE_FRACTION, RARE_SENTENCE, enhance_caption, plurals, rare_mask, terminate,
-)
+from difffeat_tune.data._enhance import RARE_FRACTION, enhance_caption, plurals, rare_mask, terminate
 from difffeat_tune.data._files import (
     exists_in, get_key, get_list, list_files, missing_images_error, read_json, require_dir, require_root,
 )

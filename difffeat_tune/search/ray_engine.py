@@ -51,8 +51,8 @@ from difffeat_tune.probe.objective import Objective, ObjectiveSettings
 from difffeat_tune.search._heuristic import HeuristicSampler, plan_status
 from difffeat_tune.search._suggest import suggest_config
 from difffeat_tune.search.runner import (
-    A_CONFIG, A_EPOCHS, A_METRICS, A_MODALITY, A_PHASE, A_SECONDS, A_SPLIT, SearchOptions, SearchSummary,
-    evaluate_best, record_study_attrs, make_pruner, open_storage, summarize,
+    A_EPOCHS, A_SECONDS, A_SPLIT, SearchOptions, SearchSummary,
+    evaluate_best, make_pruner, open_storage, record_config, record_study_attrs, result_attrs, summarize,
 )
 from difffeat_tune.search.space import SearchSpace
 from difffeat_tune.store import FeatureStore, FeatureView
@@ -360,10 +360,7 @@ class DiffFeatSearch(OptunaSearch):
         except optuna.TrialPruned:  # a surplus trial (nothing left for it): close it, check again
             self._tell(ot_trial, None, TrialState.PRUNED)
             return None
-        ot_trial.set_user_attr(A_MODALITY, config.modality)
-        ot_trial.set_user_attr(A_CONFIG, config.label())
-        if ot_trial.user_attrs.get(A_PHASE) is None:
-            ot_trial.set_user_attr(A_PHASE, config.modality)
+        record_config(ot_trial, config)
         self._ot_trials[trial_id] = ot_trial
         self._asked += 1
         self._beat(ot_trial._trial_id)
@@ -401,12 +398,8 @@ class DiffFeatSearch(OptunaSearch):
         elif result.get(R_ERROR):
             state, attrs[A_ERROR] = TrialState.FAIL, str(result[R_ERROR])
         elif result.get(R_FINAL):
-            metrics = _metrics_of(result)
-            attrs[A_METRICS] = metrics
-            attrs.update(metrics)  # flat copies: sortable columns in the dashboard
-            attrs[A_EPOCHS] = int(result.get(R_EPOCHS, result.get(R_EPOCH, 0)))
-            attrs[A_SECONDS] = round(float(result.get(R_SECONDS, 0.0)), 4)
-            attrs[A_SPLIT] = result.get(R_SPLIT)
+            attrs.update(result_attrs(_metrics_of(result), int(result.get(R_EPOCHS, result.get(R_EPOCH, 0))),
+                                      float(result.get(R_SECONDS, 0.0)), result.get(R_SPLIT)))
             value = float(result[METRIC])
             state = TrialState.COMPLETE
             if not math.isfinite(value):

@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -147,27 +147,35 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def record_config(trial: optuna.Trial, config: TrialConfig) -> None:
+    """User attributes every trial gets once its configuration is known (any engine)."""
+    trial.set_user_attr(A_MODALITY, config.modality)
+    trial.set_user_attr(A_CONFIG, config.label())
+    if trial.user_attrs.get(A_PHASE) is None:  # the HeuristicSampler sets the phase itself
+        trial.set_user_attr(A_PHASE, config.modality)
+
+
+def result_attrs(metrics: Mapping[str, float], epochs_run: int, seconds: float, split: str | None) -> dict[str, object]:
+    """User attributes of a finished trial: the metric set, flat copies of each metric (sortable
+    columns in the dashboard), epochs, seconds and the scored split."""
+    return {A_METRICS: dict(metrics), **metrics, A_EPOCHS: int(epochs_run), A_SECONDS: round(float(seconds), 4),
+            A_SPLIT: split}
+
+
 def trial_function(objective: Objective, space: SearchSpace) -> Callable[[optuna.Trial], float]:
     """The Optuna objective: suggest a configuration, train with per-epoch reports, record attributes."""
 
     def run(trial: optuna.Trial) -> float:
         config = suggest_config(trial, space)
-        trial.set_user_attr(A_MODALITY, config.modality)
-        trial.set_user_attr(A_CONFIG, config.label())
-        if trial.user_attrs.get(A_PHASE) is None:
-            trial.set_user_attr(A_PHASE, config.modality)
+        record_config(trial, config)
 
         def on_epoch(epoch: int, score: float) -> bool:
             trial.report(score, epoch)
             return trial.should_prune()
 
         result = objective(config, on_epoch)
-        trial.set_user_attr(A_METRICS, result.metrics)
-        for name, value in result.metrics.items():  # flat copies: sortable columns in the dashboard
-            trial.set_user_attr(name, value)
-        trial.set_user_attr(A_EPOCHS, result.epochs_run)
-        trial.set_user_attr(A_SECONDS, round(result.seconds, 4))
-        trial.set_user_attr(A_SPLIT, result.split)
+        for key, value in result_attrs(result.metrics, result.epochs_run, result.seconds, result.split).items():
+            trial.set_user_attr(key, value)
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run} at {result.score:.4f}")
         return result.score

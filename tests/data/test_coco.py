@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from difffeat_tune._errors import DataError
-from difffeat_tune.data.coco import ALSO_SENTENCE, RARE_SENTENCE, enhance_caption, load_coco, plurals
+from difffeat_tune.data._enhance import ALSO_SENTENCE, RARE_SENTENCE, enhance_caption, plurals
+from difffeat_tune.data.coco import load_coco
 
 #: The 80 COCO 2014 categories (id, name), as in instances_*2014.json.
 COCO_CATEGORIES = [

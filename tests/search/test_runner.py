@@ -12,7 +12,7 @@ from difffeat_tune._errors import ConfigError
 from difffeat_tune.probe.objective import Objective, ObjectiveSettings
 from difffeat_tune.probe.train import TrainRecipe
 from difffeat_tune.search.compare import Comparison
-from difffeat_tune.search.runner import SearchOptions, open_storage, run_search, summarize
+from difffeat_tune.search.runner import SearchOptions, open_storage, run_search
 from tests.conftest import IMAGE_PEAK, TEXT_PEAK
 
 RECIPE = TrainRecipe(epochs=15, batch_size=32, cpu_threads=1)
