@@ -47,14 +47,10 @@ def _model_call(backbone: Backbone, batch: Encoded, t: int) -> tuple[torch.nn.Mo
                                                                       Callable[[torch.Tensor], torch.Tensor]]:
     """The backbone's blocks, a full forward pass at ``t`` (noising included) and its pooling."""
     if backbone.modality == "image":
-        from difffeat_tune.backbones._base import seeded_normal
 
         def forward() -> object:
-            x0 = batch.tensors["latents"]
-            abar = backbone._alphas_cumprod[t]  # type: ignore[attr-defined]
-            eps = seeded_normal(batch.ids, t, x0.shape[1:], 0, backbone.device)
             n = len(batch)
-            return backbone.transformer(abar.sqrt() * x0 + (1 - abar).sqrt() * eps,  # type: ignore[attr-defined]
+            return backbone.transformer(backbone.noisy_latents(batch, t),  # type: ignore[attr-defined]
                                         timestep=torch.full((n,), t), class_labels=torch.full((n,), 1000))
 
         return backbone.transformer.transformer_blocks, forward, mean_pool  # type: ignore[attr-defined]
@@ -62,7 +58,7 @@ def _model_call(backbone: Backbone, batch: Encoded, t: int) -> tuple[torch.nn.Mo
     def forward_text() -> object:
         z = backbone.noisy_embeddings(batch, [t])[t]  # type: ignore[attr-defined]
         gamma = backbone.schedule_at([t])[0].expand(len(batch)).to(backbone.device)  # type: ignore[attr-defined]
-        return backbone.net(z, gamma)  # type: ignore[attr-defined]
+        return backbone.net(z, gamma, backbone.normalized_embeddings)  # type: ignore[attr-defined]
 
     return backbone.net.blocks, forward_text, masked_mean_pool(batch.tensors["mask"])  # type: ignore[attr-defined]
 

@@ -97,3 +97,24 @@ def test_unreadable_image_names_the_row_and_keeps_completed_parts(tmp_path: Path
     with pytest.raises(DataError, match="train-0035"):
         extract(broken, dit, FeatureStore(tmp_path), [10], [8], batch_size=10, rows_per_part=20)
     assert len(list(tmp_path.rglob("part-*.parquet"))) == 1
+
+
+def test_text_features_of_an_older_feature_version_are_re_extracted_not_read(tmp_path: Path, toy_dataset: Dataset) -> None:
+    from difffeat_tune.backbones.plaid import FEATURE_VERSION, build_tiny_plaid, load_plaid
+    from difffeat_tune.store import ExtractionKey
+
+    captions = [c for split in toy_dataset.splits.values() for c in split.captions or ()]
+    plaid = load_plaid(build_tiny_plaid(tmp_path / "plaid", captions, n_blocks=4, dim=32, n_heads=2),
+                       device="cpu", token_length=8)
+    store = FeatureStore(tmp_path / "store")
+    # A store written before the z-term fix: same backbone and settings, without the version.
+    old_settings = {k: v for k, v in plaid.settings().items() if k != "feature_version"}
+    old_key = ExtractionKey("text", plaid.name, plaid.fingerprint(), old_settings)
+    old = extract(toy_dataset, plaid, store, [0, 10], [2, 4])
+    assert old.parts_written == 4
+    old_folder = Path(old.folder)
+    old_folder.rename(old_folder.with_name(old_key.folder_name))  # as the old code would have named it
+    fresh = extract(toy_dataset, plaid, store, [0, 10], [2, 4])
+    assert fresh.parts_written == 4 and fresh.parts_skipped == 0  # recomputed, not read
+    assert Path(fresh.folder).name != old_key.folder_name
+    assert plaid.settings()["feature_version"] == FEATURE_VERSION

@@ -13,6 +13,18 @@ files load with strict key matching:
 * :class:`GammaBounds`: ``gamma_0`` and ``gamma_1``, so ``gamma(t) = gamma_0 + (gamma_1 - gamma_0) g~(t)``.
 * :class:`EmbeddingMatrix`: the token embedding matrix ``[vocab, embed_dim]``, l2-normalised at use.
 
+The model's prediction (one place: :meth:`PlaidNet.forward`, as in the original's forward):
+
+    logits = readout + (alpha / sigma^2) * (z . E^T)
+    readout = output_linear(LayerNorm(h) * 256 / dim)            (muP readout, base width 256)
+    x_hat  = softmax(logits) @ E                                  (:func:`clean_prediction`)
+
+with ``h`` the residual stream after the last block, ``z`` the noisy input embeddings, ``E`` the
+row-normalised embedding matrix and ``alpha^2 = sigmoid(-gamma)``, ``sigma^2 = sigmoid(gamma)`` per
+sample. The second term (:func:`z_logits`) is part of the prediction of the clean tokens, not a
+sampling detail: every DDIM inversion step goes through it. :meth:`PlaidNet.readout` gives the
+readout alone.
+
 The fused CUDA kernels of the original (RMSNorm, rotary, flash attention, fused MLP) are
 replaced by plain PyTorch that computes the same functions: RMSNorm with eps 1e-5, NeoX-style
 rotate-half rotary over the whole head dimension, bidirectional
@@ -231,20 +243,20 @@ class PlaidNet(nn.Module):
         angles = freqs[None, :] * gamma.to(dtype)[:, None]
         return torch.cat((angles.sin(), angles.cos()), dim=-1).float()
 
-    def forward(
+    def readout(
         self, z: torch.Tensor, gamma: torch.Tensor, x_selfcond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Token logits ``[B, L, vocab]`` (float32) for noisy embeddings ``z``.
+        """The readout alone, ``output_linear(LayerNorm(h) * 256 / dim)`` ``[B, L, vocab]`` (float32).
+
+        This is the part of the logits the Transformer computes; :meth:`forward` adds the ``z``
+        term to give the model's logits.
 
         Args:
             z: noisy embeddings ``[B, L, embed_dim]``.
             gamma: log-SNR ``[B]`` (one per sample, so several timesteps can share a pass).
-            x_selfcond: self-conditioning input ``[B, L, embed_dim]``; ``None`` means zeros (a
-                single pass), which contributes nothing since ``selfcond_linear`` has no bias.
-
-        Returns:
-            Logits of the clean tokens. The sampling-only terms of the original output (which
-            combine the logits with ``z``) are not part of this readout.
+            x_selfcond: self-conditioning input ``[B, L, embed_dim]``; ``None`` means zeros, as in
+                the original's first sampling step and in a single pass (``selfcond_linear`` has
+                no bias, so zeros contribute nothing).
         """
         if z.dim() != 3 or z.shape[-1] != self.config.embed_dim:
             raise ValueError(f"z must be [B, L, {self.config.embed_dim}], got {tuple(z.shape)}")
@@ -264,6 +276,49 @@ class PlaidNet(nn.Module):
             x = self.output_norm(x.float())
         x = x * (MUP_BASE_WIDTH / self.config.dim)
         return self.output_linear(x).float()
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        gamma: torch.Tensor,
+        embeddings: torch.Tensor,
+        x_selfcond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The model's logits of the clean tokens ``[B, L, vocab]`` (float32): readout plus the z term.
+
+        ``logits = readout(z, gamma, x_selfcond) + (alpha / sigma^2) * (z . E^T)``, as the original
+        model computes them (its ``bias_scale`` is 1 outside the first training steps).
+
+        Args:
+            z: noisy embeddings ``[B, L, embed_dim]``.
+            gamma: log-SNR ``[B]``.
+            embeddings: the row-normalised embedding matrix ``E`` ``[vocab, embed_dim]``
+                (:meth:`EmbeddingMatrix.normalized`).
+            x_selfcond: self-conditioning input; ``None`` means zeros (see :meth:`readout`).
+        """
+        return self.readout(z, gamma, x_selfcond) + z_logits(z, gamma, embeddings)
+
+
+def z_logits(z: torch.Tensor, gamma: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """The z term of Plaid's logits: ``(alpha / sigma^2) * (z . E^T)`` ``[B, L, vocab]`` (float32).
+
+    The per-sample coefficient is computed in the schedule's precision (float64 except on MPS).
+
+    Args:
+        z: noisy embeddings ``[B, L, embed_dim]``.
+        gamma: log-SNR ``[B]``.
+        embeddings: the row-normalised embedding matrix ``E`` ``[vocab, embed_dim]``.
+    """
+    alpha_sq, sigma_sq = alpha_sigma_squared(gamma.to(schedule_dtype(z.device)))
+    coef = (alpha_sq.sqrt() / sigma_sq).float()
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return coef[:, None, None] * (z.float() @ embeddings.float().T)
+
+
+def clean_prediction(logits: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """The model's prediction of the clean embeddings, ``x_hat = softmax(logits) @ E`` (float32)."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return torch.softmax(logits.float(), dim=-1) @ embeddings.float()
 
 
 class NoiseSchedule(nn.Module):

@@ -3,9 +3,10 @@
 Images are resized (shorter side) and centre-cropped to the model's resolution, scaled to
 [-1, 1], encoded once per batch by the VAE (the posterior mean, so encoding is deterministic;
 latent = mean * ``vae.config.scaling_factor``, 0.18215 for the Stable Diffusion VAE), then
-noised to each timestep with the scheduler's DDPM schedule (linear betas 1e-4 .. 0.02 over
-T = 1000 for DiT-XL/2) and seeded Gaussian noise, and run once through the transformer with the
-null class label. Block outputs are mean-pooled over the tokens on the device.
+noised to each timestep by the scheduler's own ``add_noise`` (the DDPM schedule: linear betas
+1e-4 .. 0.02 over T = 1000 for DiT-XL/2) in float32, with seeded Gaussian noise, and run once
+through the transformer with the null class label. Block outputs are mean-pooled over the tokens
+on the device.
 """
 
 from __future__ import annotations
@@ -72,8 +73,7 @@ class DiTBackbone(Backbone):
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.resolution = int(cfg.sample_size) * self.vae_factor
         self.latent_scale = float(vae.config.scaling_factor)
-        # Noising maths in float32 whatever the model dtype (diffusers casts abar to the sample dtype).
-        self._alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
+        self.scheduler = scheduler
         self._schedule_config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
         self._fingerprint: str | None = None
 
@@ -119,19 +119,25 @@ class DiTBackbone(Backbone):
             latents = self.vae.encode(pixels).latent_dist.mean * self.latent_scale
         return Encoded(ids=tuple(split.ids[i] for i in indices), tensors={"latents": latents.float()})
 
+    def noisy_latents(self, batch: Encoded, t: int) -> torch.Tensor:
+        """The latents at timestep ``t``: the scheduler's ``add_noise`` with seeded noise, in float32.
+
+        (``add_noise`` casts the schedule to the sample's dtype, so the sample is float32 here
+        whatever the model's dtype.)
+        """
+        x0 = batch.tensors["latents"].float()
+        eps = seeded_normal(batch.ids, t, x0.shape[1:], self.noise_seed, self.device)
+        steps = torch.full((len(batch),), t, dtype=torch.long, device=self.device)
+        return self.scheduler.add_noise(x0, eps, steps)
+
     def features(
         self, batch: Encoded, timesteps: Sequence[int], blocks: Sequence[int]
     ) -> dict[int, dict[int, torch.Tensor]]:
         self.validate(timesteps, blocks)
-        x0 = batch.tensors["latents"]
         n = len(batch)
         # All requested timesteps share one pass: the DiT embeds a timestep per sample.
-        noisy, steps = [], []
-        for t in timesteps:
-            abar = self._alphas_cumprod[t].to(self.device)
-            eps = seeded_normal(batch.ids, t, x0.shape[1:], self.noise_seed, self.device)
-            noisy.append(abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps)
-            steps.append(torch.full((n,), t, dtype=torch.long, device=self.device))
+        noisy = [self.noisy_latents(batch, t) for t in timesteps]
+        steps = [torch.full((n,), t, dtype=torch.long, device=self.device) for t in timesteps]
         hidden = torch.cat(noisy)
         step = torch.cat(steps)
         labels = torch.full((len(step),), self.null_class, dtype=torch.long, device=self.device)

@@ -23,8 +23,11 @@ Choices the paper leaves open (all recorded in :meth:`PlaidBackbone.settings`):
   ``z_0 = alpha(0) E[x]`` (no noise: Plaid's ``t = 0`` still has ``sigma^2`` around 0.05, so the
   "clean" start is defined without it), then steps of ``inversion_step`` timesteps along the grid
   ``0, s, 2s, ...``; a target ``t`` off that grid is one extra step from ``floor(t / s) * s``.
-  Each step predicts ``x_hat = softmax(logits) @ E`` with a single pass (zero self-conditioning),
-  ``eps_hat = (z - alpha x_hat) / sigma`` and moves to ``z' = alpha' x_hat + sigma' eps_hat``.
+  Each step predicts ``x_hat = softmax(logits) @ E`` with a single pass, from the model's complete
+  logits ``readout + (alpha / sigma^2) z . E^T`` (:meth:`PlaidNet.forward`: the z term is part of
+  Plaid's prediction), with zero self-conditioning (as the original's first sampling step: one
+  pass has no earlier prediction to feed back), then ``eps_hat = (z - alpha x_hat) / sigma`` and
+  moves to ``z' = alpha' x_hat + sigma' eps_hat``.
   So ``z_t`` never depends on which other timesteps are requested, and all targets of a batch
   share one trajectory. The default step, 10, puts the paper's whole text grid {0, 10, 20, 30}
   on the trajectory. Each grid point goes through the net once: at a target the trajectory
@@ -63,6 +66,7 @@ from difffeat_tune.backbones._plaid_net import (
     NoiseSchedule,
     PlaidConfig,
     PlaidNet,
+    clean_prediction,
     schedule_dtype,
 )
 from difffeat_tune.data._base import Split
@@ -93,6 +97,10 @@ DEFAULT_INVERSION_STEP = 10
 DEFAULT_MAX_PASS_ROWS = 256
 NUM_TIMESTEPS = 1000
 POOLING = "mean-real-tokens"
+#: Version of the text-feature computation, part of every extraction key: bump it whenever a
+#: change alters text features, so stores computed before are re-extracted, never read.
+#: 2: the DDIM prediction includes the z term of Plaid's logits (1 used the readout alone).
+FEATURE_VERSION = 2
 
 _WEIGHTS_HINT = (
     "Plaid 1B's weights are in release v1.0.0 of github.com/igul222/plaid: download the split archive "
@@ -180,6 +188,11 @@ class PlaidBackbone(Backbone):
         self._tokenizer_hash = hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()[:16]
         self._fingerprint: str | None = None
 
+    @property
+    def normalized_embeddings(self) -> torch.Tensor:
+        """The row-normalised embedding matrix ``E`` ``[vocab, embed_dim]`` on :attr:`device`."""
+        return self._embeddings
+
     # ------------------------------------------------------------------ identity
 
     def settings(self) -> dict[str, object]:
@@ -197,6 +210,7 @@ class PlaidBackbone(Backbone):
             "pooling": POOLING,
             "tokenizer": self._tokenizer_hash,
             "time": "t/1000",
+            "feature_version": FEATURE_VERSION,
             "precision": "float32" if autocast is None else f"autocast-{str(autocast).removeprefix('torch.')}",
         }
 
@@ -344,7 +358,7 @@ class PlaidBackbone(Backbone):
             if g in targets and target_pass is not None:
                 logits = target_pass(g, z, gamma_rows)
             else:
-                logits = self.net(z, gamma_rows)
+                logits = self.net(z, gamma_rows, self._embeddings)
             x_hat, eps_hat = self._predict(z, logits, *coef[g][1:])
             for t in branches:
                 out[t] = coef[t][1] * x_hat + coef[t][2] * eps_hat
@@ -355,10 +369,9 @@ class PlaidBackbone(Backbone):
     def _predict(
         self, z: torch.Tensor, logits: torch.Tensor, alpha: float, sigma: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean-embedding prediction ``x_hat`` from the net's ``logits`` at ``z``, and ``eps_hat``."""
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            x_hat = torch.softmax(logits.float(), dim=-1) @ self._embeddings
-            return x_hat, (z.float() - alpha * x_hat) / sigma
+        """Clean-embedding prediction ``x_hat`` from the net's complete ``logits`` at ``z``, and ``eps_hat``."""
+        x_hat = clean_prediction(logits, self._embeddings)
+        return x_hat, (z.float() - alpha * x_hat) / sigma
 
     def _gamma_rows(self, gammas: Sequence[float], size: int) -> torch.Tensor:
         """``gamma`` per row ``[len(gammas) * size]``: each value repeated for ``size`` rows."""
@@ -400,7 +413,7 @@ class PlaidBackbone(Backbone):
         def target_pass(t: int, z: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
             # A target the trajectory steps on from: the whole net, features read on the way.
             with capture_blocks(self.net.blocks, wanted, pool, stop=False) as capture:
-                out[t] = capture.run(lambda: self.net(z, gamma))
+                out[t] = capture.run(lambda: self.net(z, gamma, self._embeddings))
             return cast(torch.Tensor, capture.output)
 
         with torch.inference_mode(), self._autocast():
@@ -414,7 +427,7 @@ class PlaidBackbone(Backbone):
                 gamma = self._gamma_rows([gammas[t] for t in chunk], size)
                 chunk_pool = pool if len(chunk) == 1 else masked_mean_pool(mask.repeat(len(chunk), 1))
                 with capture_blocks(self.net.blocks, wanted, chunk_pool) as capture:
-                    pooled = capture.run(lambda z=z, gamma=gamma: self.net(z, gamma))
+                    pooled = capture.run(lambda z=z, gamma=gamma: self.net(z, gamma, self._embeddings))
                 for j, t in enumerate(chunk):
                     out[t] = {b: pooled[b][j * size : (j + 1) * size] for b in wanted}
         # Cloned outside inference mode: ordinary tensors (usable in autograd), not views of a pass.

@@ -210,14 +210,31 @@ def test_blocks_return_residual_stream_and_readout_scale_is_applied_once(backbon
     handle = net.blocks[-1].register_forward_hook(lambda m, a, out: hidden.setdefault("last", out))
     try:
         with torch.no_grad():
-            logits = net(z, gamma)
+            readout = net.readout(z, gamma)
     finally:
         handle.remove()
-    assert hidden["last"].shape == (len(batch), TOKEN_LENGTH, 64)
+    h = hidden["last"]
+    assert h.shape == (len(batch), TOKEN_LENGTH, 64)
+    with torch.no_grad():  # LayerNorm written out: no bias, eps 1e-5, learned gain
+        normed = torch.nn.functional.layer_norm(h, (64,), eps=1e-5) * net.output_norm.weight
+        expected = net.output_linear.weight @ (normed * (MUP_BASE_WIDTH / 64))[..., None]
+        expected = expected[..., 0] + net.output_linear.bias
+    assert readout.shape == (len(batch), TOKEN_LENGTH, 1024)
+    torch.testing.assert_close(readout, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_are_the_readout_plus_the_z_term(backbone, batch):
+    net = backbone.net
+    z = backbone.noisy_embeddings(batch, [20])[20]
+    gamma = backbone.schedule_at([20])[0].expand(len(batch))
+    emb = backbone.embedding.normalized()
     with torch.no_grad():
-        expected = net.output_linear(net.output_norm(hidden["last"]) * (MUP_BASE_WIDTH / 64))
-    assert logits.shape == (len(batch), TOKEN_LENGTH, 1024)
-    torch.testing.assert_close(logits, expected)
+        logits = net(z, gamma, emb)
+        readout = net.readout(z, gamma)
+    coef = torch.sigmoid(-gamma).sqrt() / torch.sigmoid(gamma)
+    z_term = coef.float()[:, None, None] * torch.einsum("ble,ve->blv", z, emb)
+    torch.testing.assert_close(logits, readout + z_term, atol=1e-5, rtol=1e-5)
+    assert z_term.abs().max() > 1.0  # the term is not negligible at t = 20
 
 
 # ---------------------------------------------------------------- (c) features
@@ -291,7 +308,7 @@ def test_pooling_averages_the_caption_tokens_only(backbone, batch):
     handle = backbone.net.blocks[11].register_forward_hook(lambda m, a, out: hidden.setdefault("h", out))
     try:
         with torch.no_grad():
-            backbone.net(z, gamma)
+            backbone.net.readout(z, gamma)
     finally:
         handle.remove()
     h = hidden["h"]
@@ -361,11 +378,119 @@ def test_ddim_at_t0_is_alpha0_times_clean_embedding(backbone, batch):
 def test_ddim_step_follows_the_model_prediction(backbone, batch):
     z = backbone.noisy_embeddings(batch, [0, 10])
     gamma, alpha, sigma = backbone.schedule_at([0, 10])
+    emb = backbone.embedding.normalized()
     with torch.no_grad():
-        logits = backbone.net(z[0], gamma[0].expand(len(batch)))
-    x_hat = logits.softmax(dim=-1) @ backbone.embedding.normalized()
+        readout = backbone.net.readout(z[0], gamma[0].expand(len(batch)))
+    logits = readout + float(alpha[0] / sigma[0] ** 2) * z[0] @ emb.T
+    x_hat = logits.softmax(dim=-1) @ emb
     eps_hat = (z[0] - float(alpha[0]) * x_hat) / float(sigma[0])
     torch.testing.assert_close(z[10], float(alpha[1]) * x_hat + float(sigma[1]) * eps_hat)
+
+
+def float64_reference_inversion(bb: PlaidBackbone, tokens: torch.Tensor, grid: list[int]) -> dict[int, torch.Tensor]:
+    """``z_t`` along the DDIM grid, written from Plaid's formulas in float64.
+
+    Only the Transformer body (input to the last block's residual stream) is taken from the
+    model, run in float64 on a copy; everything that defines the prediction is written here:
+    the readout ``output_linear(LayerNorm(h) * 256 / dim)``, the z term
+    ``(alpha / sigma^2) z . E^T``, ``x_hat = softmax(logits) @ E``, ``eps_hat`` and the step.
+    """
+    import copy
+
+    net = copy.deepcopy(bb.net).double()
+    cfg = net.config
+    matrix = bb.embedding.matrix.detach().double()
+    emb = matrix / (matrix.norm(dim=1, keepdim=True) + 1e-8)
+    t = torch.tensor(grid, dtype=torch.float64) / 1000
+    schedule = copy.deepcopy(bb.schedule).double()
+    w1 = torch.nn.functional.softplus(schedule.W1)
+    w2 = 0.01 * torch.nn.functional.softplus(schedule.W2)
+
+    def h_of(s: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh((s[:, None] - 0.5) @ w1.T + schedule.b1) @ w2.T)[:, 0]
+
+    ends = h_of(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    g0, g1 = float(bb.bounds.gamma_0), float(bb.bounds.gamma_1)
+    gammas = g0 + (g1 - g0) * (h_of(t) - ends[0]) / (ends[1] - ends[0])
+    n, length = tokens.shape
+
+    def body(z: torch.Tensor, gamma: float) -> torch.Tensor:
+        a2, s2 = 1 / (1 + math.exp(gamma)), 1 / (1 + math.exp(-gamma))
+        x = net.input_linear(z / math.sqrt(a2 / cfg.embed_dim + s2))
+        freqs = torch.exp(torch.linspace(-5.0, 5.0, 32, dtype=torch.float64)) * gamma
+        x = x + net.gamma_linear(torch.cat([freqs.sin(), freqs.cos()]))[None, None, :]
+        inv = 1.0 / (10000.0 ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+        angles = torch.outer(torch.arange(length, dtype=torch.float64), inv)
+        angles = torch.cat([angles, angles], dim=-1)
+        for block in net.blocks:
+            x = block(x, angles.cos(), angles.sin())
+        return x
+
+    out = {}
+    z = math.sqrt(1 / (1 + math.exp(float(gammas[0])))) * emb[tokens]
+    for i, g in enumerate(grid):
+        out[g] = z
+        if i + 1 == len(grid):
+            break
+        gamma = float(gammas[i])
+        alpha, sigma = math.sqrt(1 / (1 + math.exp(gamma))), math.sqrt(1 / (1 + math.exp(-gamma)))
+        with torch.no_grad():
+            h = body(z, gamma)
+            normed = torch.nn.functional.layer_norm(h, (cfg.dim,), eps=1e-5) * net.output_norm.weight
+            readout = normed * (256 / cfg.dim) @ net.output_linear.weight.T + net.output_linear.bias
+        logits = readout + (alpha / sigma**2) * (z @ emb.T)
+        x_hat = torch.softmax(logits, dim=-1) @ emb
+        eps_hat = (z - alpha * x_hat) / sigma
+        nxt = float(gammas[i + 1])
+        z = math.sqrt(1 / (1 + math.exp(nxt))) * x_hat + math.sqrt(1 / (1 + math.exp(-nxt))) * eps_hat
+    return out
+
+
+def test_ddim_inversion_equals_a_float64_reference_of_plaid_prediction(backbone, batch):
+    reference = float64_reference_inversion(backbone, batch.tensors["tokens"], [0, 10, 20])
+    noisy = backbone.noisy_embeddings(batch, [10, 20])
+    for t in (10, 20):  # one and two inversion steps
+        expected = reference[t].float()
+        relative = (noisy[t] - expected).norm() / expected.norm()
+        assert relative < 1e-5, (t, float(relative))
+
+
+def test_ddim_inversion_without_the_z_term_would_differ(backbone, batch):
+    # The check above can fail: the readout alone moves z_t far beyond its tolerance.
+    tokens = batch.tensors["tokens"]
+    gamma, alpha, sigma = backbone.schedule_at([0, 10])
+    emb = backbone.embedding.normalized()
+    z0 = float(alpha[0]) * emb[tokens]
+    with torch.no_grad():
+        x_hat = backbone.net.readout(z0, gamma[0].expand(len(batch))).softmax(dim=-1) @ emb
+    readout_only = float(alpha[1]) * x_hat + float(sigma[1]) * (z0 - float(alpha[0]) * x_hat) / float(sigma[0])
+    z10 = backbone.noisy_embeddings(batch, [10])[10]
+    assert (readout_only - z10).norm() / z10.norm() > 1e-3
+
+
+def test_random_noising_features_are_a_plain_pass_over_the_noised_embeddings(tiny_folder, batch):
+    bb = load(tiny_folder, noising="random", noise_seed=3)
+    _, alpha, sigma = bb.schedule_at([30])
+    gamma = bb.schedule_at([30])[0].expand(len(batch))
+    x0 = bb.embedding.normalized()[batch.tensors["tokens"]]
+    z = float(alpha) * x0 + float(sigma) * seeded_normal(batch.ids, 30, (TOKEN_LENGTH, 16), 3, torch.device("cpu"))
+    hidden = {}
+    handle = bb.net.blocks[11].register_forward_hook(lambda m, a, out: hidden.setdefault("h", out))
+    try:
+        with torch.no_grad():
+            bb.net.readout(z, gamma)
+    finally:
+        handle.remove()
+    mask = batch.tensors["mask"].float().unsqueeze(-1)
+    expected = (hidden["h"] * mask).sum(dim=1) / mask.sum(dim=1)
+    torch.testing.assert_close(bb.features(batch, [30], [12])[30][12], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_settings_carry_the_text_feature_version(backbone):
+    from difffeat_tune.backbones.plaid import FEATURE_VERSION
+
+    assert FEATURE_VERSION >= 2  # 2: the DDIM prediction has the z term
+    assert backbone.settings()["feature_version"] == FEATURE_VERSION
 
 
 # ---------------------------------------------------------------- (e2) DDIM pass sharing
@@ -384,7 +509,8 @@ def reference_ddim_features(
 
     def predict(z: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            logits = bb.net(z, gamma[s].expand(n))
+            logits = bb.net.readout(z, gamma[s].expand(n))
+        logits = logits + float(alpha[s] / sigma[s] ** 2) * z @ emb.T  # the z term of Plaid's logits
         x_hat = logits.softmax(dim=-1) @ emb
         return x_hat, (z - float(alpha[s]) * x_hat) / float(sigma[s])
 
@@ -409,7 +535,7 @@ def reference_ddim_features(
         ]
         try:
             with torch.no_grad():
-                bb.net(z, gamma[t].expand(n))
+                bb.net.readout(z, gamma[t].expand(n))
         finally:
             for handle in handles:
                 handle.remove()
