@@ -2,7 +2,9 @@
 
 Every head is an ``nn.Module`` called as ``head(*inputs)`` and returning logits ``[B, n_classes]``;
 ``head.n_inputs`` says how many feature tensors it takes (1 for :class:`LinearProbe`, 2 for the
-fusion heads, image first, text second). Every fusion head ends in one linear classifier.
+fusion heads, image first, text second). Every head ends in one linear classifier, ``classifier``,
+applied to ``head.fuse(*inputs)``: the representation the classifier sees (the feature itself for
+the linear probe, the fused vector for a fusion head; the paper's t-SNE figures plot it).
 
 Cross attention on pooled features
 ----------------------------------
@@ -67,6 +69,10 @@ class LinearProbe(nn.Module):
         _check_positive(in_dim=in_dim, n_classes=n_classes)
         self.classifier = nn.Linear(in_dim, n_classes)
 
+    def fuse(self, x: Tensor) -> Tensor:
+        """The representation the classifier sees: the feature itself."""
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, n_classes]`` of features ``[B, in_dim]``."""
         return self.classifier(x)
@@ -84,6 +90,14 @@ class _FusionHead(nn.Module):
         self.text_dim = text_dim
         self.n_classes = n_classes
 
+    def fuse(self, image: Tensor, text: Tensor) -> Tensor:
+        """The fused representation ``[B, width]`` that the classifier reads."""
+        raise NotImplementedError
+
+    def forward(self, image: Tensor, text: Tensor) -> Tensor:
+        """Logits ``[B, n_classes]``."""
+        return self.classifier(self.fuse(image, text))
+
 
 class SimpleConcat(_FusionHead):
     """l2-normalise each feature, concatenate, linear: ``W [x/|x|; y/|y|] + b``."""
@@ -92,10 +106,9 @@ class SimpleConcat(_FusionHead):
         super().__init__(image_dim, text_dim, n_classes)
         self.classifier = nn.Linear(image_dim + text_dim, n_classes)
 
-    def forward(self, image: Tensor, text: Tensor) -> Tensor:
-        """Logits ``[B, n_classes]``."""
-        fused = torch.cat([F.normalize(image, dim=-1, eps=L2_EPS), F.normalize(text, dim=-1, eps=L2_EPS)], dim=-1)
-        return self.classifier(fused)
+    def fuse(self, image: Tensor, text: Tensor) -> Tensor:
+        """``[x/|x|; y/|y|]``."""
+        return torch.cat([F.normalize(image, dim=-1, eps=L2_EPS), F.normalize(text, dim=-1, eps=L2_EPS)], dim=-1)
 
 
 class LinearConcat(_FusionHead):
@@ -108,9 +121,9 @@ class LinearConcat(_FusionHead):
         self.text_proj = nn.Linear(text_dim, d_alg)
         self.classifier = nn.Linear(2 * d_alg, n_classes)
 
-    def forward(self, image: Tensor, text: Tensor) -> Tensor:
-        """Logits ``[B, n_classes]``."""
-        return self.classifier(torch.cat([self.image_proj(image), self.text_proj(text)], dim=-1))
+    def fuse(self, image: Tensor, text: Tensor) -> Tensor:
+        """``[P x; Q y]``."""
+        return torch.cat([self.image_proj(image), self.text_proj(text)], dim=-1)
 
 
 class LinearAdd(_FusionHead):
@@ -123,9 +136,9 @@ class LinearAdd(_FusionHead):
         self.text_proj = nn.Linear(text_dim, d_alg)
         self.classifier = nn.Linear(d_alg, n_classes)
 
-    def forward(self, image: Tensor, text: Tensor) -> Tensor:
-        """Logits ``[B, n_classes]``."""
-        return self.classifier(self.image_proj(image) + self.text_proj(text))
+    def fuse(self, image: Tensor, text: Tensor) -> Tensor:
+        """``P x + Q y``."""
+        return self.image_proj(image) + self.text_proj(text)
 
 
 class CrossAttention(_FusionHead):
@@ -176,12 +189,11 @@ class CrossAttention(_FusionHead):
         kv_tokens = self.text_tokens(text).view(batch, self.n_tokens, self.d_alg)
         return q_tokens, kv_tokens
 
-    def forward(self, image: Tensor, text: Tensor) -> Tensor:
-        """Logits ``[B, n_classes]``."""
+    def fuse(self, image: Tensor, text: Tensor) -> Tensor:
+        """``mean_k(Q_img + O(attn V))`` ``[B, d_alg]``."""
         q_tokens, kv_tokens = self._tokens(image, text)
         attended = F.scaled_dot_product_attention(self.query(q_tokens), self.key(kv_tokens), self.value(kv_tokens))
-        fused = (q_tokens + self.out(attended)).mean(dim=1)
-        return self.classifier(fused)
+        return (q_tokens + self.out(attended)).mean(dim=1)
 
 
 def build_head(

@@ -208,7 +208,9 @@ class Objective:
                               n_classes=n_classes, d_alg=config.d_alg, seed=self.settings.head_seed)
         return build_head("linear", in_dim=inputs[0].shape[1], n_classes=n_classes, seed=self.settings.head_seed)
 
-    def _fit(self, config: TrialConfig, score_rows: _Rows, on_epoch: OnEpoch | None) -> TrialResult:
+    def _fit(self, config: TrialConfig, score_rows: _Rows,
+             on_epoch: OnEpoch | None) -> tuple[TrialResult, torch.nn.Module, tuple[torch.Tensor, ...]]:
+        """Train ``config``'s head; the result, the trained head and the scored rows' inputs."""
         start = time.perf_counter()
         train_x = self._inputs(config, self._train, self._train)
         score_x = self._inputs(config, score_rows, self._train)
@@ -216,19 +218,37 @@ class Objective:
         head = self._head(config, train_x, train_y.shape[1])
         result = train_head(head, train_x, train_y, score_x, score_y, task=self.view.task,
                             recipe=self.settings.recipe, device=self.device, on_epoch=on_epoch)
-        return TrialResult(config=config, score=float(result.score), metrics=dict(result.metrics.as_dict()),
-                           split=score_rows.name, epochs_run=result.epochs_run, history=list(result.history),
-                           seconds=time.perf_counter() - start, stopped_early=result.stopped_early)
+        trial = TrialResult(config=config, score=float(result.score), metrics=dict(result.metrics.as_dict()),
+                            split=score_rows.name, epochs_run=result.epochs_run, history=list(result.history),
+                            seconds=time.perf_counter() - start, stopped_early=result.stopped_early)
+        return trial, head, score_x
 
     def __call__(self, config: TrialConfig, on_epoch: OnEpoch | None = None) -> TrialResult:
         """Train ``config``'s head on train and score it on the selection split."""
-        return self._fit(config, self._select, on_epoch)
+        return self._fit(config, self._select, on_epoch)[0]
 
     def evaluate(self, config: TrialConfig) -> TrialResult:
         """Re-train ``config`` and score it on the evaluation split (the number to report)."""
+        return self._fit(config, self._eval_rows(), None)[0]
+
+    def representation(self, config: TrialConfig) -> tuple[torch.Tensor, np.ndarray, TrialResult]:
+        """Train ``config``'s head and return what its classifier sees on the evaluation split.
+
+        Returns:
+            ``(representation [N, D] float32 on the CPU, labels [N, C] int8, the evaluation result)``:
+            the standardised feature for a unimodal configuration, the head's fused vector
+            (``head.fuse``, before the classifier) for a fusion configuration.
+        """
+        rows = self._eval_rows()
+        result, head, inputs = self._fit(config, rows, None)
+        with torch.no_grad():
+            fused = head.eval().fuse(*inputs).float().cpu()
+        return fused, np.asarray(self._split_labels(rows.split).values), result
+
+    def _eval_rows(self) -> _Rows:
         if self.eval_split is None:
             raise ConfigError(f"data set {self.view.folder.name} has no val or test split to evaluate on")
-        return self._fit(config, _Rows(self.eval_split, None, self.eval_split), None)
+        return _Rows(self.eval_split, None, self.eval_split)
 
     def with_recipe(self, **changes: object) -> Objective:
         """A copy with recipe fields changed (shares nothing mutable with this one)."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from difffeat_tune._errors import ConfigError, StoreError
 from difffeat_tune.config import TrialConfig
@@ -112,3 +113,14 @@ def test_ids_that_do_not_match_the_labels_are_an_error(synthetic_view) -> None: 
     pq.write_table(table.set_column(0, "id", pa.array(ids)), path)
     with pytest.raises(StoreError, match="row 3"):
         Objective(synthetic_view, FAST, "cpu")(TrialConfig("text", text=TEXT_PEAK))
+
+
+def test_representation_is_what_the_classifier_of_the_trained_head_reads(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=3, batch_size=32)))
+    config = TrialConfig("fusion", image=(30, 8), text=(0, 12), fusion="linear_add", d_alg=8)
+    fused, labels, result = objective.representation(config)
+    assert fused.shape == (80, 8) and labels.shape == (80, 6)
+    assert result.split == "test" and result.metrics == objective.evaluate(config).metrics
+    image, labels_again, _ = objective.representation(TrialConfig("image", image=(30, 8)))
+    assert image.shape == (80, 16) and (labels_again == labels).all()
+    torch.testing.assert_close(image.mean(dim=0), torch.zeros(16), atol=0.5, rtol=0)  # standardised on train

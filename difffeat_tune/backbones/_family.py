@@ -1,0 +1,65 @@
+"""What a backbone family declares: how to load it and what its timesteps and blocks mean.
+
+A family (``dit``, ``plaid``, ...) is one module that builds :class:`~difffeat_tune.backbones._base.Backbone`
+objects from a source (a hub id or a local folder) and exposes one :class:`BackboneFamily`
+constant. The registry (:mod:`difffeat_tune.backbones._registry`) holds one table of them, so a
+new family is one new module plus one table entry. Users select one as ``family:source`` (e.g.
+``dit:facebook/DiT-XL-2-256``); each family's loader receives the same :class:`LoadOptions` and
+reads the fields that apply to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from difffeat_tune.backbones._base import Backbone, Modality
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Load-time settings of a backbone (each family reads the ones it knows, ignores the rest).
+
+    Attributes:
+        device: ``None``/``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        noise_seed: seed of any random noise (image noise, random text noising, masking).
+        vae: a separate VAE (hub id or folder) for latent-diffusion image families.
+        tokenizer: a tokenizer file or folder for text families that take one.
+        token_length: text length L in tokens (``None``: the family's default).
+        text_noising: ``"ddim"`` (deterministic inversion) or ``"random"`` for continuous text
+            diffusion (Plaid).
+        inversion_step: DDIM inversion step in timesteps (``None``: the family's default).
+    """
+
+    device: str | None = None
+    noise_seed: int = 0
+    vae: str | None = None
+    tokenizer: str | None = None
+    token_length: int | None = None
+    text_noising: str = "ddim"
+    inversion_step: int | None = None
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """One kind of backbone: its loader and what it means to ask it for (t, b).
+
+    Attributes:
+        name: the prefix users write (``name:source``), lower case.
+        modality: ``"image"`` or ``"text"``.
+        summary: one line for ``difffeat-tune backbones``.
+        timestep: what a timestep t in [0, 1000) means for this family.
+        blocks: which modules are the blocks b = 1..N, and N for the usual checkpoints.
+        load: ``load(source, options) -> Backbone``.
+        default_source: the source used when only the family is named (or ``None``: required).
+    """
+
+    name: str
+    modality: Modality
+    summary: str
+    timestep: str
+    blocks: str
+    load: Callable[[str, LoadOptions], Backbone]
+    default_source: str | None = None
