@@ -232,6 +232,8 @@ def record_study_attrs(study: optuna.Study, options: SearchOptions, space: Searc
     for key, value in {"sampler": options.sampler, "space": space.source or space.name,
                        "fusion_methods": list(options.fusion_methods), "neighbourhood": options.neighbourhood,
                        "pruner": options.pruner, "features": str(objective.view.folder),
+                       "image_extraction": objective.view.image.folder.name if objective.view.image else None,
+                       "text_extraction": objective.view.text.folder.name if objective.view.text else None,
                        "selection_split": objective.selection_split, "eval_split": objective.eval_split,
                        "epochs": objective.settings.recipe.epochs, "engine": engine}.items():
         study.set_user_attr(key, value)
