@@ -722,9 +722,6 @@ def build_tiny_plaid(
     texts = [c for c in captions if isinstance(c, str) and c.strip()]
     if not texts:
         raise ConfigError("build_tiny_plaid needs at least one non-empty caption to train its tokenizer")
-    min_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + 1
-    if vocab_size < min_vocab:
-        raise ConfigError(f"vocab_size must be at least {min_vocab} (256 bytes + end-of-text), got {vocab_size}")
     if not gamma_0 < gamma_1:
         raise ConfigError(f"gamma_0 ({gamma_0}) must be below gamma_1 ({gamma_1})")
     try:
@@ -733,6 +730,31 @@ def build_tiny_plaid(
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
+    tokenizer = train_tokenizer(texts, vocab_size)
+    generator = torch.Generator().manual_seed(seed)
+    net = PlaidNet(config)
+    net.init_weights(generator)
+    schedule = NoiseSchedule()
+    schedule.init_weights(generator)
+    bounds = GammaBounds(gamma_0, gamma_1)
+    embedding = EmbeddingMatrix(vocab_size, embed_dim)
+    with torch.no_grad():
+        embedding.matrix.copy_(torch.randn(embedding.matrix.shape, generator=generator))
+    save_plaid(folder, net, schedule, bounds, embedding, tokenizer)
+    logger.info("built tiny Plaid %s (tokenizer %d tokens) in %s", asdict(config),
+                tokenizer.get_vocab_size(), folder)
+    return Path(folder)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE tokenizer learnt on ``texts``, id 0 = ``<|endoftext|>`` (Plaid's layout).
+
+    Raises:
+        ConfigError: ``vocab_size`` is below the byte alphabet plus end-of-text.
+    """
+    min_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + 1
+    if vocab_size < min_vocab:
+        raise ConfigError(f"vocab_size must be at least {min_vocab} (256 bytes + end-of-text), got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -744,29 +766,34 @@ def build_tiny_plaid(
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     if tokenizer.token_to_id(EOT_TOKEN) != PAD_ID:
-        raise BackboneError(f"tiny tokenizer put {EOT_TOKEN} at id {tokenizer.token_to_id(EOT_TOKEN)}, not 0")
+        raise BackboneError(f"tokenizer put {EOT_TOKEN} at id {tokenizer.token_to_id(EOT_TOKEN)}, not 0")
+    return tokenizer
 
-    generator = torch.Generator().manual_seed(seed)
-    net = PlaidNet(config)
-    net.init_weights(generator)
-    schedule = NoiseSchedule()
-    schedule.init_weights(generator)
-    bounds = GammaBounds(gamma_0, gamma_1)
-    embedding = EmbeddingMatrix(vocab_size, embed_dim)
-    with torch.no_grad():
-        embedding.matrix.copy_(torch.randn(embedding.matrix.shape, generator=generator))
 
+def save_plaid(folder: str | Path, net: PlaidNet, schedule: NoiseSchedule, bounds: GammaBounds,
+               embedding: EmbeddingMatrix, tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a Plaid model in the released layout (plus ``config.json`` and ``tokenizer.json``).
+
+    Args:
+        folder: output folder (created; existing files are replaced, each atomically).
+        net, schedule, bounds, embedding: the four modules of the release's four files.
+        tokenizer: saved as ``tokenizer.json``.
+        dtype: floating dtype of the denoiser's tensors in ``model.pt`` (e.g. ``torch.float16`` to
+            ship small files; the loader computes in float32). The schedule, bounds and embedding
+            stay float32.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for file_name, module in (
-        (MODEL_FILE, net), (SCHEDULE_FILE, schedule), (GAMMA_BOUNDS_FILE, bounds), (EMBEDDING_FILE, embedding)
-    ):
-        _atomic_write(folder / file_name, lambda tmp, m=module: torch.save(m.state_dict(), tmp))
-    config_text = json.dumps(asdict(config), indent=2) + "\n"
+    model_state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
+                   for k, v in net.state_dict().items()}
+    states = {MODEL_FILE: model_state}
+    for file_name, module in ((SCHEDULE_FILE, schedule), (GAMMA_BOUNDS_FILE, bounds), (EMBEDDING_FILE, embedding)):
+        states[file_name] = {k: v.detach().to("cpu", torch.float32) for k, v in module.state_dict().items()}
+    for file_name, state in states.items():
+        _atomic_write(folder / file_name, lambda tmp, st=state: torch.save(st, tmp))
+    config_text = json.dumps(asdict(net.config), indent=2) + "\n"
     _atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
     _atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(str(tmp)))
-    logger.info("built tiny Plaid %s (tokenizer %d tokens) in %s", asdict(config),
-                tokenizer.get_vocab_size(), folder)
     return folder
 
 

@@ -649,9 +649,12 @@ class _RawSplit:
     captions: tuple[str, ...]
 
 
-def _generate_split(seed: int, split_index: int, n: int, ctx: _Context) -> _RawSplit:
+def _generate_split(seed: int, split_index: int, n: int, ctx: _Context,
+                    stream: Sequence[int] = ()) -> _RawSplit:
     # One independent stream per split: a split's content does not depend on the others' sizes.
-    rng = np.random.default_rng([seed, split_index])
+    # The data set's streams are [seed, split]; a pretraining corpus adds a marker (``stream``),
+    # and seed sequences of different lengths never share a stream.
+    rng = np.random.default_rng([seed, split_index, *stream])
     cfg = ctx.cfg
     labels = _sample_label_sets(rng, n, cfg)
     size = cfg.image_size
@@ -672,6 +675,50 @@ def _generate(seed: int, sizes: Mapping[str, int], cfg: ShapesConfig) -> dict[st
     logger.info("generated shapes data (seed %d, %s images) in %.1f s", seed,
                 "/".join(str(sizes[s]) for s in SPLITS), time.perf_counter() - start)
     return raw
+
+
+#: Marker of the pretraining corpus's random streams (see :func:`generate_corpus`).
+CORPUS_STREAM = 0xC0_4905
+
+
+@dataclass(frozen=True)
+class ShapesCorpus:
+    """Images and captions drawn like "shapes" but from other random streams, for pretraining.
+
+    Attributes:
+        pixels: uint8 ``[N, size, size, 3]``.
+        labels: int8 ``[N, C]`` (what the images hold; pretraining uses no labels).
+        captions: the plain captions.
+        enhanced_captions: the same with the COCO-enhanced sentences (rare categories computed
+            from this corpus's own labels, the rule of the data set).
+    """
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    captions: tuple[str, ...]
+    enhanced_captions: tuple[str, ...]
+
+
+def generate_corpus(n: int, *, seed: int = 0, chunk: int = 0, config: ShapesConfig | None = None) -> ShapesCorpus:
+    """A pretraining corpus of ``n`` images and captions, disjoint from every "shapes" split.
+
+    The tiny backbones are pretrained on such a corpus, as DiT and Plaid were pretrained on other
+    data than the data sets they are probed on: its random streams ``[seed, chunk, CORPUS_STREAM]``
+    are never those of a data set split (``[seed, split]``), so no val or test image or caption is
+    ever seen in pretraining. Chunks with different ``chunk`` numbers are independent, so a corpus
+    can be generated in parallel pieces.
+
+    Args:
+        n: number of images.
+        seed: corpus seed.
+        chunk: piece number (see above).
+        config: generator constants (default ``ShapesConfig()``).
+    """
+    cfg = config if config is not None else ShapesConfig()
+    raw = _generate_split(seed, chunk, n, _Context.build(cfg), stream=(CORPUS_STREAM,))
+    rare = rare_categories(raw.labels, cfg.rare_fraction)
+    enhanced = enhance_captions(raw.captions, raw.labels, cfg.categories, rare)
+    return ShapesCorpus(pixels=raw.pixels, labels=raw.labels, captions=raw.captions, enhanced_captions=enhanced)
 
 
 def _write_cache(path: Path, key: str, raw: Mapping[str, _RawSplit]) -> None:
