@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 
 from difffeat_tune._errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -31,3 +36,38 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed-precision dtype for inference on ``device``: bf16 on CUDA, none on CPU."""
     return torch.bfloat16 if device.type == "cuda" else None
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(workers: int = 1, threads: int | None = None) -> int:
+    """Set torch's intra-op threads for ``workers`` trial loops in this process; warn if the CPU is busy.
+
+    Torch starts one thread per core in every process; several processes (or several trial loops
+    in one process) each with as many threads as cores oversubscribe the machine, and small
+    probes then run many times slower. So each process takes ``threads`` threads, by default the
+    cores divided by ``workers`` (at least 1). When the machine's load is already above its cores
+    (other processes computing), a warning says so and what to do.
+
+    Returns:
+        The number of threads set.
+    """
+    cores = available_cores()
+    count = threads if threads is not None else max(1, cores // max(1, workers))
+    torch.set_num_threads(count)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return count
+    if load > cores:
+        logger.warning(
+            "the machine is busy (load %.1f on %d cores): torch threads of several processes compete for the "
+            "cores; give each process --threads (their sum at most %d), or run one process with --workers",
+            load, cores, cores)
+    return count

@@ -1,37 +1,79 @@
-"""The ``difffeat-tune`` command: parse, call the library, render with rich. No logic lives here."""
+"""The ``difffeat-tune`` command: parse, build the settings, call the library, render with rich.
+
+Only Typer, rich and the package's light modules are imported at start-up (``--help`` answers at
+once); each command imports what it needs when it runs. Every command takes the same options for
+the same things, and turns them into one :class:`~difffeat_tune.settings.Settings` with
+:func:`_settings`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TaskID
-from rich.table import Table
+from rich.markup import escape
 
-from difffeat_tune._errors import DiffFeatError
-from difffeat_tune.config import DEFAULT_FUSION
-from difffeat_tune.dashboard import DEFAULT_HOST, DEFAULT_PORT, serve_dashboard
-from difffeat_tune.features import DEFAULT_FEATURES, FeatureRequest, TextSettings, ensure_features
-from difffeat_tune.probe.objective import Objective, ObjectiveSettings
-from difffeat_tune.probe.train import TrainRecipe
-from difffeat_tune.search.compare import Comparison
-from difffeat_tune.search.runner import (
-    DEFAULT_RUNS, SearchOptions, SearchSummary, default_storage, open_storage, run_search,
+from difffeat_tune._defaults import (
+    DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DTYPE, DEFAULT_FEATURES, DEFAULT_FUSION, DEFAULT_HOST,
+    DEFAULT_PORT, DEFAULT_RUNS, DEFAULT_SPACE, TINY,
 )
-from difffeat_tune.search.space import DEFAULT_SPACE, SearchSpace, load_space
+from difffeat_tune._errors import ConfigError, DiffFeatError
+
+if TYPE_CHECKING:
+    from difffeat_tune.features import PreparedFeatures
+    from difffeat_tune.search.runner import SearchSummary
+    from difffeat_tune.settings import Settings
 
 app = typer.Typer(help="Find the best diffusion-feature configuration (Diff-Feat) for multi-label classification.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+run_app = typer.Typer(help="Run a search study (resumes when the study already exists).", no_args_is_help=True)
+app.add_typer(run_app, name="run")
 console = Console(stderr=True)
 out = Console()
+
+
+# -- options shared by the commands (Typer reads the help from the Annotated metadata) ---------------
+
+DatasetOpt = Annotated[str, typer.Option(help="Data set: 'shapes' (embedded), 'shapes-enhanced', coco, coco-enhanced, coco-plain, vg500, voc2007, cifar100, tiny-imagenet, ag-news (with --root), or a manifest path.")]
+RootOpt = Annotated[Optional[Path], typer.Option(help="Folder of a public data set's files (coco, vg500, ...).")]
+FeaturesOpt = Annotated[Path, typer.Option(help="Feature-store folder.")]
+SpaceOpt = Annotated[str, typer.Option(help="Search space: a name in searchspaces/ or a .toml path.")]
+ImageBackboneOpt = Annotated[str, typer.Option(help="'tiny', family:source (see `difffeat-tune backbones`), or a DiT hub id or folder.")]
+VaeOpt = Annotated[Optional[str], typer.Option(help="Separate VAE for a latent-diffusion image backbone (hub id or folder).")]
+TextBackboneOpt = Annotated[str, typer.Option(help="'tiny', family:source (see `difffeat-tune backbones`), or a folder with Plaid's weight files.")]
+TokenizerOpt = Annotated[Optional[str], typer.Option(help="Tokenizer file (default: the one in the text backbone's folder).")]
+DeviceOpt = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'.")]
+BatchOpt = Annotated[int, typer.Option(help="Rows per extraction batch (each goes through every timestep).")]
+DtypeOpt = Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the image noise, of random text noising and of masking.")]
+TokenLengthOpt = Annotated[Optional[int], typer.Option(help="Text token length L (pad with end-of-text, or truncate); default: the data set's recommendation, else the backbone's.")]
+NoisingOpt = Annotated[str, typer.Option(help="Text noising: 'ddim' (deterministic inversion) or 'random'.")]
+InversionOpt = Annotated[Optional[int], typer.Option(help="DDIM-inversion step in timesteps (default: the backbone's).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details and tracebacks.")]
+StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite:///<runs>/studies.db).")]
+RunsOpt = Annotated[Path, typer.Option(help="Runs folder (SQLite studies, comparisons, reports).")]
+StudyOpt = Annotated[Optional[str], typer.Option(help="Study name (default: <dataset>-<sampler>); reuse it to resume.")]
+WorkersOpt = Annotated[int, typer.Option(help="Trial loops in this process (threads); more processes may share --storage.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="Torch threads of this process (default: cores // workers).")]
+BatchTrialsOpt = Annotated[Optional[int], typer.Option(help="Probes trained together as one computation (default: automatic).")]
+FusionOpt = Annotated[str, typer.Option(help="Fusion method(s), comma-separated, or 'all'.")]
+NeighbourhoodOpt = Annotated[str, typer.Option(help="Heuristic neighbourhood: cross, box or radius.")]
+RadiusOpt = Annotated[int, typer.Option(help="Neighbourhood radius in grid steps.")]
+PrunerOpt = Annotated[str, typer.Option(help="none, median or halving (over probe epochs).")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Probe epochs (default: the space's, else 40).")]
+ProtocolOpt = Annotated[str, typer.Option(help="'validation' (select on val, report test) or 'paper' (select on the evaluation split).")]
+NTrialsOpt = Annotated[Optional[int], typer.Option(help="Stop after this many new trials (resume later).")]
+GridSeedOpt = Annotated[int, typer.Option(help="Seed of the grid order.")]
+EngineOpt = Annotated[str, typer.Option(help="'local' (this process) or 'ray' (Ray Tune trials on a Ray cluster).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join ('auto', 'host:port'); default: a private local Ray.")]
 
 
 def _ints(text: Optional[str], option: str) -> tuple[int, ...] | None:
@@ -44,89 +86,112 @@ def _ints(text: Optional[str], option: str) -> tuple[int, ...] | None:
 
 
 def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+                        handlers=[RichHandler(console=console, show_path=False, markup=False)], force=True)
     # Optuna logs every trial at INFO through its own handler; the progress line already shows them.
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
-class _RowsPerSecond(TextColumn):
-    def __init__(self) -> None:
-        super().__init__("")
-
-    def render(self, task):  # type: ignore[no-untyped-def]
-        speed = task.finished_speed or task.speed
-        return f"{speed:,.0f} samples/s" if speed else ""
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RowsPerSecond(),
-                    TimeElapsedColumn(), console=console, transient=False)
+def _check_paths(**paths: Optional[Path]) -> None:
+    """One-line errors for path options that point at the wrong kind of thing."""
+    for option, path in paths.items():
+        if path is None:
+            continue
+        flag = f"--{option.replace('_', '-')}"
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{flag} {path} is a file, not a folder", f"give {flag} a folder")
 
 
-def prepare(request: FeatureRequest, quiet: bool = False):  # type: ignore[no-untyped-def]
-    """Run :func:`ensure_features` under a rich progress bar (one bar per modality)."""
-    with _progress() as bar:
+def _settings(**options: Any) -> Settings:
+    """The settings of a command from its options (every command goes through here)."""
+    from difffeat_tune.features import BackboneSettings, DataSettings, StoreSettings
+    from difffeat_tune.probe.objective import ObjectiveSettings
+    from difffeat_tune.search._options import SearchOptions
+    from difffeat_tune.settings import Settings
+
+    get = options.get
+    _check_paths(features=get("features"), runs=get("runs"))
+    data = DataSettings(dataset=get("dataset", DEFAULT_DATASET), root=get("root"))
+    backbones = BackboneSettings(
+        image=get("image_backbone", TINY), text=get("text_backbone", TINY), vae=get("vae"),
+        tokenizer=get("tokenizer"), noise_seed=get("noise_seed", 0), token_length=get("token_length"),
+        text_noising=get("text_noising", "ddim"), inversion_step=get("inversion_step"))
+    store = StoreSettings(features=get("features", DEFAULT_FEATURES), dtype=get("dtype", DEFAULT_DTYPE),
+                          batch_size=get("batch_size", DEFAULT_BATCH_SIZE), splits=get("splits"))
+    search = SearchOptions(
+        sampler=get("sampler", "heuristic"), neighbourhood=get("neighbourhood", "cross"), radius=get("radius", 1),
+        pruner=get("pruner", "none"), workers=get("workers", 1), threads=get("threads"),
+        batch_trials=get("batch_trials"), seed=get("seed", 0), n_trials=get("n_trials"),
+        engine=get("engine", "local"), ray_address=get("ray_address"), storage=get("storage"),
+        study_name=get("study_name"), runs=get("runs", DEFAULT_RUNS))
+    return Settings.create(space=get("space", DEFAULT_SPACE), data=data, backbones=backbones, store=store,
+                           probe=ObjectiveSettings(protocol=get("protocol", "validation")), search=search,
+                           device=get("device", "auto"), fusion=get("fusion", DEFAULT_FUSION),
+                           epochs=get("epochs"))
+
+
+def _prepare(settings: Settings, quiet: bool) -> PreparedFeatures:
+    """Extract (or reuse) the settings' features under a rich progress bar, one bar per modality."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from difffeat_tune.features import ensure_features
+
+    if quiet:
+        return ensure_features(settings.features)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console) as bar:
         tasks: dict[str, TaskID] = {}
 
         def on_total(modality: str, total: int) -> None:
-            tasks[modality] = bar.add_task(f"{modality} features", total=total or 1, completed=0 if total else 1)
+            tasks[modality] = bar.add_task(f"{modality} features", total=total or 1, completed=0 if total else 1,
+                                           speed="")
 
         def progress(modality: str, rows: int) -> None:
             bar.advance(tasks[modality], rows)
+            speed = bar.tasks[tasks[modality]].speed
+            bar.update(tasks[modality], speed=f"{speed:,.0f} samples/s" if speed else "")
 
-        return ensure_features(request, progress=None if quiet else progress, on_total=None if quiet else on_total)
-
-
-# Options shared by several commands (Typer reads the help from the Annotated metadata).
-DatasetOpt = Annotated[str, typer.Option(help="Data set: 'shapes' (embedded), 'shapes-enhanced', coco, coco-enhanced, vg500, voc2007, cifar100, tiny-imagenet, ag-news (with --root), or a manifest path.")]
-RootOpt = Annotated[Optional[Path], typer.Option(help="Folder of a public data set's files (coco, vg500, ...).")]
-FeaturesOpt = Annotated[Path, typer.Option(help="Feature-store folder.")]
-SpaceOpt = Annotated[str, typer.Option(help="Search space: a name in searchspaces/ or a .toml path.")]
-ImageBackboneOpt = Annotated[str, typer.Option(help="'tiny', a hub id (facebook/DiT-XL-2-256) or a DiT folder.")]
-VaeOpt = Annotated[Optional[str], typer.Option(help="Separate VAE for the DiT (hub id or folder).")]
-TextBackboneOpt = Annotated[str, typer.Option(help="'tiny' or a folder with Plaid's weight files.")]
-TokenizerOpt = Annotated[Optional[str], typer.Option(help="Tokenizer JSON (default: tokenizer.json in the text backbone folder).")]
-DeviceOpt = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'.")]
-BatchOpt = Annotated[int, typer.Option(help="Rows per extraction batch (each goes through every timestep).")]
-DtypeOpt = Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the image noise and of random text noise.")]
-TokenLengthOpt = Annotated[Optional[int], typer.Option(help="Text token length L (pad with end-of-text, or truncate); default: the data set's recommendation, else 60.")]
-NoisingOpt = Annotated[str, typer.Option(help="Text noising: 'ddim' (deterministic inversion) or 'random'.")]
-InversionOpt = Annotated[Optional[int], typer.Option(help="DDIM-inversion step in timesteps (default: the backbone's).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
-StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite:///<runs>/studies.db).")]
-RunsOpt = Annotated[Path, typer.Option(help="Runs folder (SQLite studies, comparisons).")]
+        return ensure_features(settings.features, progress=progress, on_total=on_total)
 
 
-def _request(dataset: str, features: Path, space: str, modalities: tuple[str, ...], image_backbone: str,
-             vae: Optional[str], text_backbone: str, tokenizer: Optional[str], device: str, batch_size: int,
-             dtype: str, noise_seed: int, token_length: Optional[int], text_noising: str, inversion_step: Optional[int],
-             root: Optional[Path] = None, **grid: tuple[int, ...] | None) -> FeatureRequest:
-    return FeatureRequest(
-        dataset=dataset, dataset_options={"root": root} if root is not None else {},
-        features=features, space=space, modalities=modalities,
-        image_backbone=image_backbone, vae=vae, text_backbone=text_backbone, tokenizer=tokenizer,
-        device=device, batch_size=batch_size, dtype=dtype, image_noise_seed=noise_seed,
-        text=TextSettings(token_length=token_length, noising=text_noising, inversion_step=inversion_step,
-                          noise_seed=noise_seed),
-        **grid,  # type: ignore[arg-type]
-    )
+@contextmanager
+def _trial_progress(quiet: bool, what: str) -> Iterator[Callable[..., None]]:
+    """A spinner with the trial count and the best score so far, as an Optuna callback."""
+    if quiet:
+        yield lambda study, trial: None
+        return
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
+    with Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.completed} trials"),
+                  TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(escape(what), total=None, best="")
+
+        def callback(study, trial) -> None:  # type: ignore[no-untyped-def]
+            try:
+                best = f"best {100 * study.best_value:.2f} ({study.best_trial.user_attrs.get('config', '')})"
+            except ValueError:
+                best = ""
+            bar.update(task, advance=1, best=escape(best))
+
+        yield callback
+
+
+# -- extract --------------------------------------------------------------------------------------
 
 @app.command()
 def extract(
-    dataset: DatasetOpt = "shapes",
+    dataset: DatasetOpt = DEFAULT_DATASET,
     root: RootOpt = None,
     features: FeaturesOpt = DEFAULT_FEATURES,
     space: SpaceOpt = DEFAULT_SPACE,
     modality: Annotated[str, typer.Option(help="'image', 'text' or 'both'.")] = "both",
-    image_backbone: ImageBackboneOpt = "tiny",
+    image_backbone: ImageBackboneOpt = TINY,
     vae: VaeOpt = None,
-    text_backbone: TextBackboneOpt = "tiny",
+    text_backbone: TextBackboneOpt = TINY,
     tokenizer: TokenizerOpt = None,
     image_timesteps: Annotated[Optional[str], typer.Option(help="Comma-separated image timesteps (default: the space's).")] = None,
     image_blocks: Annotated[Optional[str], typer.Option(help="Comma-separated 1-based image blocks (default: the space's).")] = None,
@@ -134,12 +199,13 @@ def extract(
     text_blocks: Annotated[Optional[str], typer.Option(help="Comma-separated 1-based text blocks (default: the space's).")] = None,
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits (default: all).")] = None,
     device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 64,
-    dtype: DtypeOpt = "float16",
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     noise_seed: SeedOpt = 0,
     token_length: TokenLengthOpt = None,
     text_noising: NoisingOpt = "ddim",
     inversion_step: InversionOpt = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -147,15 +213,21 @@ def extract(
     _setup_logging(verbose)
     if modality not in ("image", "text", "both"):
         raise typer.BadParameter("choose image, text or both", param_hint="--modality")
-    request = _request(
-        dataset, features, space, ("image", "text") if modality == "both" else (modality,), image_backbone, vae,
-        text_backbone, tokenizer, device, batch_size, dtype, noise_seed, token_length, text_noising, inversion_step,
-        root=root, image_timesteps=_ints(image_timesteps, "--image-timesteps"), image_blocks=_ints(image_blocks, "--image-blocks"),
-        text_timesteps=_ints(text_timesteps, "--text-timesteps"), text_blocks=_ints(text_blocks, "--text-blocks"),
-    )
-    if splits:
-        request = replace(request, splits=tuple(s for s in splits.split(",") if s))
-    prepared = prepare(request, quiet=as_json)
+    from difffeat_tune._device import configure_threads
+    from difffeat_tune.features import with_grid
+
+    settings = _settings(dataset=dataset, root=root, features=features, space=space, image_backbone=image_backbone,
+                         vae=vae, text_backbone=text_backbone, tokenizer=tokenizer, device=device,
+                         batch_size=batch_size, dtype=dtype, noise_seed=noise_seed, token_length=token_length,
+                         text_noising=text_noising, inversion_step=inversion_step, threads=threads,
+                         splits=tuple(s for s in splits.split(",") if s) if splits else None)
+    grid = settings.space
+    grid = with_grid(grid, "image", _ints(image_timesteps, "--image-timesteps"), _ints(image_blocks, "--image-blocks"))
+    grid = with_grid(grid, "text", _ints(text_timesteps, "--text-timesteps"), _ints(text_blocks, "--text-blocks"))
+    if modality != "both":
+        grid = grid.restricted_to((modality,))
+    configure_threads(1, threads)
+    prepared = _prepare(settings.with_space(grid), quiet=as_json)
     summary = {
         "dataset": prepared.view.folder.name,
         "store": str(features),
@@ -169,159 +241,48 @@ def extract(
     if as_json:
         out.print_json(json.dumps(summary))
         return
-    table = Table(title=f"features of {summary['dataset']} in {features}")
+    from rich.table import Table
+
+    table = Table(title=escape(f"features of {summary['dataset']} in {features}"))
     for col in ("modality", "parts written", "parts reused", "samples", "samples/s", "folder"):
         table.add_column(col)
-    for r in summary["extractions"]:
+    for r in summary["extractions"]:  # type: ignore[union-attr]
         table.add_row(r["modality"], str(r["parts_written"]), str(r["parts_skipped"]), str(r["rows"]),
-                      f"{r['samples_per_second']:,.0f}", r["folder"])
+                      f"{r['samples_per_second']:,.0f}", escape(r["folder"]))
     out.print(table)
 
 
-#: Search engines of `run heuristic` / `run grid`.
-ENGINES: tuple[str, ...] = ("local", "ray")
+# -- run heuristic / run grid / compare ----------------------------------------------------------
 
-run_app = typer.Typer(help="Run a search study (resumes when the study already exists).", no_args_is_help=True)
-app.add_typer(run_app, name="run")
-
-
-@dataclass(frozen=True)
-class _SearchArgs:
-    dataset: str
-    root: Optional[Path]
-    features: Path
-    space: str
-    image_backbone: str
-    vae: Optional[str]
-    text_backbone: str
-    tokenizer: Optional[str]
-    device: str
-    batch_size: int
-    dtype: str
-    noise_seed: int
-    token_length: Optional[int]
-    text_noising: str
-    inversion_step: Optional[int]
-    storage: Optional[str]
-    runs: Path
-    workers: int
-    fusion: str
-    neighbourhood: str
-    radius: int
-    pruner: str
-    epochs: Optional[int]
-    protocol: str
-    seed: int
-    engine: str = "local"
-    ray_address: Optional[str] = None
-
-    def storage_url(self) -> str:
-        return self.storage or default_storage(self.runs)
-
-    def options(self, sampler: str, space: SearchSpace) -> SearchOptions:
-        methods = space.fusion_methods if self.fusion == "all" else tuple(m for m in self.fusion.split(",") if m)
-        return SearchOptions(sampler=sampler, fusion_methods=methods, neighbourhood=self.neighbourhood,  # type: ignore[arg-type]
-                             radius=self.radius, pruner=self.pruner, workers=self.workers, seed=self.seed)
-
-
-def _search_args(**kwargs: object) -> _SearchArgs:
-    return _SearchArgs(**kwargs)  # type: ignore[arg-type]
-
-
-def _objective(args: _SearchArgs, sampler: str, quiet: bool) -> tuple[Objective, SearchSpace, SearchOptions]:
-    """Validate the space, search options and recipe, then extract (or reuse) features: bad input fails first."""
-    space = load_space(args.space)
-    options = args.options(sampler, space)
-    recipe_fields = dict(space.probe)
-    if args.epochs is not None:
-        recipe_fields["epochs"] = args.epochs
-    settings = ObjectiveSettings(recipe=TrainRecipe(**recipe_fields), protocol=args.protocol)  # type: ignore[arg-type]
-    request = _request(args.dataset, args.features, args.space, ("image", "text"), args.image_backbone, args.vae,
-                       args.text_backbone, args.tokenizer, args.device, args.batch_size, args.dtype, args.noise_seed,
-                       args.token_length, args.text_noising, args.inversion_step, root=args.root)
-    prepared = prepare(request, quiet=quiet)
-    return Objective(prepared.view, settings, device=args.device), space, options
-
-
-def _run(sampler: str, args: _SearchArgs, study_name: Optional[str], n_trials: Optional[int], as_json: bool) -> SearchSummary:
-    objective, space, options = _objective(args, sampler, quiet=as_json)
-    name = study_name or f"{objective.view.folder.name.rsplit('-', 1)[0]}-{sampler}"
-    with _trial_progress(quiet=as_json, what=f"{sampler} search ({name})") as callback:
-        if args.engine == "ray":
-            from difffeat_tune.search.ray_engine import run_search_ray  # imports Ray: only when asked
-
-            return run_search_ray(objective.view, space, options, objective.settings, storage=args.storage_url(),
-                                  study_name=name, ray_address=args.ray_address, results_dir=args.runs / "ray",
-                                  n_trials=n_trials, device=args.device, callbacks=[callback])
-        return run_search(objective, space, options, storage=args.storage_url(), study_name=name,
-                          n_trials=n_trials, callbacks=[callback])
-
-
-@contextmanager
-def _trial_progress(quiet: bool, what: str):  # type: ignore[no-untyped-def]
-    """A spinner with the trial count and the best score so far, as an Optuna callback."""
-    if quiet:
-        yield lambda study, trial: None
-        return
-    with Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.completed} trials"),
-                  TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task(what, total=None, best="")
-
-        def callback(study, trial) -> None:  # type: ignore[no-untyped-def]
-            try:
-                best = f"best {100 * study.best_value:.2f} ({study.best_trial.user_attrs.get('config', '')})"
-            except ValueError:
-                best = ""
-            bar.update(task, advance=1, best=best)
-
-        yield callback
-
-
-def _print_summary(summary: SearchSummary, storage: str) -> None:
-    table = Table(title=f"study {summary.study_name} ({summary.sampler})", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("best configuration", summary.best_label or "-")
-    for label, metrics, split in (("selection", summary.best_metrics, summary.selection_split),
-                                  ("evaluation", summary.eval_metrics, summary.eval_split)):
-        if metrics:
-            shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items() if not k.startswith("n_"))
-            table.add_row(f"{label} ({split})", shown)
-    table.add_row("trials", ", ".join(f"{k} {v}" for k, v in sorted(summary.trials.items())))
-    table.add_row("trials per phase", ", ".join(f"{k} {v}" for k, v in sorted(summary.phases.items())))
-    table.add_row("probe epochs", str(summary.probe_epochs))
-    table.add_row("wall time", f"{summary.wall_seconds:.1f} s")
-    out.print(table)
-    out.print(f"Browse it: [bold]difffeat-tune dashboard --storage {storage}[/]", soft_wrap=True)  # copy-pasteable
-
-
-def _search_command(sampler: str):  # type: ignore[no-untyped-def]
+def _search_command(kind: str) -> Callable[..., None]:
     def command(
-        dataset: DatasetOpt = "shapes",
+        dataset: DatasetOpt = DEFAULT_DATASET,
         root: RootOpt = None,
         features: FeaturesOpt = DEFAULT_FEATURES,
         space: SpaceOpt = DEFAULT_SPACE,
         storage: StorageOpt = None,
-        study_name: Annotated[Optional[str], typer.Option(help="Study name (default: <dataset>-<sampler>); reuse it to resume.")] = None,
+        study_name: StudyOpt = None,
         runs: RunsOpt = DEFAULT_RUNS,
-        workers: Annotated[int, typer.Option(help="Trials run in parallel in this process.")] = 1,
-        fusion: Annotated[str, typer.Option(help="Fusion method(s), comma-separated, or 'all'.")] = DEFAULT_FUSION,
-        neighbourhood: Annotated[str, typer.Option(help="Heuristic neighbourhood: cross, box or radius.")] = "cross",
-        radius: Annotated[int, typer.Option(help="Neighbourhood radius in grid steps.")] = 1,
-        pruner: Annotated[str, typer.Option(help="none, median or halving (over probe epochs).")] = "none",
-        epochs: Annotated[Optional[int], typer.Option(help="Probe epochs (default: the space's, else 40).")] = None,
-        protocol: Annotated[str, typer.Option(help="'validation' (select on val, report test) or 'paper' (select on the evaluation split).")] = "validation",
-        n_trials: Annotated[Optional[int], typer.Option(help="Stop after this many trials (resume later).")] = None,
-        seed: Annotated[int, typer.Option(help="Seed of the grid order.")] = 0,
-        engine: Annotated[str, typer.Option(help="'local' (Optuna in this process) or 'ray' (Ray Tune trials on a Ray cluster).")] = "local",
-        ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join ('auto', 'host:port'); default: a local Ray.")] = None,
-        image_backbone: ImageBackboneOpt = "tiny",
+        workers: WorkersOpt = 1,
+        threads: ThreadsOpt = None,
+        batch_trials: BatchTrialsOpt = None,
+        fusion: FusionOpt = DEFAULT_FUSION,
+        neighbourhood: NeighbourhoodOpt = "cross",
+        radius: RadiusOpt = 1,
+        pruner: PrunerOpt = "none",
+        epochs: EpochsOpt = None,
+        protocol: ProtocolOpt = "validation",
+        n_trials: NTrialsOpt = None,
+        seed: GridSeedOpt = 0,
+        engine: EngineOpt = "local",
+        ray_address: RayAddressOpt = None,
+        image_backbone: ImageBackboneOpt = TINY,
         vae: VaeOpt = None,
-        text_backbone: TextBackboneOpt = "tiny",
+        text_backbone: TextBackboneOpt = TINY,
         tokenizer: TokenizerOpt = None,
         device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 64,
-        dtype: DtypeOpt = "float16",
+        batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+        dtype: DtypeOpt = DEFAULT_DTYPE,
         noise_seed: SeedOpt = 0,
         token_length: TokenLengthOpt = None,
         text_noising: NoisingOpt = "ddim",
@@ -330,88 +291,110 @@ def _search_command(sampler: str):  # type: ignore[no-untyped-def]
         verbose: VerboseOpt = False,
     ) -> None:
         _setup_logging(verbose)
-        if engine not in ENGINES:
-            raise typer.BadParameter(f"choose {' or '.join(ENGINES)}", param_hint="--engine")
-        args = _search_args(
-            dataset=dataset, root=root, features=features, space=space, image_backbone=image_backbone, vae=vae,
-            text_backbone=text_backbone, tokenizer=tokenizer, device=device, batch_size=batch_size, dtype=dtype,
-            noise_seed=noise_seed, token_length=token_length, text_noising=text_noising,
-            inversion_step=inversion_step, storage=storage, runs=runs, workers=workers, fusion=fusion,
-            neighbourhood=neighbourhood, radius=radius, pruner=pruner, epochs=epochs, protocol=protocol, seed=seed,
-            engine=engine, ray_address=ray_address)
+        options = {k: v for k, v in locals().items() if k not in ("as_json", "verbose", "kind")}
+        settings = _settings(**options, sampler="grid" if kind == "grid" else "heuristic")
         # With --json, stdout carries the JSON alone: anything a library prints (Ray Tune's status) goes to stderr.
         with redirect_stdout(sys.stderr) if as_json else nullcontext():
-            summary = _run(sampler, args, study_name, n_trials, as_json)
+            result = _compare(settings, as_json) if kind == "compare" else _run(settings, as_json)
         if as_json:
-            out.print_json(json.dumps(summary.as_dict(), default=str))
-        else:
-            _print_summary(summary, args.storage_url())
+            out.print_json(json.dumps(result.as_dict(), default=str))
+        elif kind != "compare":
+            _print_summary(result, settings.search.storage_url())  # type: ignore[arg-type]
 
     command.__doc__ = {
         "heuristic": "Algorithm 1: every unimodal (t, b), then fusion around each modality's best.",
         "grid": "The full-grid baseline: every image (t, b) x text (t, b) pair (Optuna's GridSampler).",
-    }[sampler]
+        "compare": "Run (or reuse) the heuristic and the grid study on the same features and compare them.",
+    }[kind]
     return command
+
+
+def _run(settings: Settings, quiet: bool) -> SearchSummary:
+    from difffeat_tune._device import configure_threads
+    from difffeat_tune.search.runner import run_search
+
+    prepared = _prepare(settings, quiet)
+    settings = settings.with_space(prepared.space)
+    configure_threads(settings.search.workers, settings.search.threads)
+    name = settings.search.study_name_for(prepared.view.folder.name)
+    with _trial_progress(quiet, f"{settings.search.sampler} search ({name})") as callback:
+        return run_search(settings, prepared.view, callbacks=[callback])
+
+
+def _compare(settings: Settings, quiet: bool):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from difffeat_tune._device import configure_threads
+    from difffeat_tune.search.compare import Comparison
+    from difffeat_tune.search.runner import open_storage, run_search
+
+    prepared = _prepare(settings, quiet)
+    settings = settings.with_space(prepared.space)
+    configure_threads(settings.search.workers, settings.search.threads)
+    base = settings.search.study_name or prepared.view.folder.name.rsplit("-", 1)[0]
+    summaries = {}
+    for sampler in ("heuristic", "grid"):
+        each = replace(settings, search=replace(settings.search, sampler=sampler, study_name=f"{base}-{sampler}"))
+        with _trial_progress(quiet, f"{sampler} search ({base}-{sampler})") as callback:
+            summaries[sampler] = run_search(each, prepared.view, callbacks=[callback])
+    comparison = Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"])
+    paths = comparison.save(settings.search.runs, base, open_storage(settings.search.storage_url(), heartbeat=False))
+    if not quiet:
+        from rich.table import Table
+
+        table = Table(title=escape(f"heuristic vs grid on {base}"))
+        for col in ("", "heuristic", "grid"):
+            table.add_column(col)
+        for row in comparison.rows():
+            table.add_row(*(escape(cell) for cell in row))
+        out.print(table)
+        regret = comparison.regret
+        out.print(escape(f"Regret of the heuristic: {'-' if regret is None else f'{100 * regret:.2f}'} points on "
+                         f"{comparison.heuristic.selection_split}. Saved {', '.join(str(p) for p in paths)} and a "
+                         "note on both studies."))
+    return comparison
+
+
+def _print_summary(summary: SearchSummary, storage: str) -> None:
+    from rich.table import Table
+
+    from difffeat_tune.search._attrs import METRIC_LABELS
+
+    metric_keys = [k for k in METRIC_LABELS if k in summary.best_metrics or k in summary.eval_metrics
+                   or any(k in row["metrics"] for row in summary.best_by_modality.values())]  # type: ignore[operator]
+    table = Table(title=escape(f"study {summary.study_name} ({summary.sampler})"))
+    table.add_column("best")
+    table.add_column("configuration")
+    table.add_column("split")
+    for key in metric_keys:
+        table.add_column(METRIC_LABELS[key], justify="right")
+    for modality, row in summary.best_by_modality.items():
+        metrics: dict[str, float] = row["metrics"]  # type: ignore[assignment]
+        table.add_row(modality, escape(str(row["label"])), escape(str(summary.selection_split)),
+                      *(f"{100 * metrics[k]:.2f}" if k in metrics else "-" for k in metric_keys))
+    if summary.eval_metrics:
+        table.add_row("chosen", escape(summary.best_label or "-"), escape(str(summary.eval_split)),
+                      *(f"{100 * summary.eval_metrics[k]:.2f}" if k in summary.eval_metrics else "-"
+                        for k in metric_keys))
+    out.print(table)
+    trials = ", ".join(f"{k} {v}" for k, v in sorted(summary.trials.items()))
+    phases = ", ".join(f"{k} {v}" for k, v in sorted(summary.phases.items()))
+    out.print(escape(f"trials: {trials} ({phases}); probe epochs {summary.probe_epochs}; "
+                     f"wall time {summary.wall_seconds:.1f} s (first trial start to last trial end)"))
+    for failure in summary.failures:
+        out.print(f"[red]failed[/] {escape(failure['config'])}: {escape(failure['error'])}")
+    if summary.failures:
+        out.print(escape("Repair damaged features with `difffeat-tune extract --verify` (same options), then "
+                         "run the same command again: failed configurations are retried."))
+    out.print(f"Browse it: [bold]{escape(f'difffeat-tune dashboard --storage {storage}')}[/]", soft_wrap=True)
 
 
 run_app.command("heuristic")(_search_command("heuristic"))
 run_app.command("grid")(_search_command("grid"))
+app.command("compare")(_search_command("compare"))
 
 
-@app.command()
-def compare(
-    dataset: DatasetOpt = "shapes",
-    root: RootOpt = None,
-    features: FeaturesOpt = DEFAULT_FEATURES,
-    space: SpaceOpt = DEFAULT_SPACE,
-    storage: StorageOpt = None,
-    study_name: Annotated[Optional[str], typer.Option(help="Base name: studies <name>-heuristic and <name>-grid.")] = None,
-    runs: RunsOpt = DEFAULT_RUNS,
-    workers: Annotated[int, typer.Option(help="Trials run in parallel in this process.")] = 1,
-    fusion: Annotated[str, typer.Option(help="Fusion method(s), comma-separated, or 'all'.")] = DEFAULT_FUSION,
-    pruner: Annotated[str, typer.Option(help="none, median or halving (over probe epochs).")] = "none",
-    epochs: Annotated[Optional[int], typer.Option(help="Probe epochs (default: the space's, else 40).")] = None,
-    protocol: Annotated[str, typer.Option(help="'validation' or 'paper'.")] = "validation",
-    image_backbone: ImageBackboneOpt = "tiny",
-    vae: VaeOpt = None,
-    text_backbone: TextBackboneOpt = "tiny",
-    tokenizer: TokenizerOpt = None,
-    token_length: TokenLengthOpt = None,
-    device: DeviceOpt = "auto",
-    as_json: JsonOpt = False,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Run (or reuse) the heuristic and the grid study on the same features and compare them."""
-    _setup_logging(verbose)
-    args = _search_args(
-        dataset=dataset, root=root, features=features, space=space, image_backbone=image_backbone, vae=vae,
-        text_backbone=text_backbone, tokenizer=tokenizer, device=device, batch_size=64, dtype="float16", noise_seed=0,
-        token_length=token_length,
-        text_noising="ddim", inversion_step=None, storage=storage, runs=runs, workers=workers, fusion=fusion,
-        neighbourhood="cross", radius=1, pruner=pruner, epochs=epochs, protocol=protocol, seed=0)
-    objective, space_obj, heuristic_options = _objective(args, "heuristic", quiet=as_json)
-    base = study_name or objective.view.folder.name.rsplit("-", 1)[0]
-    summaries = {}
-    for sampler in ("heuristic", "grid"):
-        options = heuristic_options if sampler == "heuristic" else args.options(sampler, space_obj)
-        with _trial_progress(quiet=as_json, what=f"{sampler} search ({base}-{sampler})") as callback:
-            summaries[sampler] = run_search(objective, space_obj, options, storage=args.storage_url(),
-                                            study_name=f"{base}-{sampler}", callbacks=[callback])
-    comparison = Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"])
-    paths = comparison.save(runs, base, open_storage(args.storage_url(), heartbeat=False))
-    if as_json:
-        out.print_json(json.dumps(comparison.as_dict(), default=str))
-        return
-    table = Table(title=f"heuristic vs grid on {base}")
-    for col in ("", "heuristic", "grid"):
-        table.add_column(col)
-    for row in comparison.rows():
-        table.add_row(*row)
-    out.print(table)
-    regret = comparison.regret
-    out.print(f"Regret of the heuristic: {'-' if regret is None else f'{100 * regret:.2f}'} points on "
-              f"{comparison.heuristic.selection_split}. Saved {', '.join(str(p) for p in paths)} and a note on both studies.")
-
+# -- dashboard, backbones -------------------------------------------------------------------------
 
 @app.command()
 def dashboard(
@@ -421,9 +404,33 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = DEFAULT_PORT,
 ) -> None:
     """Start optuna-dashboard on the study storage."""
+    from difffeat_tune.dashboard import serve_dashboard
+    from difffeat_tune.search._options import default_storage
+
+    _check_paths(runs=runs)
     url = storage or default_storage(runs)
-    console.print(f"optuna-dashboard on [bold]http://{host}:{port}[/] for {url} (Ctrl-C to stop)")
+    console.print(f"optuna-dashboard on [bold]http://{host}:{port}[/] for {escape(url)} (Ctrl-C to stop)")
     serve_dashboard(url, host=host, port=port)
+
+
+@app.command()
+def backbones(as_json: JsonOpt = False) -> None:
+    """List the backbone families: how to name them, what t means, which modules are the blocks."""
+    from difffeat_tune.backbones._registry import FAMILIES
+
+    rows = [{"family": f.name, "modality": f.modality, "summary": f.summary, "timestep": f.timestep,
+             "blocks": f.blocks, "default": f.default_source} for f in FAMILIES.values()]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title="backbone families (--image-backbone / --text-backbone family:source; 'tiny' for the shipped ones)")
+    for col in ("family", "modality", "what it is", "t means", "blocks"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(escape(str(row[k])) for k in ("family", "modality", "summary", "timestep", "blocks")))
+    out.print(table)
 
 
 def main() -> None:
@@ -431,9 +438,9 @@ def main() -> None:
     try:
         app()
     except DiffFeatError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}")
+        console.print(f"[bold red]error:[/] {escape(exc.message)}")
         if exc.hint:
-            console.print(f"  [yellow]->[/] {exc.hint}")
+            console.print(f"  [yellow]->[/] {escape(exc.hint)}")
         raise SystemExit(2) from None
 
 

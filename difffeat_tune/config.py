@@ -6,14 +6,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from difffeat_tune._defaults import DEFAULT_FUSION
 from difffeat_tune._errors import ConfigError
+from difffeat_tune.probe.heads import DEFAULT_D_ALG, FUSION_METHODS
 
 TrialModality = Literal["image", "text", "fusion"]
 TRIAL_MODALITIES: tuple[TrialModality, ...] = ("image", "text", "fusion")
-#: Fusion methods of the paper, in its order; linear addition is its choice.
-FUSION_METHODS: tuple[str, ...] = ("simple_concat", "linear_concat", "linear_add", "cross_attention")
-DEFAULT_FUSION = "linear_add"
-DEFAULT_D_ALG = 512
+#: Diffusion timesteps are integers in [0, T) on the DDPM grid, T = 1000, for every backbone.
+NUM_TIMESTEPS = 1000
+
+__all__ = ["DEFAULT_D_ALG", "DEFAULT_FUSION", "FUSION_METHODS", "NUM_TIMESTEPS", "TRIAL_MODALITIES", "TrialConfig",
+           "TrialModality"]
 
 #: Optuna parameter names (also the Ray Tune config keys).
 P_MODALITY, P_IMAGE_T, P_IMAGE_B, P_TEXT_T, P_TEXT_B, P_FUSION = (

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from difffeat_tune._defaults import DEFAULT_HOST, DEFAULT_PORT
+
 from difffeat_tune.search.runner import open_storage
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
 
 
 def dashboard_app(storage_url: str):  # type: ignore[no-untyped-def]

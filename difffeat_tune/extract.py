@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from difffeat_tune._defaults import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE
 from difffeat_tune._errors import ConfigError, DataError
 from difffeat_tune.backbones._base import Backbone
 from difffeat_tune.data._base import Dataset, Split
-from difffeat_tune.store import DEFAULT_DTYPE, ExtractionKey, FeatureStore
+from difffeat_tune.store import ExtractionKey, FeatureStore
 
 logger = logging.getLogger(__name__)
 
-#: Rows encoded per batch (each goes through the backbone once per timestep).
-DEFAULT_BATCH_SIZE = 64
 
 #: ``progress(rows_done_now)`` is called after each batch; ``rows_total`` is announced first.
 Progress = Callable[[int], None]

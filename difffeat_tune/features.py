@@ -1,109 +1,172 @@
-"""One call from names to a ready feature view: load data and backbones, extract what is missing.
+"""From settings to a ready feature view: load the data and backbones, extract what is missing.
 
 Both ``difffeat-tune extract`` and the search commands go through :func:`ensure_features`, so a
-search on the embedded default extracts (or reuses) its features automatically.
+search on the embedded default extracts (or reuses) its features automatically. What to extract
+is a :class:`FeatureRequest`: the data set, the backbones, the store and the space whose grids
+are extracted (the extraction never looks at how the search will use them).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from difffeat_tune.backbones._base import Backbone
-from difffeat_tune.backbones._registry import TINY, load_image_backbone, load_text_backbone
+from difffeat_tune._defaults import (
+    DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DTYPE, DEFAULT_FEATURES, DEFAULT_SPACE, TINY,
+)
+from difffeat_tune._errors import ConfigError
+from difffeat_tune.backbones._base import MODALITIES, Backbone
+from difffeat_tune.backbones._family import LoadOptions
+from difffeat_tune.backbones._registry import load_backbone
 from difffeat_tune.data import load_dataset
 from difffeat_tune.data._base import Dataset
-from difffeat_tune.extract import DEFAULT_BATCH_SIZE, ExtractReport, check_request, extract
-from difffeat_tune.search.space import DEFAULT_SPACE, SearchSpace, load_space
-from difffeat_tune.store import DEFAULT_DTYPE, Extraction, FeatureStore, FeatureView
+from difffeat_tune.extract import ExtractReport, check_request, extract
+from difffeat_tune.space import SearchSpace, load_space
+from difffeat_tune.store import DTYPES, Extraction, FeatureStore, FeatureView
 
 logger = logging.getLogger(__name__)
 
-#: Text token length when neither the user nor the data set says (the paper's main COCO runs).
-DEFAULT_TOKEN_LENGTH = 60
-#: Default feature-store folder, inside the local runs folder.
-DEFAULT_FEATURES = Path("runs") / "features"
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which data set.
+
+    Attributes:
+        dataset: a built-in name (``shapes``, ``coco-enhanced``, ...) or a manifest path.
+        root: the folder of a public data set's files (``--root``).
+        options: further loader options (e.g. ``{"seed": 1}``).
+    """
+
+    dataset: str = DEFAULT_DATASET
+    root: Path | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+
+    def load(self) -> Dataset:
+        """Load the data set (a missing ``root`` is named as ``--root`` in the error)."""
+        options = dict(self.options)
+        if self.root is not None:
+            options["root"] = self.root
+        return load_dataset(self.dataset, **options)
 
 
 @dataclass(frozen=True)
-class TextSettings:
-    """Text-backbone settings that change the features (see ``load_plaid``).
+class BackboneSettings:
+    """Which backbones, and every load setting that changes their features.
 
-    ``token_length=None`` takes the data set's ``recommended_token_length`` option, else
-    :data:`DEFAULT_TOKEN_LENGTH` (the paper's COCO value).
+    Attributes:
+        image: ``tiny``, ``family:source`` or a plain source (a DiT hub id or folder).
+        text: ``tiny``, ``family:source`` or a plain source (a Plaid folder).
+        vae: a separate VAE for latent-diffusion image backbones.
+        tokenizer: a tokenizer file for the text backbone.
+        noise_seed: seed of the image noise, of random text noising and of masking.
+        token_length: text length L in tokens (``None``: the data set's recommendation, else the
+            backbone's default).
+        text_noising: ``ddim`` (deterministic inversion) or ``random`` (continuous text diffusion).
+        inversion_step: DDIM inversion step in timesteps (``None``: the backbone's default).
     """
 
-    token_length: int | None = None
-    noising: str = "ddim"
-    inversion_step: int | None = None
+    image: str = TINY
+    text: str = TINY
+    vae: str | None = None
+    tokenizer: str | None = None
     noise_seed: int = 0
+    token_length: int | None = None
+    text_noising: str = "ddim"
+    inversion_step: int | None = None
 
-    def as_kwargs(self, dataset: Dataset | None = None) -> dict[str, object]:
+    def __post_init__(self) -> None:
+        if self.token_length is not None and self.token_length < 1:
+            raise ConfigError(f"token length must be positive, got {self.token_length}")
+        if self.inversion_step is not None and self.inversion_step < 1:
+            raise ConfigError(f"inversion step must be positive, got {self.inversion_step}")
+
+    def name(self, modality: str) -> str:
+        return self.image if modality == "image" else self.text
+
+    def load_options(self, device: str | None, dataset: Dataset | None = None) -> LoadOptions:
+        """The backbones' :class:`LoadOptions`; the token length falls back on the data set's recommendation."""
         token_length = self.token_length
-        if token_length is None:
-            recommended = dataset.options.get("recommended_token_length") if dataset is not None else None
-            token_length = int(recommended) if recommended is not None else DEFAULT_TOKEN_LENGTH  # type: ignore[call-overload]
-        kwargs: dict[str, object] = {"token_length": token_length, "noising": self.noising,
-                                     "noise_seed": self.noise_seed}
-        if self.inversion_step is not None:
-            kwargs["inversion_step"] = self.inversion_step
-        return kwargs
+        if token_length is None and dataset is not None:
+            recommended = dataset.options.get("recommended_token_length")
+            token_length = int(recommended) if recommended is not None else None  # type: ignore[call-overload]
+        return LoadOptions(device=device, noise_seed=self.noise_seed, vae=self.vae, tokenizer=self.tokenizer,
+                           token_length=token_length, text_noising=self.text_noising,
+                           inversion_step=self.inversion_step)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where features go and how they are extracted.
+
+    Attributes:
+        features: the feature store's folder.
+        dtype: stored dtype, ``float16`` or ``float32``.
+        batch_size: rows per extraction batch.
+        splits: the splits to extract (``None``: all).
+    """
+
+    features: Path = DEFAULT_FEATURES
+    dtype: str = DEFAULT_DTYPE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    splits: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", Path(self.features))
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown feature dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
 class FeatureRequest:
-    """What to extract: a data set, backbones, the grid (from a space or explicit) and settings."""
+    """What to extract: a data set, backbones, a store, and the space whose grids to extract.
 
-    dataset: str = "shapes"
-    dataset_options: dict[str, object] = field(default_factory=dict)
-    features: Path = DEFAULT_FEATURES
-    space: str = DEFAULT_SPACE
-    modalities: tuple[str, ...] = ("image", "text")
-    image_backbone: str = TINY
-    vae: str | None = None
-    text_backbone: str = TINY
-    tokenizer: str | None = None
-    image_timesteps: tuple[int, ...] | None = None
-    image_blocks: tuple[int, ...] | None = None
-    text_timesteps: tuple[int, ...] | None = None
-    text_blocks: tuple[int, ...] | None = None
-    splits: tuple[str, ...] | None = None
-    device: str | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    dtype: str = DEFAULT_DTYPE
-    image_noise_seed: int = 0
-    text: TextSettings = field(default_factory=TextSettings)
+    Attributes:
+        data: the data set.
+        backbones: the backbones and their settings.
+        store: the feature store and extraction settings.
+        space: the grids (t, b) of each modality; a space with one modality extracts that one.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
+    """
 
-    def grid(self, modality: str, space: SearchSpace) -> tuple[Sequence[int], Sequence[int]]:
-        """Timesteps and blocks for ``modality``: explicit values, else the space's axes."""
-        axes = space.axes(modality)
-        if modality == "image":
-            return self.image_timesteps or axes.t, self.image_blocks or axes.b
-        return self.text_timesteps or axes.t, self.text_blocks or axes.b
+    data: DataSettings = field(default_factory=DataSettings)
+    backbones: BackboneSettings = field(default_factory=BackboneSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    space: SearchSpace = field(default_factory=lambda: load_space(DEFAULT_SPACE))
+    device: str = "auto"
 
 
 @dataclass
 class PreparedFeatures:
-    """The outcome of :func:`ensure_features`."""
+    """The outcome of :func:`ensure_features`.
+
+    Attributes:
+        view: the data set's features (exactly the extractions of the request).
+        dataset: the loaded data set.
+        space: the request's space, restricted to the data set's modalities.
+        reports: one extraction report per modality.
+        backbones: the extraction folder name per modality.
+    """
 
     view: FeatureView
     dataset: Dataset
+    space: SearchSpace
     reports: list[ExtractReport]
     backbones: dict[str, str]
 
 
-def load_backbones(request: FeatureRequest, dataset: Dataset | None = None) -> dict[str, Backbone]:
-    """Load the request's backbones (fails fast on missing weights, before any extraction)."""
-    out: dict[str, Backbone] = {}
-    if "image" in request.modalities:
-        out["image"] = load_image_backbone(request.image_backbone, device=request.device,
-                                           noise_seed=request.image_noise_seed, vae=request.vae)
-    if "text" in request.modalities:
-        out["text"] = load_text_backbone(request.text_backbone, device=request.device, tokenizer=request.tokenizer,
-                                         **request.text.as_kwargs(dataset))
-    return out
+def data_modalities(dataset: Dataset) -> tuple[str, ...]:
+    """The modalities a data set has inputs for (images, captions)."""
+    return tuple(m for m, present in zip(MODALITIES, (dataset.has_images, dataset.has_text)) if present)
+
+
+def load_backbones(request: FeatureRequest, dataset: Dataset, space: SearchSpace) -> dict[str, Backbone]:
+    """Load the backbones of the space's modalities (fails fast on missing weights, before any extraction)."""
+    options = request.backbones.load_options(request.device, dataset)
+    return {m: load_backbone(request.backbones.name(m), m, options) for m in space.modalities}  # type: ignore[arg-type]
 
 
 def ensure_features(
@@ -115,34 +178,45 @@ def ensure_features(
     """Extract whatever the request needs and is not yet in the store; return a view on it.
 
     The whole request (data set, backbones, every timestep and block, every split's inputs) is
-    validated before the first forward pass.
+    validated before the first forward pass. A data set with one modality extracts that one
+    (the space is restricted to it).
 
     Args:
         request: the request.
         progress: ``progress(modality, rows)`` after each batch.
         on_total: ``on_total(modality, rows)`` once per modality before its work starts.
     """
-    space = load_space(request.space)
-    dataset = load_dataset(request.dataset, **request.dataset_options)
-    backbones = load_backbones(request, dataset)
-    splits = request.splits or tuple(dataset.splits)
+    dataset = request.data.load()
+    space = request.space.restricted_to(data_modalities(dataset))
+    backbones = load_backbones(request, dataset, space)
+    splits = request.store.splits or tuple(dataset.splits)
     for modality, backbone in backbones.items():
-        check_request(dataset, backbone, *request.grid(modality, space), splits)
-    store = FeatureStore(request.features)
+        axes = space.axes(modality)
+        check_request(dataset, backbone, axes.t, axes.b, splits)
+    store = FeatureStore(request.store.features)
     reports = []
     for modality, backbone in backbones.items():
-        timesteps, blocks = request.grid(modality, space)
-        report = extract(
-            dataset, backbone, store, timesteps, blocks, splits=splits, batch_size=request.batch_size,
-            dtype=request.dtype,
+        axes = space.axes(modality)
+        reports.append(extract(
+            dataset, backbone, store, axes.t, axes.b, splits=splits, batch_size=request.store.batch_size,
+            dtype=request.store.dtype,
             progress=(lambda n, m=modality: progress(m, n)) if progress else None,
             on_total=(lambda n, m=modality: on_total(m, n)) if on_total else None,
-        )
-        reports.append(report)
+        ))
     # Exactly the extractions of this request (others of the same data set may sit beside them).
     folders = {m: Path(r.folder) for m, r in zip(backbones, reports)}
     view = FeatureView(store.dataset_dir(dataset.name, dataset.fingerprint()),
                        image=Extraction(folders["image"]) if "image" in folders else None,
                        text=Extraction(folders["text"]) if "text" in folders else None)
-    return PreparedFeatures(view=view, dataset=dataset, reports=reports,
+    return PreparedFeatures(view=view, dataset=dataset, space=space, reports=reports,
                             backbones={m: f.name for m, f in folders.items()})
+
+
+def with_grid(space: SearchSpace, modality: str, timesteps: tuple[int, ...] | None,
+              blocks: tuple[int, ...] | None) -> SearchSpace:
+    """``space`` with explicit timesteps and/or blocks for ``modality`` (``extract --image-timesteps``...)."""
+    if timesteps is None and blocks is None:
+        return space
+    if not space.has(modality) and (timesteps is None or blocks is None):
+        raise ConfigError(f"the space has no {modality} grid: give both --{modality}-timesteps and --{modality}-blocks")
+    return space.with_axes(modality, timesteps, blocks)

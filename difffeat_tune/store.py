@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from difffeat_tune._defaults import DEFAULT_DTYPE
 from difffeat_tune._errors import StoreError
+from difffeat_tune._io import atomic_write, atomic_write_json
 from difffeat_tune._version import __version__
 from difffeat_tune.data._base import Dataset, Task
 
@@ -43,40 +43,13 @@ logger = logging.getLogger(__name__)
 
 #: Feature dtypes a store can hold.
 DTYPES = {"float16": (np.float16, pa.float16()), "float32": (np.float32, pa.float32())}
-DEFAULT_DTYPE = "float16"
 #: Rows per part file: bounds memory during writes and makes a resumed extraction lose little.
 DEFAULT_ROWS_PER_PART = 16384
 _META_KEY = b"difffeat_tune"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: object) -> None:
-    _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_table(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def _read_json(path: Path) -> dict:
@@ -171,7 +144,7 @@ class Extraction:
                 "dataset_fingerprint": dataset_fingerprint,
                 "package_version": __version__,
             }
-            _atomic_write_json(info_path, self.info)
+            atomic_write_json(info_path, self.info)
         else:
             self.info = _read_json(info_path)
             if key is not None and self.info.get("key") != key.digest:
@@ -247,10 +220,10 @@ class Extraction:
         arrays = [pa.array(list(ids), type=pa.string()), *(columns[n] for n in names[1:])]
         schema = pa.schema([pa.field(n, a.type) for n, a in zip(names, arrays)],
                            metadata={_META_KEY: json.dumps(meta, default=str).encode()})
-        _atomic_write_table(path, pa.Table.from_arrays(arrays, schema=schema))
+        _write_table(path, pa.Table.from_arrays(arrays, schema=schema))
         self.manifest.setdefault("_parts", {})[split] = n_parts
         self.manifest.setdefault(split, {}).setdefault(str(t), {})[str(part)] = {"rows": len(ids), "blocks": blocks}
-        _atomic_write_json(self._manifest_path, self.manifest)
+        atomic_write_json(self._manifest_path, self.manifest)
         return path
 
     def load(self, t: int, block: int, split: str, device: torch.device | str = "cpu",
@@ -333,8 +306,8 @@ class FeatureStore:
             flat = pa.array(np.ascontiguousarray(split.labels, dtype=np.int8).reshape(-1), type=pa.int8())
             table = pa.table({"id": pa.array(list(split.ids), type=pa.string()),
                               "labels": pa.FixedSizeListArray.from_arrays(flat, len(dataset.label_names))})
-            _atomic_write_table(path, table)
-        _atomic_write_json(folder / "dataset.json", info)
+            _write_table(path, table)
+        atomic_write_json(folder / "dataset.json", info)
         return folder
 
     def extraction(self, dataset: Dataset, key: ExtractionKey, *, rows_per_part: int | None = None,

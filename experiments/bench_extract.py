@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from difffeat_tune.backbones._base import Backbone, Encoded
-from difffeat_tune.backbones._hooks import capture_blocks, masked_mean_pool, mean_pool
+from difffeat_tune.backbones._hooks import masked_mean_pool, mean_pool
 from difffeat_tune.backbones._registry import load_image_backbone, load_text_backbone
 from difffeat_tune.data._base import ArrayImages, Split
 

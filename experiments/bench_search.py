@@ -13,26 +13,24 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 
-from difffeat_tune.features import FeatureRequest, ensure_features
-from difffeat_tune.probe.objective import Objective, ObjectiveSettings
-from difffeat_tune.probe.train import TrainRecipe
+from difffeat_tune.features import StoreSettings, ensure_features
+from difffeat_tune.search._options import SearchOptions
 from difffeat_tune.search.compare import Comparison
-from difffeat_tune.search.runner import SearchOptions, run_search
-from difffeat_tune.search.space import load_space
+from difffeat_tune.search.runner import run_search
+from difffeat_tune.settings import Settings
 
 
-def _compare(objective: Objective, space_name: str, fusion: tuple[str, ...], pruner: str, storage: str,
-             tag: str) -> Comparison:
-    space = load_space(space_name)
+def _compare(settings: Settings, view, storage: str, tag: str) -> Comparison:  # type: ignore[no-untyped-def]
     summaries = {}
     for sampler in ("heuristic", "grid"):
-        summaries[sampler] = run_search(objective, space, SearchOptions(sampler=sampler, fusion_methods=fusion,  # type: ignore[arg-type]
-                                                                         pruner=pruner),
-                                        storage=storage, study_name=f"{tag}-{sampler}")
+        search = SearchOptions(sampler=sampler, fusion_methods=settings.search.fusion_methods,
+                               pruner=settings.search.pruner, storage=storage, study_name=f"{tag}-{sampler}")
+        summaries[sampler] = run_search(replace(settings, search=search), view)
     return Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"])
 
 
@@ -58,27 +56,24 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    space = load_space(args.space)
-    prepared = ensure_features(FeatureRequest(features=args.features, space=args.space, device="cpu"))
-    fields = dict(space.probe)
-    if args.epochs is not None:
-        fields["epochs"] = args.epochs
-    objective = Objective(prepared.view, ObjectiveSettings(recipe=TrainRecipe(**fields)), device="cpu")  # type: ignore[arg-type]
-    fusion = tuple(m for m in args.fusion.split(",") if m)
+    settings = Settings.create(space=args.space, store=StoreSettings(features=args.features), device="cpu",
+                               fusion=args.fusion, epochs=args.epochs)
+    prepared = ensure_features(settings.features)
+    settings = settings.with_space(prepared.space)
     with tempfile.TemporaryDirectory() as tmp:
         storage = f"sqlite:///{tmp}/bench.db"
-        plain = _compare(objective, args.space, fusion, "none", storage, "plain")
-        _print(plain, f"heuristic vs grid on {prepared.view.folder.name}, fusion {', '.join(fusion)}, "
-                      f"{objective.settings.recipe.epochs} epochs, selection on {objective.selection_split}")
+        plain = _compare(settings, prepared.view, storage, "plain")
+        _print(plain, f"heuristic vs grid on {prepared.view.folder.name}, fusion {', '.join(settings.search.fusion_methods)}, "
+                      f"{settings.probe.recipe.epochs} epochs")
         if args.pruner != "none":
-            pruned = _compare(objective, args.space, fusion, args.pruner, storage, "pruned")
+            pruned_settings = replace(settings, search=replace(settings.search, pruner=args.pruner))
+            pruned = _compare(pruned_settings, prepared.view, storage, "pruned")
             _print(pruned, f"the same with the {args.pruner} pruner")
             for kind in ("heuristic", "grid"):
                 a, b = getattr(plain, kind), getattr(pruned, kind)
                 print(f"{args.pruner} pruner, {kind}: probe epochs {b.probe_epochs}/{a.probe_epochs} "
                       f"({b.probe_epochs / max(1, a.probe_epochs):.2f}), wall {b.wall_seconds:.1f}/{a.wall_seconds:.1f} s, "
                       f"best val {100 * (b.best_score or 0):.2f} vs {100 * (a.best_score or 0):.2f}")
-
 
 if __name__ == "__main__":
     main()

@@ -113,8 +113,26 @@ def synthetic_view(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def small_space(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from difffeat_tune.search.space import load_space
+    from difffeat_tune.space import load_space
 
     path = tmp_path / "small.toml"
     path.write_text(SMALL_SPACE)
     return load_space(path)
+
+
+def run_study(view, space, url: str, name: str, **overrides: object):  # type: ignore[no-untyped-def]
+    """Run (or resume) study ``name`` on ``view`` through the one search skeleton, on the CPU.
+
+    ``overrides`` are settings (``sampler="grid"``, ``n_trials=5``, ``epochs=2``, ``pruner=...``,
+    ``evaluate_best=False``, ``engine="ray"``...); probes train on one thread.
+    """
+    from difffeat_tune.search._options import SearchOptions
+    from difffeat_tune.search.runner import run_search
+    from difffeat_tune.settings import Settings
+
+    engine_options = overrides.pop("engine_options", None)
+    callbacks = overrides.pop("callbacks", ())
+    overrides.setdefault("cpu_threads", 1)
+    settings = Settings.create(space=space, search=SearchOptions(storage=url, study_name=name), device="cpu",
+                               **overrides)
+    return run_search(settings, view, callbacks=callbacks, engine_options=engine_options)  # type: ignore[arg-type]

@@ -101,7 +101,13 @@ def test_run_heuristic_prints_the_best_configuration_and_the_dashboard_line(proj
     common = [*_common(project, tmp_path), "--runs", str(tmp_path / "runs")]
     code, out, err = run_cli(["run", "heuristic", *common], capsys, monkeypatch)
     assert code == 0, err
-    assert "best configuration" in out and "difffeat-tune dashboard --storage sqlite:///" in out
+    assert "difffeat-tune dashboard --storage sqlite:///" in " ".join(out.split())
+    rows = {line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 3}
+    assert {"image", "text", "fusion", "chosen"} <= rows  # each modality's best, then the chosen one on test
+    header = next(line for line in out.splitlines() if "mAP" in line)
+    assert [c for c in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1") if c in header] == \
+        ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+    assert header.index("mAP") < header.index("CP") < header.index("OF1")
 
 
 def test_run_heuristic_on_ray_records_the_same_plan(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]

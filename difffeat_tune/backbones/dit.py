@@ -25,6 +25,7 @@ from PIL import Image
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError
 from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
+from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
 from difffeat_tune.backbones._hooks import capture_blocks, mean_pool
 from difffeat_tune.data._base import Split
 
@@ -61,8 +62,9 @@ class DiTBackbone(Backbone):
         noise_seed: int = 0,
     ) -> None:
         self.device = resolve_device(device)
-        self.transformer = transformer.eval().to(self.device)
-        self.vae = vae.eval().to(self.device)
+        # float32 weights whatever the files hold (the tiny DiT ships float16); CUDA runs under bf16 autocast.
+        self.transformer = transformer.eval().to(self.device, torch.float32)
+        self.vae = vae.eval().to(self.device, torch.float32)
         self.name = name
         self.noise_seed = noise_seed
         cfg = transformer.config
@@ -236,3 +238,19 @@ def build_tiny_dit(folder: Path, *, seed: int = 0, width: int = 64, heads: int =
     autoencoder.save_pretrained(folder / "vae")
     scheduler.save_pretrained(folder / "scheduler")
     return folder
+
+
+def _load_family(source: str, options: LoadOptions) -> DiTBackbone:
+    return load_dit(source, vae=options.vae, device=options.device, noise_seed=options.noise_seed)
+
+
+#: The DiT family (``dit:SOURCE``; a plain image backbone id or folder means this family).
+FAMILY = BackboneFamily(
+    name="dit",
+    modality="image",
+    summary="DiT (diffusers DiTTransformer2DModel + AutoencoderKL), e.g. facebook/DiT-XL-2-256",
+    timestep="DDPM timestep of the pipeline's scheduler (add_noise with seeded Gaussian noise); null class 1000",
+    blocks="transformer_blocks 1..N (28 for DiT-XL/2); mean over the image tokens",
+    load=_load_family,
+    default_source=DEFAULT_DIT,
+)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, fields
@@ -57,7 +56,10 @@ from torch import nn
 
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError, ConfigError, DataError
+from difffeat_tune._io import atomic_write
+from difffeat_tune.config import NUM_TIMESTEPS
 from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
+from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
 from difffeat_tune.backbones._hooks import capture_blocks, masked_mean_pool
 from difffeat_tune.backbones._plaid_net import (
     SCHEDULE_WIDTH,
@@ -95,7 +97,6 @@ PAD_ID = 0
 DEFAULT_TOKEN_LENGTH = 60
 DEFAULT_INVERSION_STEP = 10
 DEFAULT_MAX_PASS_ROWS = 256
-NUM_TIMESTEPS = 1000
 POOLING = "mean-real-tokens"
 #: Version of the text-feature computation, part of every extraction key: bump it whenever a
 #: change alters text features, so stores computed before are re-extracted, never read.
@@ -790,18 +791,30 @@ def save_plaid(folder: str | Path, net: PlaidNet, schedule: NoiseSchedule, bound
     for file_name, module in ((SCHEDULE_FILE, schedule), (GAMMA_BOUNDS_FILE, bounds), (EMBEDDING_FILE, embedding)):
         states[file_name] = {k: v.detach().to("cpu", torch.float32) for k, v in module.state_dict().items()}
     for file_name, state in states.items():
-        _atomic_write(folder / file_name, lambda tmp, st=state: torch.save(st, tmp))
+        atomic_write(folder / file_name, lambda tmp, st=state: torch.save(st, tmp))
     config_text = json.dumps(asdict(net.config), indent=2) + "\n"
-    _atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
-    _atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(str(tmp)))
+    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+    atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(str(tmp)))
     return folder
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via a temporary sibling, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _load_family(source: str, options: LoadOptions) -> PlaidBackbone:
+    folder = Path(source).expanduser()
+    if not folder.exists():
+        raise BackboneError(f"text backbone {source!r} is not an existing folder", _WEIGHTS_HINT)
+    return load_plaid(
+        folder, options.tokenizer, device=options.device,
+        token_length=options.token_length or DEFAULT_TOKEN_LENGTH, noising=options.text_noising,  # type: ignore[arg-type]
+        inversion_step=options.inversion_step or DEFAULT_INVERSION_STEP, noise_seed=options.noise_seed,
+    )
+
+
+#: The Plaid family (``plaid:FOLDER``; a plain text backbone folder means this family).
+FAMILY = BackboneFamily(
+    name="plaid",
+    modality="text",
+    summary="Plaid (continuous text diffusion), a folder in the layout of Plaid 1B's release",
+    timestep="continuous time t/1000; DDIM inversion from the clean embeddings (default) or seeded random noise",
+    blocks="blocks 1..N (24 for Plaid 1B); mean over the caption's tokens",
+    load=_load_family,
+)

@@ -34,8 +34,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -47,6 +45,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from difffeat_tune._errors import DataError
+from difffeat_tune._io import atomic_write
 from difffeat_tune._paths import cache_dir
 from difffeat_tune.data._base import ArrayImages, Dataset, Split
 from difffeat_tune.data._enhance import RARE_FRACTION, enhance_caption, plurals, rare_mask
@@ -728,22 +727,15 @@ def _write_cache(path: Path, key: str, raw: Mapping[str, _RawSplit]) -> None:
     for name, split in raw.items():
         arrays[f"{name}_pixels"] = split.pixels
         arrays[f"{name}_labels"] = split.labels
-    tmp_name = None
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp",
-                                         delete=False) as f:
-            tmp_name = f.name
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # NamedTemporaryFile creates 0600
-        os.replace(tmp_name, path)
-        tmp_name = None
+        atomic_write(path, lambda tmp: _savez(tmp, arrays))
     except OSError as exc:
         logger.warning("could not write the shapes cache %s (%s); continuing without it", path, exc)
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
+
+
+def _savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:  # a handle: np.savez would append ".npz" to a bare name
+        np.savez(handle, **arrays)
 
 
 def _read_cache(path: Path, key: str, sizes: Mapping[str, int], cfg: ShapesConfig) -> dict[str, _RawSplit] | None:

@@ -27,6 +27,8 @@ head reduces exactly to linear addition (image projection + projected text value
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +36,8 @@ from torch import Tensor, nn
 
 from difffeat_tune._errors import ConfigError
 
-#: Fusion method names, in the paper's order (linear_add is the paper's choice).
-FUSION_METHODS: tuple[str, ...] = ("simple_concat", "linear_concat", "linear_add", "cross_attention")
 #: Name of the unimodal head.
 UNIMODAL_HEAD = "linear"
-#: Every name :func:`build_head` accepts.
-HEAD_KINDS: tuple[str, ...] = (UNIMODAL_HEAD, *FUSION_METHODS)
 #: Shared fusion width (the paper: 512 by default, 2048 for large label spaces).
 DEFAULT_D_ALG = 512
 #: Number of learned tokens each pooled feature is expanded into by :class:`CrossAttention`.
@@ -69,6 +67,11 @@ class LinearProbe(nn.Module):
         _check_positive(in_dim=in_dim, n_classes=n_classes)
         self.classifier = nn.Linear(in_dim, n_classes)
 
+    @classmethod
+    def from_widths(cls, widths: Sequence[int], n_classes: int, **_: int) -> LinearProbe:
+        """The head for one feature of width ``widths[0]``."""
+        return cls(widths[0], n_classes)
+
     def fuse(self, x: Tensor) -> Tensor:
         """The representation the classifier sees: the feature itself."""
         return x
@@ -90,6 +93,17 @@ class _FusionHead(nn.Module):
         self.text_dim = text_dim
         self.n_classes = n_classes
 
+    @classmethod
+    def from_widths(cls, widths: Sequence[int], n_classes: int, *, d_alg: int = DEFAULT_D_ALG,
+                    n_tokens: int = DEFAULT_CROSS_ATTENTION_TOKENS) -> _FusionHead:
+        """The head for an image feature of width ``widths[0]`` and a text feature of ``widths[1]``."""
+        return cls(widths[0], widths[1], n_classes, **cls._options(d_alg=d_alg, n_tokens=n_tokens))
+
+    @classmethod
+    def _options(cls, *, d_alg: int, n_tokens: int) -> dict[str, int]:
+        """The constructor options this head takes beyond the widths and classes."""
+        return {"d_alg": d_alg}
+
     def fuse(self, image: Tensor, text: Tensor) -> Tensor:
         """The fused representation ``[B, width]`` that the classifier reads."""
         raise NotImplementedError
@@ -105,6 +119,10 @@ class SimpleConcat(_FusionHead):
     def __init__(self, image_dim: int, text_dim: int, n_classes: int) -> None:
         super().__init__(image_dim, text_dim, n_classes)
         self.classifier = nn.Linear(image_dim + text_dim, n_classes)
+
+    @classmethod
+    def _options(cls, *, d_alg: int, n_tokens: int) -> dict[str, int]:
+        return {}
 
     def fuse(self, image: Tensor, text: Tensor) -> Tensor:
         """``[x/|x|; y/|y|]``."""
@@ -177,6 +195,10 @@ class CrossAttention(_FusionHead):
         self.out = nn.Linear(d_alg, d_alg)
         self.classifier = nn.Linear(d_alg, n_classes)
 
+    @classmethod
+    def _options(cls, *, d_alg: int, n_tokens: int) -> dict[str, int]:
+        return {"d_alg": d_alg, "n_tokens": n_tokens}
+
     def attention_weights(self, image: Tensor, text: Tensor) -> Tensor:
         """Attention probabilities ``[B, k_image, k_text]`` (for inspection and tests)."""
         q_tokens, kv_tokens = self._tokens(image, text)
@@ -196,6 +218,21 @@ class CrossAttention(_FusionHead):
         return (q_tokens + self.out(attended)).mean(dim=1)
 
 
+#: The heads by name, in the paper's order of fusion methods (linear_add is its choice): the one
+#: table to extend with a new head (its class, with ``from_widths``, and a line here).
+HEADS: Mapping[str, type[LinearProbe] | type[_FusionHead]] = MappingProxyType({
+    UNIMODAL_HEAD: LinearProbe,
+    "simple_concat": SimpleConcat,
+    "linear_concat": LinearConcat,
+    "linear_add": LinearAdd,
+    "cross_attention": CrossAttention,
+})
+#: Every name :func:`build_head` accepts.
+HEAD_KINDS: tuple[str, ...] = tuple(HEADS)
+#: The fusion methods (heads on two features).
+FUSION_METHODS: tuple[str, ...] = tuple(k for k, cls in HEADS.items() if cls.n_inputs == 2)
+
+
 def build_head(
     kind: str,
     *,
@@ -207,7 +244,7 @@ def build_head(
     n_tokens: int = DEFAULT_CROSS_ATTENTION_TOKENS,
     seed: int | None = None,
 ) -> nn.Module:
-    """Build a probe head by name.
+    """Build a probe head by name (see :data:`HEADS`).
 
     Args:
         kind: ``"linear"`` (unimodal) or one of :data:`FUSION_METHODS`.
@@ -226,27 +263,19 @@ def build_head(
     Raises:
         ConfigError: unknown kind (the message lists the valid names) or a missing/invalid width.
     """
-    if kind not in HEAD_KINDS:
+    head_class = HEADS.get(kind)
+    if head_class is None:
         raise ConfigError(f"unknown head kind {kind!r}", f"valid names: {', '.join(HEAD_KINDS)}")
-    if kind == UNIMODAL_HEAD:
+    if head_class.n_inputs == 1:
         if in_dim is None:
-            raise ConfigError("head 'linear' needs in_dim (the feature width)")
+            raise ConfigError(f"head {kind!r} needs in_dim (the feature width)")
+        widths: tuple[int, ...] = (in_dim,)
     elif image_dim is None or text_dim is None:
         raise ConfigError(f"fusion head {kind!r} needs image_dim and text_dim")
-
-    def make() -> nn.Module:
-        if kind == UNIMODAL_HEAD:
-            return LinearProbe(in_dim, n_classes)  # type: ignore[arg-type]
-        if kind == "simple_concat":
-            return SimpleConcat(image_dim, text_dim, n_classes)  # type: ignore[arg-type]
-        if kind == "linear_concat":
-            return LinearConcat(image_dim, text_dim, n_classes, d_alg)  # type: ignore[arg-type]
-        if kind == "linear_add":
-            return LinearAdd(image_dim, text_dim, n_classes, d_alg)  # type: ignore[arg-type]
-        return CrossAttention(image_dim, text_dim, n_classes, d_alg, n_tokens)  # type: ignore[arg-type]
-
+    else:
+        widths = (image_dim, text_dim)
     if seed is None:
-        return make()
+        return head_class.from_widths(widths, n_classes, d_alg=d_alg, n_tokens=n_tokens)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return make()
+        return head_class.from_widths(widths, n_classes, d_alg=d_alg, n_tokens=n_tokens)

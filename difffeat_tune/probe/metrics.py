@@ -2,7 +2,7 @@
 
 Definitions (all values are fractions in [0, 1]; percent only in :meth:`MultiLabelMetrics.format`):
 
-* **Targets** are an integer matrix ``[N, C]``: 1 positive, 0 negative, -1 (:data:`IGNORE_LABEL`)
+* **Targets** are an integer matrix ``[N, C]``: 1 positive, 0 negative, -1 (:data:`IGNORE`)
   "ignore this entry" (VOC's difficult objects). An ignored entry is left out of everything: of
   the ranking behind AP and of every true/false positive count. (ML-GCN's ``evaluation`` instead
   turns -1 into 0 for CP..OF1; we do not, so an ignored entry never counts as a false positive.)
@@ -58,11 +58,10 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from difffeat_tune._errors import DataError
+from difffeat_tune.data._base import IGNORE
 
 logger = logging.getLogger(__name__)
 
-#: Target value meaning "ignore this entry" (same convention as ``difffeat_tune.data``).
-IGNORE_LABEL = -1
 #: Probability threshold for CP, CR, CF1, OP, OR, OF1.
 DEFAULT_THRESHOLD = 0.5
 #: k of the second single-label accuracy.
@@ -174,7 +173,7 @@ def _check_multilabel_targets(targets: Tensor, shape: torch.Size) -> Tensor:
     if targets.shape != shape:
         raise ProbeInputError(f"targets shape {tuple(targets.shape)} does not match scores shape {tuple(shape)}")
     targets = targets.long()
-    valid = (targets == 1) | (targets == 0) | (targets == IGNORE_LABEL)
+    valid = (targets == 1) | (targets == 0) | (targets == IGNORE)
     if not bool(valid.all()):
         bad = torch.unique(targets[~valid])[:5].tolist()
         raise ProbeInputError(f"multi-label targets must be in {{-1, 0, 1}}, found {bad}")
@@ -367,7 +366,7 @@ def multilabel_metrics(
             "check the split's labels",
         )
     cut = math.log(threshold / (1.0 - threshold)) if from_logits else threshold
-    valid = targets != IGNORE_LABEL
+    valid = targets != IGNORE
     positive = targets == 1
     predicted = (scores >= cut) & valid
     tp = (predicted & positive).sum(dim=0)

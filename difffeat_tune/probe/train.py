@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import ConfigError, DiffFeatError
+from difffeat_tune.data._base import IGNORE
 from difffeat_tune.probe.metrics import (
-    IGNORE_LABEL,
     MultiLabelMetrics,
     ProbeInputError,
     SingleLabelMetrics,
@@ -208,7 +208,7 @@ def _prepare_targets(targets: Tensor, task: str, split: str) -> Tensor:
     if targets.ndim != 2:
         raise ProbeInputError(f"{split} multi-label targets must be [N, C], got shape {tuple(targets.shape)}")
     targets = targets.long()
-    valid = (targets == 1) | (targets == 0) | (targets == IGNORE_LABEL)
+    valid = (targets == 1) | (targets == 0) | (targets == IGNORE)
     if not bool(valid.all()):
         raise ProbeInputError(f"{split} multi-label targets must be in {{-1, 0, 1}}")
     return targets
@@ -432,7 +432,7 @@ def _train_loop(
     multilabel = task == "multilabel"
     dtype = _head_dtype(head)
     # multi-label: float targets and the 0/1 weight of every entry (0 = ignored), built once
-    mask = (y_train != IGNORE_LABEL).to(dtype) if multilabel else y_train
+    mask = (y_train != IGNORE).to(dtype) if multilabel else y_train
     y_float = y_train.clamp(min=0).to(dtype) if multilabel else y_train
     has_ignored = multilabel and not bool(mask.all())
     n_rows = y_train.shape[0]

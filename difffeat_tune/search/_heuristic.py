@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-    from difffeat_tune.search.space import Axes, SearchSpace
+    from difffeat_tune.space import Axes, SearchSpace
 
 _logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class HeuristicSampler(BaseSampler):
 
             from difffeat_tune.search._heuristic import HeuristicSampler, plan_status
             from difffeat_tune.search._suggest import suggest_config
-            from difffeat_tune.search.space import load_space
+            from difffeat_tune.space import load_space
 
             space = load_space("paper")
 
@@ -318,8 +318,8 @@ class HeuristicSampler(BaseSampler):
     ) -> None:
         if fusion_methods is None:
             fusion_methods = (DEFAULT_FUSION,) if DEFAULT_FUSION in space.fusion_methods else space.fusion_methods[:1]
-        methods = tuple(fusion_methods)
-        if not methods:
+        methods = tuple(fusion_methods) if space.has_fusion else ()
+        if space.has_fusion and not methods:
             raise ConfigError("fusion_methods is empty", "pass at least one fusion method, or None for the default")
         unknown = [m for m in methods if m not in space.fusion_methods]
         if unknown or len(set(methods)) != len(methods):
@@ -453,8 +453,11 @@ class HeuristicSampler(BaseSampler):
 
     def _plan_record(self) -> dict[str, Any]:
         space = self._space
-        return {"axes": {P_IMAGE_T: list(space.image.t), P_IMAGE_B: list(space.image.b),
-                         P_TEXT_T: list(space.text.t), P_TEXT_B: list(space.text.b)},
+        axes = {}
+        for modality, (t_name, b_name) in (("image", (P_IMAGE_T, P_IMAGE_B)), ("text", (P_TEXT_T, P_TEXT_B))):
+            if space.has(modality):
+                axes[t_name], axes[b_name] = list(space.axes(modality).t), list(space.axes(modality).b)
+        return {"axes": axes,
                 "options": {"fusion_methods": list(self._fusion_methods), "neighbourhood": self._neighbourhood,
                             "radius": self._radius}}
 

@@ -11,7 +11,7 @@ from difffeat_tune.config import (
 if TYPE_CHECKING:
     import optuna
 
-    from difffeat_tune.search.space import SearchSpace
+    from difffeat_tune.space import SearchSpace
 
 
 def suggest_config(trial: optuna.Trial, space: SearchSpace) -> TrialConfig:
@@ -20,7 +20,7 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> TrialConfig:
     The parameters are suggested in this order, each as a categorical parameter named by the
     constants of :mod:`difffeat_tune.config`:
 
-    1. ``modality`` in ``("image", "text", "fusion")``;
+    1. ``modality`` in ``("image", "text", "fusion")`` (the space's modalities; fusion when it has both);
     2. for image and fusion trials, ``image_t`` and ``image_b`` over the space's image axes;
     3. for text and fusion trials, ``text_t`` and ``text_b`` over the space's text axes;
     4. for fusion trials, ``fusion`` over ``space.fusion_methods``.
@@ -28,7 +28,7 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> TrialConfig:
     Parameters absent from a modality are never suggested, so an image trial holds no text
     parameters. The function works with any sampler: with
     :class:`~difffeat_tune.search._heuristic.HeuristicSampler` (which serves the configuration it
-    claimed for the trial), with ``optuna.samplers.GridSampler(space.fusion_grid(...))`` (whose
+    claimed for the trial), with ``optuna.samplers.GridSampler(space.grid_axes(...))`` (whose
     grid fixes ``modality`` to ``"fusion"``), with enqueued trials
     (``study.enqueue_trial(config.to_params())``) and with generic samplers such as
     ``RandomSampler`` or ``TPESampler``.
@@ -41,7 +41,7 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> TrialConfig:
 
             from difffeat_tune.search._heuristic import HeuristicSampler
             from difffeat_tune.search._suggest import suggest_config
-            from difffeat_tune.search.space import load_space
+            from difffeat_tune.space import load_space
 
             space = load_space("paper")
 
@@ -65,15 +65,18 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> TrialConfig:
         optuna.TrialPruned: With :class:`~difffeat_tune.search._heuristic.HeuristicSampler`, for a
             surplus trial created after the plan was exhausted (it has nothing to evaluate).
     """
-    modality = trial.suggest_categorical(P_MODALITY, list(TRIAL_MODALITIES))
+    modalities = [m for m in TRIAL_MODALITIES if m == "fusion" and space.has_fusion or space.has(m)]
+    modality = trial.suggest_categorical(P_MODALITY, modalities)
     image = text = None
     fusion = None
     if modality in ("image", "fusion"):
-        image = (int(trial.suggest_categorical(P_IMAGE_T, list(space.image.t))),
-                 int(trial.suggest_categorical(P_IMAGE_B, list(space.image.b))))
+        axes = space.axes("image")
+        image = (int(trial.suggest_categorical(P_IMAGE_T, list(axes.t))),
+                 int(trial.suggest_categorical(P_IMAGE_B, list(axes.b))))
     if modality in ("text", "fusion"):
-        text = (int(trial.suggest_categorical(P_TEXT_T, list(space.text.t))),
-                int(trial.suggest_categorical(P_TEXT_B, list(space.text.b))))
+        axes = space.axes("text")
+        text = (int(trial.suggest_categorical(P_TEXT_T, list(axes.t))),
+                int(trial.suggest_categorical(P_TEXT_B, list(axes.b))))
     if modality == "fusion":
         fusion = str(trial.suggest_categorical(P_FUSION, list(space.fusion_methods)))
     return TrialConfig(modality=modality, image=image, text=text, fusion=fusion,  # type: ignore[arg-type]

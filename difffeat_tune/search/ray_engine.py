@@ -31,7 +31,6 @@ import math
 import os
 import pickle
 import re
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -48,13 +47,13 @@ from ray.tune.search.optuna import OptunaSearch
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import P_FUSION, P_IMAGE_B, P_IMAGE_T, P_MODALITY, P_TEXT_B, P_TEXT_T, TrialConfig
 from difffeat_tune.probe.objective import Objective, ObjectiveSettings
-from difffeat_tune.search._heuristic import HeuristicSampler, plan_status
+from difffeat_tune.search import _attrs as A
+from difffeat_tune.search._heartbeat import Heartbeat, fail_stale
+from difffeat_tune.search._options import SearchOptions
+from difffeat_tune.search._samplers import plan_state
 from difffeat_tune.search._suggest import suggest_config
-from difffeat_tune.search.runner import (
-    A_EPOCHS, A_SECONDS, A_SPLIT, SearchOptions, SearchSummary,
-    evaluate_best, make_pruner, open_storage, record_config, record_study_attrs, result_attrs, summarize,
-)
-from difffeat_tune.search.space import SearchSpace
+from difffeat_tune.search.runner import SearchRun, record_config
+from difffeat_tune.space import SearchSpace
 from difffeat_tune.store import FeatureStore, FeatureView
 
 if TYPE_CHECKING:
@@ -66,8 +65,6 @@ logger = logging.getLogger(__name__)
 METRIC, MODE = "score", "max"
 #: GPU share of one trial when the cluster has GPUs (a linear probe uses a small part of one).
 DEFAULT_GPU_FRACTION = 0.25
-#: User attribute holding the error of a FAILED trial.
-A_ERROR = "error"
 #: Keys of the results a trial reports to Tune.
 R_EPOCH, R_FINAL, R_ERROR, R_METRICS, R_SPLIT, R_SECONDS, R_EPOCHS = (
     "epoch", "final", "error", "metrics", "split", "seconds", "epochs_run")
@@ -191,69 +188,42 @@ def run_trial(config: Mapping[str, Any], spec: WorkerSpec) -> None:
 
 # ---------------------------------------------------------------------------------------- driver
 
-class _NoStopGridSampler(optuna.samplers.GridSampler):
-    """GridSampler whose ``after_trial`` does not call ``study.stop()`` (it raises outside optimize)."""
-
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        pass
-
-
-def make_ray_sampler(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:
-    """The sampler of ``options`` for a driver that must never wait inside ``study.ask()``.
-
-    The heuristic is :func:`~difffeat_tune.search.runner.make_sampler`'s with ``wait_timeout=0``:
-    if another process takes the last pending configuration between the plan check and the ask,
-    the ask fails at once instead of waiting for running trials.
-    """
-    if options.sampler == "heuristic":
-        return HeuristicSampler(space, fusion_methods=options.fusion_methods, neighbourhood=options.neighbourhood,
-                                radius=options.radius, max_failures=options.max_failures, seed=options.seed,
-                                wait_timeout=0)
-    return _NoStopGridSampler(space.fusion_grid(options.fusion_methods), seed=options.seed)
-
-
 class DiffFeatSearch(OptunaSearch):
-    """Tune searcher over the study a local search uses, driven by the heuristic or the grid sampler.
+    """Tune searcher over the study of a :class:`~difffeat_tune.search.runner.SearchRun`.
 
-    ``suggest`` reads the plan from storage first (:func:`plan_status` for the heuristic, the
-    grid ids taken for the grid) and asks the study only when something is pending: it returns
-    ``None`` while the heuristic waits at a phase barrier (Tune asks again later), and
-    ``Searcher.FINISHED`` once the plan is exhausted, every grid point is taken, or ``n_trials``
-    trials were asked. Reads while waiting are spaced ``poll_interval`` seconds apart (a trial
-    completing triggers an immediate re-read), and stale trials of dead workers are failed then.
+    ``suggest`` reads the plan from storage first (:func:`~difffeat_tune.search._samplers.plan_state`)
+    and asks the study only when something is pending: it returns ``None`` while the plan waits
+    for running trials (the heuristic's phase barrier; Tune asks again later), and
+    ``Searcher.FINISHED`` once the plan is finished or ``n_trials`` trials were asked. Reads while
+    waiting are spaced ``poll_interval`` seconds apart (a trial completing triggers an immediate
+    re-read), and stale trials of dead workers are failed then.
 
-    Every trial gets the user attributes of :func:`~difffeat_tune.search.runner.trial_function`
-    (``phase``, ``modality``, ``config``, then ``metrics`` and one attribute per metric,
-    ``epochs_run``, ``seconds``, ``split``); failed trials get ``error``. Per-epoch scores are the
-    trial's intermediate values, so the study's pruner (see :class:`OptunaPruningScheduler`) acts
-    on them as it does locally.
+    Every trial gets the user attributes a local trial gets (``phase``, ``modality``, ``config``,
+    then one attribute per metric, ``epochs_run``, ``seconds``, ``split``); failed trials get
+    ``error``. Per-epoch scores are the trial's intermediate values, so the study's pruner (see
+    :class:`OptunaPruningScheduler`) acts on them as it does locally.
 
     Args:
         space: the search space.
-        options: the search options (sampler, fusion methods, neighbourhood, pruner...).
-        storage: the Optuna storage (e.g. ``runner.open_storage(url)``).
-        study_name: the study, created or loaded (``load_if_exists``).
-        pruner: the study's pruner (default: none).
-        n_trials: ask at most this many trials (default: until the plan is done).
+        options: the search options (sampler, fusion methods, neighbourhood, pruner, n_trials...).
+        study: the open study (its sampler and pruner are used).
         callbacks: Optuna-style ``callback(study, frozen_trial)`` run on the driver after each trial.
         poll_interval: seconds between storage reads while nothing is pending.
     """
 
-    def __init__(self, space: SearchSpace, options: SearchOptions, *, storage: optuna.storages.BaseStorage,
-                 study_name: str, pruner: optuna.pruners.BasePruner | None = None, n_trials: int | None = None,
+    def __init__(self, space: SearchSpace, options: SearchOptions, *, study: optuna.Study,
                  callbacks: Sequence[OptunaCallback] = (), poll_interval: float = 0.5) -> None:
-        super().__init__(space=None, metric=METRIC, mode=MODE, sampler=make_ray_sampler(space, options),
-                         study_name=study_name, storage=storage)
+        super().__init__(space=None, metric=METRIC, mode=MODE, sampler=study.sampler,
+                         study_name=study.study_name, storage=study._storage)
         self._search_space = space
         self._options = options
-        self._pruner = pruner or optuna.pruners.NopPruner()
-        self._budget = n_trials
+        self._pruner = study.pruner
+        self._budget = options.n_trials
         self._callbacks = list(callbacks)
         self._poll_interval = float(poll_interval)
         self._init_runtime()
         self._space = self._define_by_run  # suggestions go through suggest_config (conditional space)
-        self._setup_study(MODE)
+        self._ot_study = study
 
     # -- state that never leaves the driver ---------------------------------------------------
 
@@ -263,17 +233,13 @@ class DiffFeatSearch(OptunaSearch):
         self._tune_trials: dict[str, Trial] = {}
         self._reported: dict[str, int] = {}
         self._pruned: set[str] = set()
-        self._live: set[int] = set()  # Optuna trial ids whose heartbeat the driver records
-        self._lock = threading.Lock()
-        self._stop_beating = threading.Event()
-        self._beater: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None  # the driver records its running trials' heartbeats
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # Tune pickles the searcher with the Tuner's state: leave out the live study, the threads
         # and the callbacks (e.g. closures over a progress display), which stay on the driver.
-        for key in ("_ot_study", "_ot_trials", "_tune_trials", "_lock", "_stop_beating", "_beater", "_live",
-                    "_callbacks"):
+        for key in ("_ot_study", "_ot_trials", "_tune_trials", "_heartbeat", "_callbacks"):
             state.pop(key, None)
         return state
 
@@ -320,18 +286,8 @@ class DiffFeatSearch(OptunaSearch):
 
     def availability(self) -> str:
         """``"ask"`` (something is pending), ``"wait"`` (running trials must end first) or ``"finished"``."""
-        if self._options.sampler == "heuristic":
-            status = plan_status(self._ot_study)
-            if status.exhausted:
-                return "finished"
-            return "ask" if status.pending or status.queued else "wait"
-        trials = self._ot_study._storage.get_all_trials(self._ot_study._study_id, deepcopy=False)
-        if any(t.state == TrialState.WAITING for t in trials):
-            return "ask"
-        grid_size = len(self._search_space.fusion_configs(self._options.fusion_methods))
-        taken = {t.system_attrs["grid_id"] for t in trials
-                 if "grid_id" in t.system_attrs and (t.state.is_finished() or t.state == TrialState.RUNNING)}
-        return "finished" if set(range(grid_size)) <= taken else "ask"
+        state = plan_state(self._ot_study, self._search_space, self._options)
+        return "finished" if state.finished else "ask" if state.can_ask else "wait"
 
     # -- Tune's searcher interface ------------------------------------------------------------
 
@@ -346,7 +302,7 @@ class DiffFeatSearch(OptunaSearch):
             return Searcher.FINISHED
         if availability == "wait":
             self._next_read = now + self._poll_interval
-            _fail_stale(self._ot_study)
+            fail_stale(self._ot_study)
             return None
         try:
             with warnings.catch_warnings():  # the driver records the heartbeats itself (see _beat)
@@ -363,7 +319,7 @@ class DiffFeatSearch(OptunaSearch):
         record_config(ot_trial, config)
         self._ot_trials[trial_id] = ot_trial
         self._asked += 1
-        self._beat(ot_trial._trial_id)
+        self._beating().add(ot_trial._trial_id)
         params = config.to_params()
         return {k: params.get(k) for k in _PARAMS}  # absent axes are None in the Tune config
 
@@ -394,24 +350,24 @@ class DiffFeatSearch(OptunaSearch):
         attrs: dict[str, Any] = {}
         value: float | None = None
         if error:
-            state, attrs[A_ERROR] = TrialState.FAIL, self._tune_error(trial_id)
+            state, attrs[A.ERROR] = TrialState.FAIL, self._tune_error(trial_id)
         elif result.get(R_ERROR):
-            state, attrs[A_ERROR] = TrialState.FAIL, str(result[R_ERROR])
+            state, attrs[A.ERROR] = TrialState.FAIL, A.first_line(str(result[R_ERROR]))
         elif result.get(R_FINAL):
-            attrs.update(result_attrs(_metrics_of(result), int(result.get(R_EPOCHS, result.get(R_EPOCH, 0))),
-                                      float(result.get(R_SECONDS, 0.0)), result.get(R_SPLIT)))
+            attrs.update(A.result_attrs(_metrics_of(result), int(result.get(R_EPOCHS, result.get(R_EPOCH, 0))),
+                                        float(result.get(R_SECONDS, 0.0)), result.get(R_SPLIT)))
             value = float(result[METRIC])
             state = TrialState.COMPLETE
             if not math.isfinite(value):
-                state, value, attrs[A_ERROR] = TrialState.FAIL, None, f"the score is not finite ({value})"
+                state, value, attrs[A.ERROR] = TrialState.FAIL, None, f"the score is not finite ({value})"
         elif trial_id in self._pruned:
             state = TrialState.PRUNED
-            attrs[A_EPOCHS] = self._reported.get(trial_id, 0)
-            attrs[A_SECONDS] = round(float(result.get("time_total_s", 0.0)), 4)
-            attrs[A_SPLIT] = self._ot_study.user_attrs.get("selection_split")
+            attrs[A.EPOCHS] = self._reported.get(trial_id, 0)
+            attrs[A.SECONDS] = round(float(result.get("time_total_s", 0.0)), 4)
+            attrs[A.SPLIT] = self._ot_study.user_attrs.get(A.SELECTION_SPLIT)
         else:
             state = TrialState.FAIL
-            attrs[A_ERROR] = "stopped before it finished (the Ray Tune run ended or was interrupted)"
+            attrs[A.ERROR] = "stopped before it finished (the Ray Tune run ended or was interrupted)"
         try:
             for key, val in attrs.items():
                 ot_trial.set_user_attr(key, val)
@@ -424,8 +380,7 @@ class DiffFeatSearch(OptunaSearch):
         self._next_read = 0.0  # the plan may have moved on: read it at the next suggest
 
     def _tell(self, ot_trial: optuna.Trial, value: float | None, state: TrialState) -> None:
-        with self._lock:
-            self._live.discard(ot_trial._trial_id)
+        self._beating().discard(ot_trial._trial_id)
         try:
             frozen = self._ot_study.tell(ot_trial, value, state=state)
         except Exception:  # noqa: BLE001 - e.g. the trial was failed as stale meanwhile
@@ -453,48 +408,22 @@ class DiffFeatSearch(OptunaSearch):
 
     # -- heartbeats and clean-up --------------------------------------------------------------
 
-    def _beat(self, optuna_trial_id: int) -> None:
-        storage = self._ot_study._storage
-        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-        if interval is None:
-            return
-        storage.record_heartbeat(optuna_trial_id)  # type: ignore[attr-defined]
-        with self._lock:
-            self._live.add(optuna_trial_id)
-        if self._beater is None or not self._beater.is_alive():
-            self._stop_beating.clear()
-            self._beater = threading.Thread(target=self._beat_loop, args=(storage, interval),
-                                            name="difffeat-ray-heartbeat", daemon=True)
-            self._beater.start()
-
-    def _beat_loop(self, storage: Any, interval: float) -> None:
-        while not self._stop_beating.wait(interval):
-            with self._lock:
-                live = list(self._live)
-            for trial_id in live:
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception:  # noqa: BLE001 - the next beat retries
-                    logger.debug("heartbeat of trial %d failed", trial_id, exc_info=True)
+    def _beating(self) -> Heartbeat:
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat(self._ot_study._storage)
+        return self._heartbeat
 
     def close(self) -> None:
         """Stop the heartbeats and fail the trials that did not finish (so their configurations are retried)."""
         for trial_id in list(self._ot_trials):
             ot_trial = self._ot_trials.pop(trial_id)
             try:
-                ot_trial.set_user_attr(A_ERROR, "the Ray driver stopped before the trial finished")
+                ot_trial.set_user_attr(A.ERROR, "the Ray driver stopped before the trial finished")
             except Exception:  # noqa: BLE001
                 pass
             self._tell(ot_trial, None, TrialState.FAIL)
-        self._stop_beating.set()
-        if self._beater is not None:
-            self._beater.join(timeout=5)
-
-
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+        if self._heartbeat is not None:
+            self._heartbeat.close()
 
 
 def _metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
@@ -569,71 +498,28 @@ def _tune_name(study_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).strip("_") or "study"
 
 
-def run_search_ray(
-    view_location: ViewLocation | FeatureView,
-    space: SearchSpace,
-    options: SearchOptions,
-    objective_settings: ObjectiveSettings,
-    *,
-    storage: str,
-    study_name: str,
-    ray_address: str | None = None,
-    results_dir: str | Path,
-    resources_per_trial: Mapping[str, float] | None = None,
-    max_concurrent: int | None = None,
-    max_failures: int = 2,
-    n_trials: int | None = None,
-    device: str = "auto",
-    callbacks: Sequence[OptunaCallback] = (),
-    verbose: int = 0,
-) -> SearchSummary:
-    """Run (or resume) a search study on Ray Tune: the same plan and study as :func:`run_search`.
+def run_ray(run: SearchRun, *, resources_per_trial: Mapping[str, float] | None = None,
+            max_concurrent: int | None = None, max_failures: int = 2, verbose: int = 0) -> None:
+    """The Ray engine of :func:`~difffeat_tune.search.runner.run_search`: every trial a Ray Tune trial.
 
     Args:
-        view_location: the features: a :class:`ViewLocation` or an open :class:`FeatureView`
-            (its folder must be reachable at the same absolute path on every node).
-        space: the search space (its ``to_tune()`` is Tune's ``param_space``).
-        options: sampler ("heuristic" or "grid"), fusion methods, neighbourhood, pruner,
-            ``max_failures`` of a configuration (``options.workers`` is not used: Ray's
-            concurrency comes from the resources).
-        objective_settings: how trials train and score (recipe, protocol...).
-        storage: SQLAlchemy URL of the Optuna storage (PostgreSQL for a cluster).
-        study_name: the study; re-running with the same name resumes it.
-        ray_address: join this Ray cluster (``"auto"``, ``"host:port"``); default: a Ray already
-            running in this process, else a new local Ray on the loopback (stopped at the end).
-        results_dir: folder of Ray Tune's result files (``<results_dir>/<study name>``).
+        run: the search run (its study, settings and features; the view's folder must be
+            reachable at the same absolute path on every node).
         resources_per_trial: Tune resources of one trial (default :func:`default_resources`).
         max_concurrent: trials at once (default: as many as the cluster's resources hold at start).
         max_failures: Tune's retries of a trial whose worker died (same Optuna trial).
-        n_trials: stop after this many trials in this call (default: until the plan is done).
-        device: the device of each trial's objective ("auto": CUDA when Ray gave the trial a GPU
-            share, else CPU) and of the final evaluation on the driver ("auto": CUDA when present).
-        callbacks: Optuna-style ``callback(study, frozen_trial)`` run on the driver after each trial.
         verbose: Tune's console verbosity (0 silent ... 3 detailed).
-
-    Returns:
-        :func:`summarize` of the study, after :func:`evaluate_best` (on the driver) when
-        ``options.evaluate_best``.
     """
-    location = ViewLocation.coerce(view_location)
-    driver_objective = Objective(location.open(), objective_settings, device=device)
-    epochs = objective_settings.recipe.epochs
-    searcher = DiffFeatSearch(space, options, storage=open_storage(storage), study_name=study_name,
-                              pruner=make_pruner(options.pruner, epochs), n_trials=n_trials,
-                              callbacks=callbacks)
-    study = searcher.study
-    record_study_attrs(study, options, space, driver_objective, engine="ray")
-    _fail_stale(study)
-    start = time.perf_counter()
-    if (n_trials is None or n_trials > 0) and searcher.availability() != "finished":
-        _tune(searcher, space, WorkerSpec(location, objective_settings, device, space.d_alg), study_name,
-              ray_address=ray_address, results_dir=results_dir, resources_per_trial=resources_per_trial,
-              max_concurrent=max_concurrent, max_failures=max_failures, device=device, verbose=verbose)
-    elapsed = time.perf_counter() - start
-    study.set_user_attr("wall_seconds", float(study.user_attrs.get("wall_seconds", 0.0)) + elapsed)
-    if options.evaluate_best:
-        evaluate_best(study, driver_objective, space)
-    return summarize(study)
+    settings = run.settings
+    location = ViewLocation.of(run.view)
+    searcher = DiffFeatSearch(settings.space, settings.search, study=run.study, callbacks=run.callbacks)
+    fail_stale(run.study)
+    if searcher.availability() == "finished":
+        return
+    spec = WorkerSpec(location, settings.probe, settings.device, settings.space.d_alg)
+    _tune(searcher, settings.space, spec, run.study.study_name, ray_address=settings.search.ray_address,
+          results_dir=settings.search.runs / "ray", resources_per_trial=resources_per_trial,
+          max_concurrent=max_concurrent, max_failures=max_failures, device=settings.device, verbose=verbose)
 
 
 def _tune(searcher: DiffFeatSearch, space: SearchSpace, spec: WorkerSpec, study_name: str, *,
@@ -663,5 +549,5 @@ def _tune(searcher: DiffFeatSearch, space: SearchSpace, spec: WorkerSpec, study_
             ray.shutdown()
 
 
-__all__ = ["DiffFeatSearch", "OptunaPruningScheduler", "ViewLocation", "WorkerSpec", "run_search_ray",
-           "run_trial", "default_resources", "make_ray_sampler", "DEFAULT_GPU_FRACTION"]
+__all__ = ["DiffFeatSearch", "OptunaPruningScheduler", "ViewLocation", "WorkerSpec", "run_ray", "run_trial",
+           "default_resources", "DEFAULT_GPU_FRACTION"]

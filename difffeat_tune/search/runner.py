@@ -1,52 +1,55 @@
-"""Studies: open the storage, run the heuristic or the grid search, summarise what a study holds.
+"""The search skeleton every engine shares: open the study, record the run, run trials, evaluate, summarise.
 
-Every trial writes its phase, modality, configuration label, full metric set, epochs and seconds
-as user attributes, so the dashboard and :func:`summarize` see everything. The best
-configuration is re-trained and scored on the evaluation split once the search ends
-(:meth:`~difffeat_tune.probe.objective.Objective.evaluate`) and stored on the study.
+:func:`run_search` is the one way a search runs, whatever runs its trials:
+
+1. open (or resume) the study on its storage with the sampler and pruner of the settings, check
+   that a resumed study was searched the same way, record the run's settings on it and name its
+   objective (e.g. "val mAP") for the dashboard;
+2. unless the plan is already finished, hand the trials to the engine (:data:`ENGINES`):
+   ``local`` (this process, :mod:`~difffeat_tune.search._local`) or ``ray`` (Ray Tune,
+   :mod:`~difffeat_tune.search.ray_engine`); an engine only decides how a batch of trials runs;
+3. re-train the best configuration and score the evaluation split (once per best trial);
+4. summarise the study from its storage (:func:`summarize`), the same whoever calls it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
+from difffeat_tune._defaults import DEFAULT_RUNS
 from difffeat_tune._errors import ConfigError
-from difffeat_tune.config import DEFAULT_FUSION, FUSION_METHODS, TrialConfig
+from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe.objective import Objective
-from difffeat_tune.search._heuristic import HeuristicSampler
-from difffeat_tune.search._suggest import suggest_config
-from difffeat_tune.search.space import SearchSpace
+from difffeat_tune.search import _attrs as A
+from difffeat_tune.search._options import SearchOptions, default_storage
+from difffeat_tune.search._samplers import make_pruner, make_sampler, plan_state
+from difffeat_tune.space import SearchSpace
+from difffeat_tune.store import FeatureView
+
+if TYPE_CHECKING:
+    from difffeat_tune.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SamplerKind = Literal["heuristic", "grid"]
-SAMPLERS: tuple[str, ...] = ("heuristic", "grid")
-PRUNERS: tuple[str, ...] = ("none", "median", "halving")
-#: The local runs folder: SQLite studies, comparisons, and (by default) the feature store.
-DEFAULT_RUNS = Path("runs")
+#: ``callback(study, frozen_trial)`` after each told trial (e.g. a progress display).
+Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 #: Heartbeat of running trials (seconds) and the silence after which a trial counts as dead.
 HEARTBEAT_INTERVAL = 30
 GRACE_PERIOD = 120
 #: Seconds SQLite waits on a lock held by another worker before giving up.
 SQLITE_TIMEOUT = 60
 
-A_PHASE, A_MODALITY, A_CONFIG, A_METRICS, A_EPOCHS, A_SECONDS, A_SPLIT = (
-    "phase", "modality", "config", "metrics", "epochs_run", "seconds", "split")
-
-
-def default_storage(runs: Path = DEFAULT_RUNS) -> str:
-    """The default storage: a SQLite file in the runs folder."""
-    return f"sqlite:///{runs / 'studies.db'}"
+__all__ = ["DEFAULT_RUNS", "SearchOptions", "SearchRun", "SearchSummary", "default_storage", "evaluate_best",
+           "open_storage", "open_study", "record_config", "run_search", "summarize"]
 
 
 def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStorage:
@@ -68,48 +71,25 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
                           "give a SQLAlchemy URL such as sqlite:///runs/studies.db or postgresql://user@host/db") from exc
 
 
-@dataclass(frozen=True)
-class SearchOptions:
-    """How a search runs.
-
-    Attributes:
-        sampler: "heuristic" (Algorithm 1) or "grid" (every fusion pair of the space).
-        fusion_methods: fusion methods to search (default: linear addition, the paper's choice).
-        neighbourhood: the heuristic's neighbourhood: "cross", "box" or "radius".
-        radius: its step on the grid.
-        pruner: "none", "median" or "halving" (successive halving over the probe's epochs).
-        workers: parallel trials in this process (Optuna ``n_jobs``); more processes may join
-            the same study through a shared storage.
-        seed: seed of the grid order.
-        max_failures: a configuration that failed this often is skipped.
-        evaluate_best: re-train the best configuration and score the evaluation split at the end.
-    """
-
-    sampler: SamplerKind = "heuristic"
-    fusion_methods: tuple[str, ...] = (DEFAULT_FUSION,)
-    neighbourhood: str = "cross"
-    radius: int = 1
-    pruner: str = "none"
-    workers: int = 1
-    seed: int = 0
-    max_failures: int = 2
-    evaluate_best: bool = True
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {self.sampler!r}", f"use {' or '.join(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
-            raise ConfigError(f"unknown pruner {self.pruner!r}", f"use one of {', '.join(PRUNERS)}")
-        for m in self.fusion_methods:
-            if m not in FUSION_METHODS:
-                raise ConfigError(f"unknown fusion method {m!r}", f"use {', '.join(FUSION_METHODS)} or 'all'")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {self.workers}")
-
-
 @dataclass
 class SearchSummary:
-    """What a study holds: the best configuration, its scores, and what the search spent."""
+    """What a study holds: the best configuration, its scores, and what the search spent.
+
+    Attributes:
+        study_name, sampler: the study and how it was searched.
+        best_config, best_label, best_score: the best trial's parameters, label and selection score.
+        selection_split: the split scores were selected on.
+        best_metrics: every metric of the best trial on the selection split.
+        eval_split, eval_metrics: the best configuration re-trained and scored on the evaluation split.
+        best_by_modality: per modality ("image", "text", "fusion"), the best COMPLETE trial's
+            ``label``, ``score`` and ``metrics``.
+        trials: trial counts by state.
+        phases: finished (COMPLETE or PRUNED) trials per phase.
+        probe_epochs: training epochs of every trial.
+        wall_seconds: from the first trial's start to the last trial's end (the same for every
+            worker: read from the storage).
+        failures: the configurations whose trials failed and never completed, with the last error.
+    """
 
     study_name: str
     sampler: str
@@ -124,130 +104,118 @@ class SearchSummary:
     phases: dict[str, int]
     probe_epochs: int
     wall_seconds: float
-    extra: dict[str, object] = field(default_factory=dict)
+    best_by_modality: dict[str, dict[str, object]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def make_sampler(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:
-    """The sampler of ``options``: the HeuristicSampler or Optuna's GridSampler over the fusion grid."""
-    if options.sampler == "heuristic":
-        return HeuristicSampler(space, fusion_methods=options.fusion_methods, neighbourhood=options.neighbourhood,
-                                radius=options.radius, max_failures=options.max_failures, seed=options.seed)
-    return optuna.samplers.GridSampler(space.fusion_grid(options.fusion_methods), seed=options.seed)
+@dataclass
+class SearchRun:
+    """One run of a search, handed to an engine: everything it needs to run trials.
+
+    Attributes:
+        settings: the whole settings tree (``settings.space`` is the searched space).
+        study: the open study (sampler and pruner set).
+        objective: the driver's objective (the local engine trains with it; every engine's
+            best configuration is evaluated with it).
+        view: the features.
+        callbacks: called after each told trial.
+    """
+
+    settings: Settings
+    study: optuna.Study
+    objective: Objective
+    view: FeatureView
+    callbacks: Sequence[Callback] = ()
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """Pruner over the probe's per-epoch validation scores."""
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 4))
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 8), reduction_factor=3)
-    return optuna.pruners.NopPruner()
+def _run_local(run: SearchRun, **options: object) -> None:
+    from difffeat_tune.search._local import run_local
+
+    run_local(run, **options)  # type: ignore[arg-type]
+
+
+def _run_ray(run: SearchRun, **options: object) -> None:
+    from difffeat_tune.search.ray_engine import run_ray  # imports Ray: only when asked
+
+    run_ray(run, **options)  # type: ignore[arg-type]
+
+
+#: The engines by name: how the trials of a search run (``engine(run, **engine_options)``).
+ENGINES: Mapping[str, Callable[..., None]] = {"local": _run_local, "ray": _run_ray}
+
+
+def open_study(settings: Settings, study_name: str, *, storage: optuna.storages.BaseStorage | None = None
+               ) -> optuna.Study:
+    """Create or load ``study_name`` with the settings' sampler and pruner."""
+    search = settings.search
+    return optuna.create_study(
+        storage=storage or open_storage(search.storage_url()), study_name=study_name, direction="maximize",
+        load_if_exists=True, sampler=make_sampler(settings.space, search),
+        pruner=make_pruner(search.pruner, settings.probe.recipe.epochs),
+    )
+
+
+def run_search(settings: Settings, view: FeatureView, *, callbacks: Sequence[Callback] = (),
+               objective: Objective | None = None, engine_options: Mapping[str, object] | None = None
+               ) -> SearchSummary:
+    """Run (or resume) the search of ``settings`` on the features of ``view`` (see the module docstring).
+
+    Args:
+        settings: the run's settings; ``settings.space`` must hold only the view's modalities
+            (:attr:`~difffeat_tune.features.PreparedFeatures.space` is).
+        view: the features.
+        callbacks: ``callback(study, frozen_trial)`` after each told trial.
+        objective: the driver's objective (default: ``Objective(view, settings.probe, device)``).
+        engine_options: keyword options of the engine (e.g. the Ray engine's
+            ``resources_per_trial={"cpu": 2, "gpu": 0.5}``; see :func:`~difffeat_tune.search.ray_engine.run_ray`).
+
+    Returns:
+        :func:`summarize` of the study.
+    """
+    objective = objective or Objective(view, settings.probe, device=settings.device)
+    study = open_study(settings, settings.search.study_name_for(view.folder.name))
+    record_study_attrs(study, settings, objective)
+    if not plan_state(study, settings.space, settings.search).finished and settings.search.n_trials != 0:
+        ENGINES[settings.search.engine](SearchRun(settings, study, objective, view, tuple(callbacks)),
+                                        **dict(engine_options or {}))
+    if settings.search.evaluate_best:
+        evaluate_best(study, objective, settings.space)
+    return summarize(study)
+
+
+def record_study_attrs(study: optuna.Study, settings: Settings, objective: Objective) -> None:
+    """Check that a resumed study was searched the same way, then record the run's settings on it."""
+    record = settings.record()
+    for key in (A.SAMPLER, A.SPACE):
+        previous = study.user_attrs.get(key)
+        if previous is not None and previous != record[key]:
+            raise ConfigError(f"study {study.study_name!r} was run with {key} {previous}, not {record[key]}",
+                              "choose another --study-name")
+    view = objective.view
+    record.update({
+        "features": str(view.folder),
+        "image_extraction": view.image.folder.name if view.image else None,
+        "text_extraction": view.text.folder.name if view.text else None,
+        A.SELECTION_SPLIT: objective.selection_split, A.EVAL_SPLIT: objective.eval_split,
+        A.ENGINE: settings.search.engine,
+    })
+    for key, value in record.items():
+        study.set_user_attr(key, value)
+    headline = "map" if view.task == "multilabel" else "top1"
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard labels the objective with it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([f"{objective.selection_split} {A.METRIC_LABELS[headline]}"])
 
 
 def record_config(trial: optuna.Trial, config: TrialConfig) -> None:
     """User attributes every trial gets once its configuration is known (any engine)."""
-    trial.set_user_attr(A_MODALITY, config.modality)
-    trial.set_user_attr(A_CONFIG, config.label())
-    if trial.user_attrs.get(A_PHASE) is None:  # the HeuristicSampler sets the phase itself
-        trial.set_user_attr(A_PHASE, config.modality)
-
-
-def result_attrs(metrics: Mapping[str, float], epochs_run: int, seconds: float, split: str | None) -> dict[str, object]:
-    """User attributes of a finished trial: the metric set, flat copies of each metric (sortable
-    columns in the dashboard), epochs, seconds and the scored split."""
-    return {A_METRICS: dict(metrics), **metrics, A_EPOCHS: int(epochs_run), A_SECONDS: round(float(seconds), 4),
-            A_SPLIT: split}
-
-
-def trial_function(objective: Objective, space: SearchSpace) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective: suggest a configuration, train with per-epoch reports, record attributes."""
-
-    def run(trial: optuna.Trial) -> float:
-        config = suggest_config(trial, space)
-        record_config(trial, config)
-
-        def on_epoch(epoch: int, score: float) -> bool:
-            trial.report(score, epoch)
-            return trial.should_prune()
-
-        result = objective(config, on_epoch)
-        for key, value in result_attrs(result.metrics, result.epochs_run, result.seconds, result.split).items():
-            trial.set_user_attr(key, value)
-        if result.stopped_early:
-            raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run} at {result.score:.4f}")
-        return result.score
-
-    return run
-
-
-def run_search(
-    objective: Objective,
-    space: SearchSpace,
-    options: SearchOptions,
-    *,
-    storage: str,
-    study_name: str,
-    n_trials: int | None = None,
-    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
-) -> SearchSummary:
-    """Run (or resume) a search study until its sampler's plan is exhausted.
-
-    Args:
-        objective: trains and scores one configuration.
-        space: the search space.
-        options: sampler, pruner, workers...
-        storage: SQLAlchemy URL of the Optuna storage.
-        study_name: the study; re-running with the same name resumes it.
-        n_trials: stop after this many trials in this call (default: until the plan is done).
-        callbacks: passed to ``study.optimize`` (e.g. a progress display).
-    """
-    epochs = objective.settings.recipe.epochs
-    study = optuna.create_study(
-        storage=open_storage(storage), study_name=study_name, direction="maximize", load_if_exists=True,
-        sampler=make_sampler(space, options), pruner=make_pruner(options.pruner, epochs),
-    )
-    record_study_attrs(study, options, space, objective, engine="local")
-    if options.sampler == "grid":
-        grid_size = len(space.fusion_configs(options.fusion_methods))
-        done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-        n_trials = min(n_trials, max(0, grid_size - done)) if n_trials is not None else max(0, grid_size - done)
-    start = time.perf_counter()
-    if n_trials is None or n_trials > 0:
-        study.optimize(trial_function(objective, space), n_trials=n_trials, n_jobs=options.workers,
-                       callbacks=list(callbacks), catch=(Exception,), gc_after_trial=False)
-    elapsed = time.perf_counter() - start
-    study.set_user_attr("wall_seconds", float(study.user_attrs.get("wall_seconds", 0.0)) + elapsed)
-    if options.evaluate_best:
-        evaluate_best(study, objective, space)
-    return summarize(study)
-
-
-def record_study_attrs(study: optuna.Study, options: SearchOptions, space: SearchSpace, objective: Objective,
-                       *, engine: str) -> None:
-    """Check that a resumed study was run with the same sampler and space, then record the run's settings."""
-    _check_study_matches(study, options, space)
-    for key, value in {"sampler": options.sampler, "space": space.source or space.name,
-                       "fusion_methods": list(options.fusion_methods), "neighbourhood": options.neighbourhood,
-                       "pruner": options.pruner, "features": str(objective.view.folder),
-                       "image_extraction": objective.view.image.folder.name if objective.view.image else None,
-                       "text_extraction": objective.view.text.folder.name if objective.view.text else None,
-                       "selection_split": objective.selection_split, "eval_split": objective.eval_split,
-                       "epochs": objective.settings.recipe.epochs, "engine": engine}.items():
-        study.set_user_attr(key, value)
-
-
-def _check_study_matches(study: optuna.Study, options: SearchOptions, space: SearchSpace) -> None:
-    previous = study.user_attrs.get("sampler")
-    if previous is not None and previous != options.sampler:
-        raise ConfigError(f"study {study.study_name!r} was run with the {previous} sampler, not {options.sampler}",
-                          "choose another --study-name")
-    old_space = study.user_attrs.get("space")
-    if old_space is not None and old_space != (space.source or space.name):
-        raise ConfigError(f"study {study.study_name!r} was run on space {old_space}, not {space.source or space.name}",
-                          "choose another --study-name")
+    trial.set_user_attr(A.MODALITY, config.modality)
+    trial.set_user_attr(A.CONFIG, config.label())
+    if trial.user_attrs.get(A.PHASE) is None:  # the HeuristicSampler sets the phase itself
+        trial.set_user_attr(A.PHASE, config.modality)
 
 
 def evaluate_best(study: optuna.Study, objective: Objective, space: SearchSpace) -> None:
@@ -256,39 +224,67 @@ def evaluate_best(study: optuna.Study, objective: Objective, space: SearchSpace)
         best = study.best_trial
     except ValueError:
         return
-    if study.user_attrs.get("eval_trial") == best.number or objective.eval_split is None:
+    if study.user_attrs.get(A.EVAL_TRIAL) == best.number or objective.eval_split is None:
         return
     config = TrialConfig.from_params(best.params, d_alg=space.d_alg)
     result = objective.evaluate(config)
-    study.set_user_attr("eval_trial", best.number)
-    study.set_user_attr("eval_split", result.split)
-    study.set_user_attr("eval_metrics", result.metrics)
-    study.set_user_attr("eval_epochs", result.epochs_run)
+    study.set_user_attr(A.EVAL_TRIAL, best.number)
+    study.set_user_attr(A.EVAL_SPLIT, result.split)
+    study.set_user_attr(A.EVAL_METRICS, result.metrics)
+    study.set_user_attr(A.EVAL_EPOCHS, result.epochs_run)
 
 
 def summarize(study: optuna.Study) -> SearchSummary:
     """Summarise a study from storage alone (works for runs of other processes and engines)."""
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name.lower() for t in trials)
-    phases = Counter(str(t.user_attrs.get(A_PHASE, "?")) for t in trials
+    phases = Counter(str(t.user_attrs.get(A.PHASE, "?")) for t in trials
                      if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
     try:
         best = study.best_trial
     except ValueError:
         best = None
     attrs = study.user_attrs
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     return SearchSummary(
         study_name=study.study_name,
-        sampler=str(attrs.get("sampler", "?")),
+        sampler=str(attrs.get(A.SAMPLER, "?")),
         best_config=dict(best.params) if best else None,
-        best_label=str(best.user_attrs.get(A_CONFIG)) if best else None,
+        best_label=str(best.user_attrs.get(A.CONFIG)) if best else None,
         best_score=float(best.value) if best and best.value is not None else None,
-        selection_split=str(best.user_attrs.get(A_SPLIT)) if best else attrs.get("selection_split"),
-        best_metrics=dict(best.user_attrs.get(A_METRICS, {})) if best else {},
-        eval_split=attrs.get("eval_split"),
-        eval_metrics=dict(attrs.get("eval_metrics", {})) if best and attrs.get("eval_trial") == best.number else {},
+        selection_split=str(best.user_attrs.get(A.SPLIT)) if best else attrs.get(A.SELECTION_SPLIT),
+        best_metrics=A.trial_metrics(best.user_attrs) if best else {},
+        eval_split=attrs.get(A.EVAL_SPLIT),
+        eval_metrics=dict(attrs.get(A.EVAL_METRICS, {})) if best and attrs.get(A.EVAL_TRIAL) == best.number else {},
         trials=dict(states),
         phases=dict(phases),
-        probe_epochs=int(sum(int(t.user_attrs.get(A_EPOCHS, 0)) for t in trials)),
-        wall_seconds=float(attrs.get("wall_seconds", 0.0)),
+        probe_epochs=int(sum(int(t.user_attrs.get(A.EPOCHS, 0)) for t in trials)),
+        wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
+        best_by_modality=_best_by_modality(trials),
+        failures=_failures(trials),
     )
+
+
+def _best_by_modality(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, dict[str, object]]:
+    best: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in trials:
+        modality = t.user_attrs.get(A.MODALITY)
+        if t.state != TrialState.COMPLETE or t.value is None or modality is None:
+            continue
+        current = best.get(modality)
+        if current is None or t.value > current.value or (t.value == current.value and t.number < current.number):
+            best[modality] = t
+    return {m: {"label": str(t.user_attrs.get(A.CONFIG)), "score": float(t.value),  # type: ignore[arg-type]
+                "metrics": A.trial_metrics(t.user_attrs), "trial": t.number}
+            for m in ("image", "text", "fusion") if (t := best.get(m)) is not None}
+
+
+def _failures(trials: Sequence[optuna.trial.FrozenTrial]) -> list[dict[str, str]]:
+    done = {t.user_attrs.get(A.CONFIG) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    last: dict[str, str] = {}
+    for t in trials:
+        label = t.user_attrs.get(A.CONFIG)
+        if t.state == TrialState.FAIL and label is not None and label not in done:
+            last[str(label)] = str(t.user_attrs.get(A.ERROR, "no error recorded"))
+    return [{"config": k, "error": v} for k, v in last.items()]

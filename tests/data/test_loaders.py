@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from difffeat_tune._errors import DataError
+from difffeat_tune._errors import ConfigError, DataError
 from difffeat_tune.data._loaders import LOADERS, load_named
 from tests.data.test_agnews import write_agnews
 from tests.data.test_coco import write_coco
@@ -21,7 +21,7 @@ def test_table_names() -> None:
 def test_load_named_dispatches_and_checks_options(tmp_path: Path) -> None:
     folder = write_agnews(tmp_path)
     assert load_named("ag-news", folder).name == "ag-news"
-    with pytest.raises(DataError, match="bad options") as err:
+    with pytest.raises(ConfigError, match="bad options") as err:
         load_named("ag-news", folder, difficult="ignore")
     assert "options of ag-news: none" in str(err.value)
 
@@ -31,7 +31,7 @@ def test_load_named_coco_variants(tmp_path: Path) -> None:
     plain = load_named("coco-plain", root, keep_empty=False)
     assert plain.name == "coco" and plain.options["enhanced"] is False and plain.options["keep_empty"] is False
     assert load_named("coco-enhanced", root).options["enhanced"] is True
-    with pytest.raises(DataError, match="bad options"):
+    with pytest.raises(ConfigError, match="fixes enhanced=False"):
         load_named("coco-plain", root, enhanced=True)
 
 

@@ -25,7 +25,7 @@ from difffeat_tune.search._heuristic import (
     CLAIM_ATTR, HeuristicSampler, PlanStatus, grid_neighbourhood, next_config, plan_status,
 )
 from difffeat_tune.search._suggest import suggest_config
-from difffeat_tune.search.space import Axes, SearchSpace, load_space
+from difffeat_tune.space import Axes, SearchSpace, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # heartbeat
@@ -504,7 +504,7 @@ def test_enqueued_partial_params_get_a_pending_config_that_matches_them(tmp_path
 
 def test_suggest_config_works_with_optunas_grid_sampler(tmp_path: Path) -> None:
     space = _space(tmp_path, "tiny")
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.GridSampler(space.fusion_grid()))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.GridSampler(space.grid_axes()))
     study.optimize(make_objective(space))
 
     completed = _completed(study, space)

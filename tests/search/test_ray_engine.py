@@ -25,19 +25,28 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from difffeat_tune._errors import ConfigError  # noqa: E402
 from difffeat_tune.config import TrialConfig  # noqa: E402
-from difffeat_tune.probe.objective import Objective, ObjectiveSettings  # noqa: E402
-from difffeat_tune.probe.train import TrainRecipe  # noqa: E402
 from difffeat_tune.search._heuristic import grid_neighbourhood, plan_status  # noqa: E402
-from difffeat_tune.search.ray_engine import (  # noqa: E402
-    DiffFeatSearch, ViewLocation, WorkerSpec, run_search_ray,
-)
-from difffeat_tune.search.runner import SearchOptions, make_pruner, open_storage, run_search  # noqa: E402
-from difffeat_tune.search.space import load_space  # noqa: E402
+from difffeat_tune.search._options import SearchOptions  # noqa: E402
+from difffeat_tune.search.ray_engine import DiffFeatSearch, ViewLocation, WorkerSpec  # noqa: E402
+from difffeat_tune.search.runner import open_storage, open_study  # noqa: E402
+from difffeat_tune.settings import Settings  # noqa: E402
+from difffeat_tune.space import load_space  # noqa: E402
 from difffeat_tune.store import block_column  # noqa: E402
-from tests.conftest import IMAGE_PEAK, TEXT_PEAK, write_synthetic_store  # noqa: E402
+from tests.conftest import IMAGE_PEAK, TEXT_PEAK, run_study, write_synthetic_store  # noqa: E402
 
 #: Few epochs at a higher learning rate: the probes still peak at IMAGE_PEAK and TEXT_PEAK.
-SETTINGS = ObjectiveSettings(recipe=TrainRecipe(epochs=4, batch_size=32, lr=1e-2, cpu_threads=1))
+RECIPE = {"epochs": 4, "batch_size": 32, "lr": 1e-2}
+
+
+def _searcher(space, db_url: str, name: str, *, storage=None, poll_interval: float = 0.5,  # type: ignore[no-untyped-def]
+              **overrides: object) -> DiffFeatSearch:
+    """A searcher over a new (or resumed) study, as the Ray engine builds it."""
+    settings = Settings.create(space=space, search=SearchOptions(storage=db_url, study_name=name), device="cpu",
+                               cpu_threads=1, **{**RECIPE, **overrides})
+    study = open_study(settings, name, storage=storage)
+    return DiffFeatSearch(settings.space, settings.search, study=study, poll_interval=poll_interval)
+
+
 #: A 2x2 image grid and a 1x2 text grid of the synthetic store: 4 + 2 unimodal trials, 3 x 2 fusion.
 TINY_SPACE = """
 [image]
@@ -90,10 +99,8 @@ def _plan(study: optuna.Study) -> dict[str, set[str]]:
 def test_ray_heuristic_runs_the_local_plan_and_finds_the_same_best(
         ray_local, tmp_path: Path, db_url: str, small_space) -> None:  # type: ignore[no-untyped-def]
     view = write_synthetic_store(tmp_path / "features")
-    local = run_search(Objective(view, SETTINGS, device="cpu"), small_space, SearchOptions(evaluate_best=False),
-                       storage=db_url, study_name="local")
-    summary = run_search_ray(view, small_space, SearchOptions(), SETTINGS, storage=db_url, study_name="ray",
-                             results_dir=tmp_path / "runs" / "ray", device="cpu")
+    local = run_study(view, small_space, db_url, "local", evaluate_best=False, **RECIPE)
+    summary = run_study(view, small_space, db_url, "ray", engine="ray", runs=tmp_path / "runs", **RECIPE)
     assert summary.trials == {"complete": 28}
     assert summary.phases == local.phases == {"image": 9, "text": 4, "fusion": 15}
     assert summary.best_config == local.best_config and summary.best_config["modality"] == "fusion"
@@ -107,10 +114,10 @@ def test_ray_heuristic_runs_the_local_plan_and_finds_the_same_best(
     assert _plan(ray_study) == _plan(local_study)
     local_values = {t.user_attrs["config"]: t.value for t in local_study.trials}
     for trial in ray_study.trials:
-        assert {"phase", "modality", "config", "metrics", "epochs_run", "seconds", "split", "map"} <= set(
+        assert {"phase", "modality", "config", "epochs_run", "seconds", "split", "map", "of1"} <= set(
             trial.user_attrs)
         assert trial.user_attrs["split"] == "val" and trial.user_attrs["epochs_run"] == 4
-        assert trial.user_attrs["map"] == trial.user_attrs["metrics"]["map"] == pytest.approx(trial.value)
+        assert trial.user_attrs["map"] == pytest.approx(trial.value)
         assert sorted(trial.intermediate_values) == [1, 2, 3, 4]  # every epoch's score reached the study
         assert trial.value == pytest.approx(local_values[trial.user_attrs["config"]], abs=1e-6)
     assert ray_study.user_attrs["engine"] == "ray" and ray_study.user_attrs["sampler"] == "heuristic"
@@ -135,8 +142,8 @@ def test_a_failing_configuration_is_recorded_fail_with_its_error_and_the_search_
         ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
     view = write_synthetic_store(tmp_path / "features")
     _poison_block(view, "image", 10, 4, "train")  # image t=10 b=4: not in the cross around the image peak
-    summary = run_search_ray(ViewLocation.of(view), tiny_space, SearchOptions(evaluate_best=False), SETTINGS,
-                             storage=db_url, study_name="broken", results_dir=tmp_path / "ray", device="cpu")
+    summary = run_study(view, tiny_space, db_url, "broken", engine="ray", evaluate_best=False, runs=tmp_path,
+                        **RECIPE)
     # The heuristic retries a failed configuration once (max_failures=2), then gives it up.
     assert summary.trials == {"complete": 3 + 2 + 6, "fail": 2}
     assert summary.phases == {"image": 3, "text": 2, "fusion": 6}
@@ -145,8 +152,7 @@ def test_a_failing_configuration_is_recorded_fail_with_its_error_and_the_search_
     assert {t.user_attrs["config"] for t in failed} == {"image t=10 b=4"}
     for trial in failed:
         assert trial.user_attrs["error"].startswith("StoreError: ") and "NaN" in trial.user_attrs["error"]
-    status = plan_status(DiffFeatSearch(tiny_space, SearchOptions(), storage=open_storage(db_url),
-                                        study_name="broken").study)
+    status = plan_status(_searcher(tiny_space, db_url, "broken").study)
     assert status.exhausted and status.given_up == (TrialConfig("image", image=(10, 4), d_alg=16),)
     assert status.best_image == TrialConfig("image", image=IMAGE_PEAK, d_alg=16)
     assert status.best_text == TrialConfig("text", text=TEXT_PEAK, d_alg=16)
@@ -154,20 +160,18 @@ def test_a_failing_configuration_is_recorded_fail_with_its_error_and_the_search_
 
 def test_ray_grid_covers_the_grid_once(ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
     view = write_synthetic_store(tmp_path / "features")
-    options = SearchOptions(sampler="grid", evaluate_best=False)
-    settings = ObjectiveSettings(recipe=TrainRecipe(epochs=2, batch_size=32, cpu_threads=1))
+    options = {"sampler": "grid", "evaluate_best": False, "engine": "ray", "runs": tmp_path, "epochs": 2,
+               "batch_size": 32}
     seen: list[int] = []
-    summary = run_search_ray(view, tiny_space, options, settings, storage=db_url, study_name="grid",
-                             results_dir=tmp_path / "ray", device="cpu",
-                             callbacks=[lambda study, trial: seen.append(trial.number)])  # a closure, as the CLI's
-    grid = {c.label() for c in tiny_space.fusion_configs(options.fusion_methods)}
+    summary = run_study(view, tiny_space, db_url, "grid", **options,
+                        callbacks=[lambda study, trial: seen.append(trial.number)])  # a closure, as the CLI's
+    grid = {c.label() for c in tiny_space.fusion_configs(("linear_add",))}
     assert len(grid) == 8 and sorted(seen) == list(range(8))
     assert summary.trials == {"complete": 8} and summary.phases == {"fusion": 8}
     study = optuna.load_study(study_name="grid", storage=db_url)
     assert sorted(t.user_attrs["config"] for t in study.trials) == sorted(grid)
     start = time.perf_counter()
-    again = run_search_ray(view, tiny_space, options, settings, storage=db_url, study_name="grid",
-                           results_dir=tmp_path / "ray", device="cpu")
+    again = run_study(view, tiny_space, db_url, "grid", **options)
     assert again.trials == {"complete": 8}
     assert time.perf_counter() - start < 10  # nothing left to do: Tune is not even started
 
@@ -190,8 +194,7 @@ def _fake_score(params: dict[str, object]) -> float:
 
 
 def test_suggest_never_blocks_waits_at_the_phase_barrier_and_finishes(db_url: str, small_space) -> None:  # type: ignore[no-untyped-def]
-    searcher = DiffFeatSearch(small_space, SearchOptions(), storage=open_storage(db_url), study_name="s",
-                              poll_interval=0.01)
+    searcher = _searcher(small_space, db_url, "s", poll_interval=0.01)
     assert searcher.set_search_properties(None, None, small_space.to_tune())
     suggested: dict[str, dict[str, object]] = {}
     for i in range(13):  # every unimodal configuration is pending at once
@@ -222,14 +225,13 @@ def test_suggest_never_blocks_waits_at_the_phase_barrier_and_finishes(db_url: st
     study = searcher.study
     assert len(study.trials) == 28 and all(t.state == TrialState.COMPLETE for t in study.trials)
     best = study.best_trial
-    assert best.user_attrs["phase"] == "fusion" and best.user_attrs["metrics"] == {"map": best.value,
-                                                                                   "of1": best.value / 2}
+    assert best.user_attrs["phase"] == "fusion" and best.user_attrs["of1"] == best.value / 2
     assert best.user_attrs["map"] == best.value and best.user_attrs["epochs_run"] == 4
     searcher.close()
 
 
 def test_failures_reported_by_tune_are_recorded_fail_with_their_error(db_url: str, small_space) -> None:  # type: ignore[no-untyped-def]
-    searcher = DiffFeatSearch(small_space, SearchOptions(), storage=open_storage(db_url), study_name="f")
+    searcher = _searcher(small_space, db_url, "f")
     for trial_id in ("raised", "died", "interrupted", "left-running"):
         assert searcher.suggest(trial_id) is not None
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as db:  # the driver beats for its running trials
@@ -251,12 +253,12 @@ def test_failures_reported_by_tune_are_recorded_fail_with_their_error(db_url: st
 def test_the_trials_of_a_dead_driver_go_stale_and_are_retried(db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
         storage = optuna.storages.RDBStorage(db_url, heartbeat_interval=1, grace_period=1)
-    dead = DiffFeatSearch(tiny_space, SearchOptions(), storage=storage, study_name="d", poll_interval=0.01)
+    dead = _searcher(tiny_space, db_url, "d", storage=storage, poll_interval=0.01)
     first = {f"a{i}": dead.suggest(f"a{i}") for i in range(6)}  # every unimodal configuration
     assert all(first.values()) and dead.suggest("a6") is None
-    dead._stop_beating.set()  # the driver dies: no more heartbeats, nothing told
+    dead._beating().close()  # the driver dies: no more heartbeats, nothing told
     time.sleep(2.5)
-    alive = DiffFeatSearch(tiny_space, SearchOptions(), storage=storage, study_name="d", poll_interval=0.01)
+    alive = _searcher(tiny_space, db_url, "d", storage=storage, poll_interval=0.01)
     assert alive.suggest("b0") is None  # the first look fails the stale trials...
     time.sleep(0.02)
     retried = alive.suggest("b1")  # ...whose configurations are pending again
@@ -267,8 +269,7 @@ def test_the_trials_of_a_dead_driver_go_stale_and_are_retried(db_url: str, tiny_
 
 
 def test_the_study_pruner_stops_trials_through_the_scheduler(db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
-    searcher = DiffFeatSearch(tiny_space, SearchOptions(pruner="median"), storage=open_storage(db_url),
-                              study_name="p", pruner=make_pruner("median", 8))
+    searcher = _searcher(tiny_space, db_url, "p", pruner="median", epochs=8)
     for i in range(6):
         trial_id = f"t{i}"
         assert searcher.suggest(trial_id) is not None
@@ -291,7 +292,7 @@ def test_the_study_pruner_stops_trials_through_the_scheduler(db_url: str, tiny_s
 
 
 def test_n_trials_budget_and_pickling(db_url: str, tmp_path: Path, small_space) -> None:  # type: ignore[no-untyped-def]
-    searcher = DiffFeatSearch(small_space, SearchOptions(), storage=open_storage(db_url), study_name="b", n_trials=2)
+    searcher = _searcher(small_space, db_url, "b", n_trials=2)
     assert searcher.suggest("a") is not None and searcher.suggest("b") is not None
     assert searcher.suggest("c") == Searcher.FINISHED
     copy = pickle.loads(pickle.dumps(searcher))  # Tune pickles its searcher with the Tuner's state
@@ -300,7 +301,8 @@ def test_n_trials_budget_and_pickling(db_url: str, tmp_path: Path, small_space) 
     view = write_synthetic_store(tmp_path / "features")
     location = ViewLocation.of(view)
     assert Path(location.root).is_absolute() and location.open().folder == view.folder
-    spec = pickle.loads(pickle.dumps(WorkerSpec(location, SETTINGS, "cpu", 32)))
-    assert spec.location == location and hash(spec) == hash(WorkerSpec(location, SETTINGS, "cpu", 32))
+    probe = Settings.create(space=small_space, **RECIPE).probe
+    spec = pickle.loads(pickle.dumps(WorkerSpec(location, probe, "cpu", 32)))
+    assert spec.location == location and hash(spec) == hash(WorkerSpec(location, probe, "cpu", 32))
     with pytest.raises(ConfigError, match="shared folder"):
         ViewLocation("s3://bucket/features", "synthetic")

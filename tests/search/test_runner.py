@@ -9,22 +9,14 @@ import optuna
 import pytest
 
 from difffeat_tune._errors import ConfigError
-from difffeat_tune.probe.objective import Objective, ObjectiveSettings
-from difffeat_tune.probe.train import TrainRecipe
 from difffeat_tune.search.compare import Comparison
-from difffeat_tune.search.runner import SearchOptions, open_storage, run_search
-from tests.conftest import IMAGE_PEAK, TEXT_PEAK
-
-RECIPE = TrainRecipe(epochs=15, batch_size=32, cpu_threads=1)
-
-
-def _objective(view) -> Objective:  # type: ignore[no-untyped-def]
-    return Objective(view, ObjectiveSettings(recipe=RECIPE), device="cpu")
+from difffeat_tune.search.runner import open_storage
+from tests.conftest import IMAGE_PEAK, TEXT_PEAK, run_study
 
 
 def test_heuristic_run_finds_the_fusion_of_both_peaks(tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path}/s.db"
-    summary = run_search(_objective(synthetic_view), small_space, SearchOptions(), storage=url, study_name="h")
+    summary = run_study(synthetic_view, small_space, url, "h")
     # 9 image + 4 text + (cross around the peaks: image 5 x text 3) fusion trials.
     assert summary.phases == {"image": 9, "text": 4, "fusion": 15}
     assert summary.trials == {"complete": 28}
@@ -38,16 +30,16 @@ def test_heuristic_run_finds_the_fusion_of_both_peaks(tmp_path: Path, synthetic_
     assert (image_best.params["image_t"], image_best.params["image_b"]) == IMAGE_PEAK
     assert (text_best.params["text_t"], text_best.params["text_b"]) == TEXT_PEAK
     for trial in study.trials:
-        assert {"phase", "modality", "config", "metrics", "epochs_run", "split"} <= set(trial.user_attrs)
+        assert {"phase", "modality", "config", "map", "of1", "epochs_run", "split"} <= set(trial.user_attrs)
+        assert "metrics" not in trial.user_attrs  # flat attributes, no JSON blob
     assert summary.probe_epochs == 28 * 15
 
 
 def test_rerunning_the_same_study_resumes_without_repeating(tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path}/s.db"
-    first = run_search(_objective(synthetic_view), small_space, SearchOptions(evaluate_best=False),
-                       storage=url, study_name="h", n_trials=5)
+    first = run_study(synthetic_view, small_space, url, "h", evaluate_best=False, n_trials=5)
     assert first.trials == {"complete": 5}
-    done = run_search(_objective(synthetic_view), small_space, SearchOptions(), storage=url, study_name="h")
+    done = run_study(synthetic_view, small_space, url, "h")
     assert done.trials["complete"] == 28
     params = [tuple(sorted(t.params.items())) for t in optuna.load_study(study_name="h", storage=url).trials
               if t.state == optuna.trial.TrialState.COMPLETE]
@@ -56,36 +48,31 @@ def test_rerunning_the_same_study_resumes_without_repeating(tmp_path: Path, synt
 
 def test_grid_run_covers_the_fusion_grid_once(tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path}/s.db"
-    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=2, cpu_threads=1)), "cpu")
-    summary = run_search(objective, small_space, SearchOptions(sampler="grid"), storage=url, study_name="g")
+    summary = run_study(synthetic_view, small_space, url, "g", sampler="grid", epochs=2)
     assert summary.trials == {"complete": 36} and summary.phases == {"fusion": 36}
-    again = run_search(objective, small_space, SearchOptions(sampler="grid"), storage=url, study_name="g")
+    again = run_study(synthetic_view, small_space, url, "g", sampler="grid", epochs=2)
     assert again.trials == {"complete": 36}
 
 
 def test_a_study_cannot_switch_sampler(tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path}/s.db"
-    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=1, cpu_threads=1)), "cpu")
-    run_search(objective, small_space, SearchOptions(evaluate_best=False), storage=url, study_name="x", n_trials=1)
-    with pytest.raises(ConfigError, match="heuristic sampler"):
-        run_search(objective, small_space, SearchOptions(sampler="grid"), storage=url, study_name="x", n_trials=1)
+    run_study(synthetic_view, small_space, url, "x", evaluate_best=False, n_trials=1, epochs=1)
+    with pytest.raises(ConfigError, match="sampler heuristic"):
+        run_study(synthetic_view, small_space, url, "x", sampler="grid", n_trials=1, epochs=1)
 
 
 def test_median_pruner_prunes_some_trials_and_spends_fewer_epochs(tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path}/s.db"
-    plain = run_search(_objective(synthetic_view), small_space, SearchOptions(evaluate_best=False),
-                       storage=url, study_name="plain")
-    pruned = run_search(_objective(synthetic_view), small_space, SearchOptions(pruner="median", evaluate_best=False),
-                        storage=url, study_name="pruned")
+    plain = run_study(synthetic_view, small_space, url, "plain", evaluate_best=False)
+    pruned = run_study(synthetic_view, small_space, url, "pruned", pruner="median", evaluate_best=False)
     assert pruned.trials.get("pruned", 0) > 0
     assert pruned.probe_epochs < plain.probe_epochs
 
 
 def test_comparison_reports_regret_and_saves_markdown_json_and_notes(tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path}/s.db"
-    objective = _objective(synthetic_view)
-    h = run_search(objective, small_space, SearchOptions(), storage=url, study_name="c-heuristic")
-    g = run_search(objective, small_space, SearchOptions(sampler="grid"), storage=url, study_name="c-grid")
+    h = run_study(synthetic_view, small_space, url, "c-heuristic")
+    g = run_study(synthetic_view, small_space, url, "c-grid", sampler="grid")
     comparison = Comparison(heuristic=h, grid=g)
     assert comparison.regret == pytest.approx(g.best_score - h.best_score)
     paths = comparison.save(tmp_path / "runs", "c", open_storage(url, heartbeat=False))
@@ -104,8 +91,7 @@ def test_dashboard_serves_studies_trials_params_and_user_attrs(tmp_path: Path, s
     from difffeat_tune.dashboard import dashboard_app
 
     url = f"sqlite:///{tmp_path}/s.db"
-    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=1, cpu_threads=1)), "cpu")
-    run_search(objective, small_space, SearchOptions(evaluate_best=False), storage=url, study_name="dash", n_trials=3)
+    run_study(synthetic_view, small_space, url, "dash", evaluate_best=False, n_trials=3, epochs=1)
 
     class _Quiet(WSGIRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -125,5 +111,5 @@ def test_dashboard_serves_studies_trials_params_and_user_attrs(tmp_path: Path, s
     trial = detail["trials"][0]
     assert {p["name"] for p in trial["params"]} == {"modality", "image_t", "image_b"}
     attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
-    assert attrs["phase"] == "image" and "map" in json.loads(attrs["metrics"])
+    assert attrs["phase"] == "image" and "metrics" not in attrs
     assert 0 <= float(attrs["map"]) <= 1  # flat, sortable columns in the dashboard

@@ -1,0 +1,104 @@
+"""How a search runs: the ``search`` part of the settings tree (sampler, pruner, engine, study)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from difffeat_tune._defaults import DEFAULT_FUSION, DEFAULT_RUNS
+from difffeat_tune._errors import ConfigError
+from difffeat_tune.config import FUSION_METHODS
+from difffeat_tune.search._heuristic import NEIGHBOURHOODS
+from difffeat_tune.search._samplers import PRUNERS, SAMPLERS
+
+#: Engines that run a search's trials.
+ENGINES: tuple[str, ...] = ("local", "ray")
+
+
+def _check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a search runs and where its study lives.
+
+    Attributes:
+        sampler: a name of :data:`~difffeat_tune.search._samplers.SAMPLERS`: "heuristic"
+            (Algorithm 1) or "grid" (the space's whole grid).
+        fusion_methods: fusion methods to search (default: linear addition, the paper's choice);
+            :meth:`~difffeat_tune.settings.Settings.create` turns "all" into the space's.
+        neighbourhood: the heuristic's neighbourhood: "cross", "box" or "radius".
+        radius: its step on the grid.
+        pruner: "none", "median" or "halving" (successive halving over the probe's epochs).
+        workers: trial loops in this process (threads); more processes may join the same
+            study through a shared storage.
+        threads: torch intra-op threads of this process (``None``: the cores divided by
+            ``workers``, at least 1).
+        batch_trials: probes trained together as one computation (``None``: as many as the
+            phase offers and memory allows).
+        seed: seed of the grid order.
+        max_failures: a configuration that failed this often is skipped.
+        evaluate_best: re-train the best configuration and score the evaluation split at the end.
+        n_trials: stop after this many new trials (``None``: until the plan is finished).
+        engine: "local" (this process) or "ray" (Ray Tune trials on a Ray cluster).
+        ray_address: with the Ray engine, the cluster to join ("auto", "host:port"); ``None``
+            starts a private local Ray.
+        storage: the Optuna storage (any SQLAlchemy URL); ``None``: a SQLite file in ``runs``.
+        study_name: the study (``None``: ``<data set>-<sampler>``); the same name resumes it.
+        runs: the local runs folder (default storage, comparisons, reports, Ray results).
+    """
+
+    sampler: str = "heuristic"
+    fusion_methods: tuple[str, ...] = (DEFAULT_FUSION,)
+    neighbourhood: str = "cross"
+    radius: int = 1
+    pruner: str = "none"
+    workers: int = 1
+    threads: int | None = None
+    batch_trials: int | None = None
+    seed: int = 0
+    max_failures: int = 2
+    evaluate_best: bool = True
+    n_trials: int | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    runs: Path = DEFAULT_RUNS
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}", f"use one of {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"unknown pruner {self.pruner!r}", f"use one of {', '.join(PRUNERS)}")
+        if self.neighbourhood not in NEIGHBOURHOODS:
+            raise ConfigError(f"unknown neighbourhood {self.neighbourhood!r}", f"use one of {', '.join(NEIGHBOURHOODS)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}", f"use one of {', '.join(ENGINES)}")
+        for m in self.fusion_methods:
+            if m not in FUSION_METHODS:
+                raise ConfigError(f"unknown fusion method {m!r}", f"use {', '.join(FUSION_METHODS)} or 'all'")
+        _check_int("radius", self.radius, 0)
+        _check_int("workers", self.workers, 1)
+        _check_int("threads", self.threads, 1, optional=True)
+        _check_int("batch_trials", self.batch_trials, 1, optional=True)
+        _check_int("max_failures", self.max_failures, 1)
+        _check_int("n_trials", self.n_trials, 0, optional=True)
+        object.__setattr__(self, "runs", Path(self.runs))
+
+    def storage_url(self) -> str:
+        """The storage URL: ``storage``, else the SQLite file ``<runs>/studies.db``."""
+        return self.storage or default_storage(self.runs)
+
+    def study_name_for(self, dataset_folder: str) -> str:
+        """The study name: ``study_name``, else ``<data set name>-<sampler>`` (from the store folder)."""
+        return self.study_name or f"{dataset_folder.rsplit('-', 1)[0]}-{self.sampler}"
+
+
+def default_storage(runs: Path = DEFAULT_RUNS) -> str:
+    """The default storage: a SQLite file in the runs folder."""
+    return f"sqlite:///{Path(runs) / 'studies.db'}"
