@@ -137,7 +137,8 @@ def load_model(
     except ImportError as exc:
         raise BackboneError(
             f"the code of {what} {checkpoint.source!r} needs a module that is not installed: {exc}",
-            "install that package in this environment, or use a checkpoint whose modeling file does not need it",
+            "install it in this environment, or edit the folder's modeling file not to need it (MDLM-OWT's "
+            "modeling_mdlm.py imports flash_attn, which needs CUDA, and einops)",
         ) from exc
     except _LOAD_ERRORS as exc:
         raise BackboneError(f"cannot load the {what} from {checkpoint.source!r}: {exc}", checkpoint.hint()) from exc
