@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 # Before anything imports huggingface_hub (it reads this once): tests never reach for the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# transformers copies a checkpoint's own model code here (read once, at import): not under ~.
+os.environ.setdefault("HF_MODULES_CACHE", str(Path(tempfile.gettempdir()) / "difffeat-tune-tests-hf-modules"))
 
 import numpy as np
 import pytest

@@ -93,6 +93,35 @@ class Backbone(ABC):
         if self.modality == "text" and split.captions is None:
             raise DataError(f"split {split.name!r} has no captions, so it cannot go through the text backbone")
 
+    def request(self, timesteps: Sequence[int], blocks: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Validate a features request; return its distinct timesteps (in order) and blocks (sorted).
+
+        Raises:
+            BackboneError: a timestep or block is out of range, or no block is requested.
+        """
+        self.validate(timesteps, blocks)
+        wanted = sorted(set(blocks))
+        if not wanted:
+            raise BackboneError("no blocks requested", f"ask for blocks in 1..{self.num_blocks}")
+        return list(dict.fromkeys(timesteps)), wanted
+
+    def no_rows(self, timesteps: Sequence[int], blocks: Sequence[int]) -> dict[int, dict[int, torch.Tensor]]:
+        """The features of an empty batch: ``[0, width]`` per timestep and block."""
+        return {t: {b: torch.zeros((0, self.width), device=self.device) for b in blocks} for t in timesteps}
+
+    def split_rows(self, split: Split, indices: Sequence[int]) -> tuple[list[int], tuple[str, ...]]:
+        """Rows ``indices`` of ``split`` and their ids, after checking the split has this backbone's input.
+
+        Raises:
+            DataError: the split lacks the input, or an index is out of range.
+        """
+        self.check_split(split)
+        rows = [int(i) for i in indices]
+        for i in rows:
+            if not 0 <= i < len(split):
+                raise DataError(f"split {split.name!r} has {len(split)} rows; index {i} is out of range")
+        return rows, tuple(split.ids[i] for i in rows)
+
 
 def seeded_normal(
     ids: Sequence[str], timestep: int, shape: Sequence[int], seed: int, device: torch.device
@@ -103,12 +132,19 @@ def seeded_normal(
     batch size and a resumed extraction reproduces the same values.
     """
     out = torch.empty((len(ids), *shape))
-    gen = torch.Generator()
     for i, row_id in enumerate(ids):
-        digest = hashlib.sha256(f"{seed}\x1f{row_id}\x1f{timestep}".encode()).digest()
-        gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        out[i] = torch.randn(tuple(shape), generator=gen)
+        out[i] = torch.randn(tuple(shape), generator=row_generator(seed, row_id, timestep))
     return out.to(device)
+
+
+def row_generator(seed: int, row_id: str, timestep: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, row id, timestep) alone: one random stream per row and t.
+
+    Whatever a backbone draws from it (noise, which tokens to mask) depends on the row, not on
+    its batch or position.
+    """
+    digest = hashlib.sha256(f"{seed}\x1f{row_id}\x1f{timestep}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def weights_digest(module: nn.Module) -> str:
