@@ -22,7 +22,7 @@ from difffeat_tune._version import __version__
 
 if TYPE_CHECKING:
     from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
-    from difffeat_tune.backbones._registry import FAMILIES, load_backbone, load_image_backbone, load_text_backbone
+    from difffeat_tune.backbones._registry import FAMILY_TABLE, families, load_backbone, load_image_backbone, load_text_backbone
     from difffeat_tune.config import FUSION_METHODS, TrialConfig
     from difffeat_tune.data import Dataset, Split, load_dataset
     from difffeat_tune.extract import extract
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "BackboneFamily": "difffeat_tune.backbones._family",
     "LoadOptions": "difffeat_tune.backbones._family",
-    "FAMILIES": "difffeat_tune.backbones._registry",
+    "FAMILY_TABLE": "difffeat_tune.backbones._registry",
+    "families": "difffeat_tune.backbones._registry",
     "load_backbone": "difffeat_tune.backbones._registry",
     "load_image_backbone": "difffeat_tune.backbones._registry",
     "load_text_backbone": "difffeat_tune.backbones._registry",

@@ -363,11 +363,11 @@ def _print_summary(summary: SearchSummary, storage: str) -> None:
     metric_keys = [k for k in METRIC_LABELS if k in summary.best_metrics or k in summary.eval_metrics
                    or any(k in row["metrics"] for row in summary.best_by_modality.values())]  # type: ignore[operator]
     table = Table(title=escape(f"study {summary.study_name} ({summary.sampler})"))
-    table.add_column("best")
-    table.add_column("configuration")
-    table.add_column("split")
+    table.add_column("best", no_wrap=True)
+    table.add_column("configuration", overflow="fold")
+    table.add_column("split", no_wrap=True)
     for key in metric_keys:
-        table.add_column(METRIC_LABELS[key], justify="right")
+        table.add_column(METRIC_LABELS[key], justify="right", no_wrap=True)
     for modality, row in summary.best_by_modality.items():
         metrics: dict[str, float] = row["metrics"]  # type: ignore[assignment]
         table.add_row(modality, escape(str(row["label"])), escape(str(summary.selection_split)),
@@ -416,10 +416,10 @@ def dashboard(
 @app.command()
 def backbones(as_json: JsonOpt = False) -> None:
     """List the backbone families: how to name them, what t means, which modules are the blocks."""
-    from difffeat_tune.backbones._registry import FAMILIES
+    from difffeat_tune.backbones._registry import families
 
     rows = [{"family": f.name, "modality": f.modality, "summary": f.summary, "timestep": f.timestep,
-             "blocks": f.blocks, "default": f.default_source} for f in FAMILIES.values()]
+             "blocks": f.blocks, "default": f.default_source} for f in families()]
     if as_json:
         out.print_json(json.dumps(rows))
         return

@@ -77,6 +77,7 @@ def test_extract_writes_the_grids_and_a_rerun_reuses_them(project: Path, tmp_pat
     assert code == 0 and all(e["parts_written"] == 0 for e in json.loads(out)["extractions"])
 
 
+@pytest.mark.slow
 def test_run_heuristic_then_grid_then_compare(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     storage = f"sqlite:///{tmp_path}/runs/studies.db"
     common = [*_common(project, tmp_path), "--storage", storage, "--runs", str(tmp_path / "runs")]
@@ -110,6 +111,7 @@ def test_run_heuristic_prints_the_best_configuration_and_the_dashboard_line(proj
     assert header.index("mAP") < header.index("CP") < header.index("OF1")
 
 
+@pytest.mark.slow
 def test_run_heuristic_on_ray_records_the_same_plan(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     storage = f"sqlite:///{tmp_path}/studies.db"
     common = [*_common(project, tmp_path), "--storage", storage, "--runs", str(tmp_path / "runs")]

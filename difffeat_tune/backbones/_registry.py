@@ -1,14 +1,16 @@
 """From a backbone name to a loaded backbone: one table of families, and the tiny backbones.
 
-A backbone is named ``family:source`` (``dit:facebook/DiT-XL-2-256``, ``plaid:/models/plaid1b``),
-or by its source alone, which means the modality's first family (DiT for images, Plaid for text),
-or ``tiny``: the small backbones shipped with the package. :data:`FAMILIES` is the one table of
-families; a new family is one module exposing a :class:`~difffeat_tune.backbones._family.BackboneFamily`
-and one entry here.
+A backbone is named ``family:source`` (``dit:facebook/DiT-XL-2-256``, ``plaid:/models/plaid1b``,
+``clip:openai/clip-vit-large-patch14``), or by its source alone, which means the modality's
+first family (DiT for images, Plaid for text), or ``tiny``: the small backbones shipped with the
+package. :data:`FAMILY_TABLE` is the one table of families; a new family is one module exposing a
+:class:`~difffeat_tune.backbones._family.BackboneFamily` and one entry here. A family's module is
+imported only when it is used (diffusers and transformers are heavy to import).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping
 from importlib import resources
@@ -19,19 +21,51 @@ from difffeat_tune._defaults import TINY
 from difffeat_tune._errors import BackboneError, ConfigError
 from difffeat_tune._io import atomic_folder
 from difffeat_tune._paths import cache_dir
-from difffeat_tune.backbones import dit, plaid
 from difffeat_tune.backbones._base import Backbone, Modality
 from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
 
 logger = logging.getLogger(__name__)
 
-#: The backbone families by name; the first family of a modality is what a plain source means.
-FAMILIES: Mapping[str, BackboneFamily] = MappingProxyType({
-    family.name: family for family in (
-        dit.FAMILY,
-        plaid.FAMILY,
-    )
+#: (modality, family name) -> "module:constant" of its :class:`BackboneFamily`, in the order
+#: ``difffeat-tune backbones`` lists them; the first family of a modality is what a plain source
+#: means. The one table to extend with a new family.
+FAMILY_TABLE: Mapping[tuple[str, str], str] = MappingProxyType({
+    ("image", "dit"): "difffeat_tune.backbones.dit:FAMILY",
+    ("text", "plaid"): "difffeat_tune.backbones.plaid:FAMILY",
+    ("text", "mlm"): "difffeat_tune.backbones.masked_lm:FAMILY",
+    ("image", "clip"): "difffeat_tune.backbones.clip:CLIP_IMAGE_FAMILY",
+    ("text", "clip"): "difffeat_tune.backbones.clip:CLIP_TEXT_FAMILY",
+    ("image", "siglip"): "difffeat_tune.backbones.clip:SIGLIP_IMAGE_FAMILY",
+    ("text", "siglip"): "difffeat_tune.backbones.clip:SIGLIP_TEXT_FAMILY",
+    ("image", "dinov2"): "difffeat_tune.backbones.dinov2:FAMILY",
+    ("text", "bert"): "difffeat_tune.backbones.text_encoders:BERT_FAMILY",
+    ("text", "t5"): "difffeat_tune.backbones.text_encoders:T5_FAMILY",
 })
+
+
+def family(modality: str, name: str) -> BackboneFamily:
+    """The family ``name`` of ``modality`` (imports its module).
+
+    Raises:
+        ConfigError: no such family for this modality (the message lists the known ones).
+    """
+    entry = FAMILY_TABLE.get((modality, name.lower()))
+    if entry is None:
+        other = [m for m, n in FAMILY_TABLE if n == name.lower()]
+        known = ", ".join(n for m, n in FAMILY_TABLE if m == modality)
+        if other:
+            raise ConfigError(f"{name} is a {other[0]} backbone family, not a {modality} one",
+                              f"pass it as the {other[0]} backbone; {modality} families: {known}")
+        raise ConfigError(f"unknown {modality} backbone family {name!r}", f"{modality} families: {known}")
+    module, _, attribute = entry.partition(":")
+    found: BackboneFamily = getattr(importlib.import_module(module), attribute)
+    return found
+
+
+def families() -> list[BackboneFamily]:
+    """Every family of :data:`FAMILY_TABLE`, in its order (imports every family module)."""
+    return [family(modality, name) for modality, name in FAMILY_TABLE]
+
 
 #: The shipped tiny backbones (trained on the embedded data's pretraining corpus), per modality.
 TINY_FOLDERS: Mapping[str, str] = MappingProxyType({"image": "tiny-dit", "text": "tiny-plaid"})
@@ -43,29 +77,28 @@ TINY_TEXT_HEADS = 2
 
 
 def default_family(modality: str) -> BackboneFamily:
-    """The family a plain source of ``modality`` means (the first of :data:`FAMILIES`)."""
-    return next(f for f in FAMILIES.values() if f.modality == modality)
+    """The family a plain source of ``modality`` means (its first in :data:`FAMILY_TABLE`)."""
+    return family(*next(key for key in FAMILY_TABLE if key[0] == modality))
 
 
 def parse_backbone(name: str, modality: Modality) -> tuple[BackboneFamily, str]:
     """``(family, source)`` of a backbone name for ``modality`` (see the module docstring).
+
+    A prefix before ``:`` that names no family of either modality is part of a plain source
+    (a path may hold a colon).
 
     Raises:
         ConfigError: the family belongs to the other modality, or a ``family:`` prefix names no
             source and the family has no default.
     """
     prefix, sep, rest = name.partition(":")
-    family = FAMILIES.get(prefix.lower()) if sep else None
-    if family is None:  # a plain id or path (which may itself hold a colon)
+    if not sep or prefix.lower() not in {n for _, n in FAMILY_TABLE}:
         return default_family(modality), name
-    if family.modality != modality:
-        raise ConfigError(f"{family.name} is a {family.modality} backbone family, not a {modality} one",
-                          f"pass it as the {family.modality} backbone; {modality} families: "
-                          f"{', '.join(f.name for f in FAMILIES.values() if f.modality == modality)}")
-    source = rest or family.default_source
+    chosen = family(modality, prefix)
+    source = rest or chosen.default_source
     if not source:
-        raise ConfigError(f"backbone {name!r} names no source", f"write {family.name}:HUB_ID or {family.name}:FOLDER")
-    return family, source
+        raise ConfigError(f"backbone {name!r} names no source", f"write {chosen.name}:HUB_ID or {chosen.name}:FOLDER")
+    return chosen, source
 
 
 def load_backbone(name: str, modality: Modality, options: LoadOptions | None = None) -> Backbone:
@@ -100,12 +133,15 @@ def random_tiny_folder(modality: str, seed: int = 0) -> Path:
     if folder.is_dir():
         return folder
     if modality == "image":
-        atomic_folder(folder, lambda tmp: dit.build_tiny_dit(tmp, seed=seed))
+        from difffeat_tune.backbones.dit import build_tiny_dit
+
+        atomic_folder(folder, lambda tmp: build_tiny_dit(tmp, seed=seed))
     else:
+        from difffeat_tune.backbones.plaid import build_tiny_plaid
         from difffeat_tune.data.shapes import load_shapes  # the tokenizer learns the embedded captions
 
         captions = list(load_shapes(enhanced=True).split("train").captions or ())
-        atomic_folder(folder, lambda tmp: plaid.build_tiny_plaid(tmp, captions, seed=seed, dim=TINY_TEXT_DIM,
+        atomic_folder(folder, lambda tmp: build_tiny_plaid(tmp, captions, seed=seed, dim=TINY_TEXT_DIM,
                                                                  n_heads=TINY_TEXT_HEADS))
     logger.info("built a random tiny %s backbone in %s", modality, folder)
     return folder
@@ -129,5 +165,5 @@ def _options(options: Mapping[str, object]) -> LoadOptions:
                             f"accepted: {', '.join(LoadOptions.__dataclass_fields__)}") from None
 
 
-__all__ = ["FAMILIES", "TINY", "default_family", "load_backbone", "load_image_backbone", "load_text_backbone",
-           "parse_backbone", "tiny_folder"]
+__all__ = ["FAMILY_TABLE", "TINY", "default_family", "families", "family", "load_backbone", "load_image_backbone",
+           "load_text_backbone", "parse_backbone", "tiny_folder"]

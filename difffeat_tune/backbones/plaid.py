@@ -44,25 +44,34 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal, cast
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from torch import nn
+from tokenizers import Tokenizer
 
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError, ConfigError, DataError
-from difffeat_tune._io import atomic_write
 from difffeat_tune.config import NUM_TIMESTEPS
 from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
 from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
 from difffeat_tune.backbones._hooks import capture_blocks, masked_mean_pool
+from difffeat_tune.backbones._plaid_files import (
+    CONFIG_FILE,
+    EMBEDDING_FILE,
+    GAMMA_BOUNDS_FILE,
+    MODEL_FILE,
+    SCHEDULE_FILE,
+    WEIGHT_FILES,
+    WEIGHTS_HINT,
+    build_tiny_plaid,
+    read_release,
+    save_plaid,
+)
 from difffeat_tune.backbones._plaid_net import (
-    SCHEDULE_WIDTH,
     EmbeddingMatrix,
     GammaBounds,
     NoiseSchedule,
@@ -71,27 +80,29 @@ from difffeat_tune.backbones._plaid_net import (
     clean_prediction,
     schedule_dtype,
 )
+from difffeat_tune.backbones._plaid_tokenizer import (
+    EOT_TOKEN,
+    PAD_ID,
+    TOKENIZER_FILE,
+    load_tokenizer,
+    own_tokenizer,
+    train_tokenizer,
+)
 from difffeat_tune.data._base import Split
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CONFIG_FILE", "DEFAULT_INVERSION_STEP", "DEFAULT_MAX_PASS_ROWS", "DEFAULT_TOKEN_LENGTH", "EMBEDDING_FILE",
+    "EOT_TOKEN", "FAMILY", "FEATURE_VERSION", "GAMMA_BOUNDS_FILE", "MODEL_FILE", "NOISING_MODES", "PAD_ID",
+    "POOLING", "SCHEDULE_FILE", "TOKENIZER_FILE", "WEIGHT_FILES", "PlaidBackbone", "build_tiny_plaid",
+    "load_plaid", "save_plaid", "train_tokenizer",
+]
 
 Noising = Literal["ddim", "random"]
 #: ``(t, z_t, gamma per row) -> logits``: the pass at a target the DDIM trajectory steps on from.
 TargetPass = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 NOISING_MODES: tuple[Noising, ...] = ("ddim", "random")
-
-#: File names of the released layout.
-MODEL_FILE = "model.pt"
-SCHEDULE_FILE = "noise_schedule.pt"
-GAMMA_BOUNDS_FILE = "gamma_bounds.pt"
-EMBEDDING_FILE = "embedding_matrix.pt"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
-WEIGHT_FILES = (MODEL_FILE, SCHEDULE_FILE, GAMMA_BOUNDS_FILE, EMBEDDING_FILE)
-
-#: Plaid's only special token, id 0: end of text (also the pad token).
-EOT_TOKEN = "<|endoftext|>"
-PAD_ID = 0
 
 #: Defaults (see the module docstring for why).
 DEFAULT_TOKEN_LENGTH = 60
@@ -102,18 +113,6 @@ POOLING = "mean-real-tokens"
 #: change alters text features, so stores computed before are re-extracted, never read.
 #: 2: the DDIM prediction includes the z term of Plaid's logits (1 used the readout alone).
 FEATURE_VERSION = 2
-
-_WEIGHTS_HINT = (
-    "Plaid 1B's weights are in release v1.0.0 of github.com/igul222/plaid: download the split archive "
-    "plaid1b_weights.tar.gz.00, .01 and .02, then `cat plaid1b_weights.tar.gz.* | tar xzf -` and pass "
-    "the extracted folder (model.pt, noise_schedule.pt, gamma_bounds.pt, embedding_matrix.pt); put "
-    "misc/owt2_tokenizer.json of the same repository there as tokenizer.json"
-)
-_TOKENIZER_HINT = (
-    "Plaid 1B's tokenizer is misc/owt2_tokenizer.json in github.com/igul222/plaid: copy it to the "
-    "folder as tokenizer.json or pass its path as `tokenizer`"
-)
-
 
 class PlaidBackbone(Backbone):
     """Pooled block features of a Plaid text diffusion Transformer.
@@ -169,7 +168,7 @@ class PlaidBackbone(Backbone):
         self.schedule = schedule.to("cpu", torch.float64).eval().requires_grad_(False)
         self.bounds = bounds.to("cpu", torch.float64).eval().requires_grad_(False)
         self.embedding = embedding.eval().requires_grad_(False)
-        self.tokenizer = _own_tokenizer(tokenizer)
+        self.tokenizer = own_tokenizer(tokenizer)
         vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
         if vocab > self.config.vocab_size:
             raise BackboneError(
@@ -497,48 +496,15 @@ def load_plaid(
     _check_options(token_length, noising, inversion_step, noise_seed, max_pass_rows)
     resolved = resolve_device(device)
     folder = Path(folder)
-    if not folder.is_dir():
-        raise BackboneError(f"Plaid folder {folder} does not exist", _WEIGHTS_HINT)
-    for file_name in WEIGHT_FILES:
-        if not (folder / file_name).is_file():
-            raise BackboneError(f"Plaid weight file missing: {folder / file_name}", _WEIGHTS_HINT)
-    tok = _load_tokenizer(folder, tokenizer)
-
-    model_path = folder / MODEL_FILE
-    model_state = _load_state(model_path)
-    config_path = folder / CONFIG_FILE
-    config = _read_config(config_path) if config_path.is_file() else _infer_config(model_state, model_path)
-    with torch.device("meta"):
-        net = PlaidNet(config)
-    _load_strict(net, model_state, model_path, config, assign=True)
-    net = net.to(device=resolved, dtype=torch.float32)
-    del model_state
-
-    schedule_path = folder / SCHEDULE_FILE
-    schedule_state = _load_state(schedule_path)
-    w1 = schedule_state.get("W1")
-    schedule = NoiseSchedule(w1.shape[0] if isinstance(w1, torch.Tensor) and w1.dim() == 2 else SCHEDULE_WIDTH)
-    _load_strict(schedule, schedule_state, schedule_path, config)
-
-    bounds_path = folder / GAMMA_BOUNDS_FILE
-    bounds_state = {
-        k: v.reshape(()) if isinstance(v, torch.Tensor) and v.numel() == 1 else v
-        for k, v in _load_state(bounds_path).items()
-    }
-    bounds = GammaBounds()
-    _load_strict(bounds, bounds_state, bounds_path, config)
-
-    embedding_path = folder / EMBEDDING_FILE
-    embedding = EmbeddingMatrix(config.vocab_size, config.embed_dim)
-    _load_strict(embedding, _load_state(embedding_path, bare_key="matrix"), embedding_path, config)
-
+    net, schedule, bounds, embedding = read_release(folder, resolved)
+    tok = load_tokenizer(folder, tokenizer)
     backbone = PlaidBackbone(
         net, schedule, bounds, embedding, tok, device=resolved, token_length=token_length, noising=noising,
         inversion_step=inversion_step, noise_seed=noise_seed, max_pass_rows=max_pass_rows, name=name,
     )
     logger.info(
         "loaded %s from %s (dim %d, %d blocks, gamma %.3f..%.3f) on %s",
-        backbone.name, folder, config.dim, config.n_blocks,
+        backbone.name, folder, net.config.dim, net.config.n_blocks,
         float(bounds.gamma_0), float(bounds.gamma_1), resolved,
     )
     return backbone
@@ -562,246 +528,12 @@ def _check_options(
         raise ConfigError(f"max_pass_rows must be a positive integer, got {max_pass_rows!r}")
 
 
-def _load_tokenizer(folder: Path, tokenizer: str | Path | Tokenizer | None) -> Tokenizer:
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    path = folder / TOKENIZER_FILE if tokenizer is None else Path(tokenizer)
-    if not path.is_file():
-        raise BackboneError(f"Plaid tokenizer file missing: {path}", _TOKENIZER_HINT)
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-        raise BackboneError(f"cannot read tokenizer {path}: {exc}", _TOKENIZER_HINT) from exc
-
-
-def _own_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
-    """A private copy with padding and truncation off (lengths are handled here)."""
-    own = Tokenizer.from_str(tokenizer.to_str())
-    own.no_padding()
-    own.no_truncation()
-    if own.id_to_token(PAD_ID) is None:
-        raise BackboneError(
-            "tokenizer has no token with id 0",
-            "Plaid's tokenizer has end-of-text as id 0, used for padding",
-        )
-    return own
-
-
-def _load_state(path: Path, bare_key: str | None = None) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` a state dict (memory-mapped when the format allows)."""
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BackboneError(f"cannot read Plaid weight file {path}: {exc}", _WEIGHTS_HINT) from exc
-    if isinstance(obj, torch.Tensor) and bare_key is not None:
-        obj = {bare_key: obj}
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
-        raise BackboneError(f"{path} does not hold a state dict (got {type(obj).__name__})", _WEIGHTS_HINT)
-    return dict(obj)
-
-
-def _read_config(path: Path) -> PlaidConfig:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BackboneError(f"cannot read Plaid config {path}: {exc}") from exc
-    names = {f.name for f in fields(PlaidConfig)}
-    if not isinstance(raw, dict) or set(raw) != names:
-        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise BackboneError(f"{path} must hold exactly the fields {sorted(names)}, got {got}")
-    try:
-        return PlaidConfig(**raw)
-    except ValueError as exc:
-        raise BackboneError(f"invalid Plaid config {path}: {exc}") from exc
-
-
-def _infer_config(state: Mapping[str, torch.Tensor], path: Path) -> PlaidConfig:
-    """Architecture from the state-dict shapes; heads from the rotary buffer (else dim // 64)."""
-    try:
-        dim, embed_dim = state["input_linear.weight"].shape
-        vocab_size = state["output_linear.weight"].shape[0]
-        half_head = state["rotary_emb.inv_freq"].shape[0]
-    except (KeyError, ValueError, AttributeError) as exc:
-        raise BackboneError(
-            f"cannot infer the Plaid configuration from {path}: key {exc} missing or malformed",
-            f"the file is not a Plaid model.pt; {_WEIGHTS_HINT}",
-        ) from exc
-    n_blocks = 0
-    while f"blocks.{n_blocks}.rmsnorm1.weight" in state:
-        n_blocks += 1
-    head_dim = 2 * half_head
-    n_heads = dim // head_dim if head_dim and dim % head_dim == 0 else max(1, dim // 64)
-    try:
-        return PlaidConfig(dim=int(dim), n_blocks=n_blocks, n_heads=int(n_heads),
-                           embed_dim=int(embed_dim), vocab_size=int(vocab_size))
-    except ValueError as exc:
-        raise BackboneError(f"cannot infer the Plaid configuration from {path}: {exc}") from exc
-
-
-def _load_strict(
-    module: nn.Module,
-    state: Mapping[str, torch.Tensor],
-    path: Path,
-    config: PlaidConfig,
-    *,
-    assign: bool = False,
-) -> None:
-    """Load ``state`` into ``module``, naming every missing, unexpected or wrong-shape key."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k} has {list(getattr(state[k], 'shape', [type(state[k]).__name__]))}, "
-        f"expected {list(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state))
-        if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_short(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes: {_short(wrong)}")
-    if problems:
-        raise BackboneError(
-            f"{path} does not match the Plaid architecture {asdict(config)}: " + "; ".join(problems),
-            "check that the file is the released Plaid weight file and that config.json (if any) "
-            "describes it",
-        )
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    module.load_state_dict(state, strict=True, assign=assign)
-
-
-def _short(items: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
-
-
-# ---------------------------------------------------------------------- tiny models
-
-
-def build_tiny_plaid(
-    folder: str | Path,
-    captions: Iterable[str],
-    *,
-    seed: int = 0,
-    dim: int = 64,
-    n_blocks: int = 24,
-    n_heads: int = 4,
-    embed_dim: int = 16,
-    vocab_size: int = 1024,
-    gamma_0: float = -3.0,
-    gamma_1: float = 6.0,
-) -> Path:
-    """Write a small random Plaid model in the released layout, loadable by :func:`load_plaid`.
-
-    Trains a byte-level BPE tokenizer on ``captions`` (id 0 = ``<|endoftext|>``), builds a
-    seeded random :class:`PlaidNet` (full depth 24 by default, so the paper's text grid of
-    blocks applies), noise schedule, gamma bounds and embedding matrix, and saves
-    ``model.pt``, ``noise_schedule.pt``, ``gamma_bounds.pt``, ``embedding_matrix.pt``,
-    ``config.json`` and ``tokenizer.json``. The tensors depend only on the arguments.
-
-    Args:
-        folder: output folder (created; existing files are replaced).
-        captions: training text for the tokenizer.
-        seed: seed of every random tensor.
-        dim, n_blocks, n_heads, embed_dim: architecture (see :class:`PlaidConfig`).
-        vocab_size: model vocabulary and tokenizer target size (the tokenizer may end up
-            smaller on a small corpus; ids stay below ``vocab_size``).
-        gamma_0, gamma_1: log-SNR bounds (``gamma_0 < gamma_1``).
-
-    Returns:
-        ``folder`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ConfigError: an argument is out of range.
-    """
-    texts = [c for c in captions if isinstance(c, str) and c.strip()]
-    if not texts:
-        raise ConfigError("build_tiny_plaid needs at least one non-empty caption to train its tokenizer")
-    if not gamma_0 < gamma_1:
-        raise ConfigError(f"gamma_0 ({gamma_0}) must be below gamma_1 ({gamma_1})")
-    try:
-        config = PlaidConfig(dim=dim, n_blocks=n_blocks, n_heads=n_heads, embed_dim=embed_dim,
-                             vocab_size=vocab_size)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-
-    tokenizer = train_tokenizer(texts, vocab_size)
-    generator = torch.Generator().manual_seed(seed)
-    net = PlaidNet(config)
-    net.init_weights(generator)
-    schedule = NoiseSchedule()
-    schedule.init_weights(generator)
-    bounds = GammaBounds(gamma_0, gamma_1)
-    embedding = EmbeddingMatrix(vocab_size, embed_dim)
-    with torch.no_grad():
-        embedding.matrix.copy_(torch.randn(embedding.matrix.shape, generator=generator))
-    save_plaid(folder, net, schedule, bounds, embedding, tokenizer)
-    logger.info("built tiny Plaid %s (tokenizer %d tokens) in %s", asdict(config),
-                tokenizer.get_vocab_size(), folder)
-    return Path(folder)
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """A byte-level BPE tokenizer learnt on ``texts``, id 0 = ``<|endoftext|>`` (Plaid's layout).
-
-    Raises:
-        ConfigError: ``vocab_size`` is below the byte alphabet plus end-of-text.
-    """
-    min_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + 1
-    if vocab_size < min_vocab:
-        raise ConfigError(f"vocab_size must be at least {min_vocab} (256 bytes + end-of-text), got {vocab_size}")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOT_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    if tokenizer.token_to_id(EOT_TOKEN) != PAD_ID:
-        raise BackboneError(f"tokenizer put {EOT_TOKEN} at id {tokenizer.token_to_id(EOT_TOKEN)}, not 0")
-    return tokenizer
-
-
-def save_plaid(folder: str | Path, net: PlaidNet, schedule: NoiseSchedule, bounds: GammaBounds,
-               embedding: EmbeddingMatrix, tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32) -> Path:
-    """Write a Plaid model in the released layout (plus ``config.json`` and ``tokenizer.json``).
-
-    Args:
-        folder: output folder (created; existing files are replaced, each atomically).
-        net, schedule, bounds, embedding: the four modules of the release's four files.
-        tokenizer: saved as ``tokenizer.json``.
-        dtype: floating dtype of the denoiser's tensors in ``model.pt`` (e.g. ``torch.float16`` to
-            ship small files; the loader computes in float32). The schedule, bounds and embedding
-            stay float32.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model_state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
-                   for k, v in net.state_dict().items()}
-    states = {MODEL_FILE: model_state}
-    for file_name, module in ((SCHEDULE_FILE, schedule), (GAMMA_BOUNDS_FILE, bounds), (EMBEDDING_FILE, embedding)):
-        states[file_name] = {k: v.detach().to("cpu", torch.float32) for k, v in module.state_dict().items()}
-    for file_name, state in states.items():
-        atomic_write(folder / file_name, lambda tmp, st=state: torch.save(st, tmp))
-    config_text = json.dumps(asdict(net.config), indent=2) + "\n"
-    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
-    atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(str(tmp)))
-    return folder
 
 
 def _load_family(source: str, options: LoadOptions) -> PlaidBackbone:
     folder = Path(source).expanduser()
     if not folder.exists():
-        raise BackboneError(f"text backbone {source!r} is not an existing folder", _WEIGHTS_HINT)
+        raise BackboneError(f"text backbone {source!r} is not an existing folder", WEIGHTS_HINT)
     return load_plaid(
         folder, options.tokenizer, device=options.device,
         token_length=options.token_length or DEFAULT_TOKEN_LENGTH, noising=options.text_noising,  # type: ignore[arg-type]

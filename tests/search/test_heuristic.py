@@ -331,6 +331,7 @@ def test_two_threads_share_one_sampler_without_duplicates(tmp_path: Path) -> Non
     assert plan_status(study).exhausted
 
 
+@pytest.mark.slow
 def test_two_worker_processes_on_one_sqlite_file_complete_the_plan_once(tmp_path: Path) -> None:
     space = _space(tmp_path, "medium")
     _study(HeuristicSampler(space), _sqlite(tmp_path))  # create it once, the workers load it
@@ -348,6 +349,7 @@ def test_two_worker_processes_on_one_sqlite_file_complete_the_plan_once(tmp_path
     assert plan_status(study).exhausted
 
 
+@pytest.mark.slow
 def test_dead_workers_trial_is_failed_by_the_heartbeat_and_its_config_retried(tmp_path: Path) -> None:
     space = _space(tmp_path, "tiny")
     _study(HeuristicSampler(space), _sqlite(tmp_path, heartbeat=True))

@@ -96,6 +96,7 @@ def _plan(study: optuna.Study) -> dict[str, set[str]]:
 
 # ------------------------------------------------------------------------------- real Ray runs
 
+@pytest.mark.slow
 def test_ray_heuristic_runs_the_local_plan_and_finds_the_same_best(
         ray_local, tmp_path: Path, db_url: str, small_space) -> None:  # type: ignore[no-untyped-def]
     view = write_synthetic_store(tmp_path / "features")
@@ -138,6 +139,7 @@ def _poison_block(view, modality: str, t: int, block: int, split: str) -> Path: 
     return path
 
 
+@pytest.mark.slow
 def test_a_failing_configuration_is_recorded_fail_with_its_error_and_the_search_goes_on(
         ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
     view = write_synthetic_store(tmp_path / "features")
@@ -158,6 +160,7 @@ def test_a_failing_configuration_is_recorded_fail_with_its_error_and_the_search_
     assert status.best_text == TrialConfig("text", text=TEXT_PEAK, d_alg=16)
 
 
+@pytest.mark.slow
 def test_ray_grid_covers_the_grid_once(ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
     view = write_synthetic_store(tmp_path / "features")
     options = {"sampler": "grid", "evaluate_best": False, "engine": "ray", "runs": tmp_path, "epochs": 2,
