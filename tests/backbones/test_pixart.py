@@ -127,3 +127,9 @@ def test_family_declares_how_to_load_and_what_t_and_b_mean(folder: Path) -> None
     assert FAMILY.name == "pixart" and FAMILY.modality == "image" and "DDPM" in FAMILY.timestep
     loaded = FAMILY.load(str(folder), LoadOptions(device="cpu", noise_seed=3))
     assert loaded.settings()["noise_seed"] == 3 and loaded.settings()["conditioning"] == "empty-prompt"
+
+
+def test_shipped_space_fits_pixart_xl_2() -> None:
+    from difffeat_tune.search.space import load_space
+
+    load_space("pixart").check_blocks("image", 28, "PixArt-XL-2")

@@ -128,3 +128,13 @@ def test_conditioning_is_cached_and_the_text_encoders_not_loaded_again(
 
 def test_family_is_flow_matching_with_joint_blocks() -> None:
     assert FAMILY.name == "sd3" and "flow matching" in FAMILY.timestep and "joint" in FAMILY.blocks
+
+
+def test_row_features_do_not_depend_on_the_batch_and_follow_the_seed(folder: Path, backbone) -> None:  # type: ignore[no-untyped-def]
+    split = make_split("train", 4)
+    together = backbone.features(backbone.encode(split, range(4)), [100], [2])[100][2]
+    alone = backbone.features(backbone.encode(split, [2]), [100], [2])[100][2]
+    torch.testing.assert_close(alone[0], together[2], rtol=1e-4, atol=1e-5)
+    other = load_sd3(str(folder), device="cpu", noise_seed=1)
+    assert not torch.allclose(other.features(other.encode(split, [2]), [100], [2])[100][2], alone)
+    assert other.settings() != backbone.settings() and other.fingerprint() == backbone.fingerprint()
