@@ -116,7 +116,7 @@ def pipeline_conditioning(folder: PipelineFolder, family: str, *, encode: Encode
             pipe = pipeline_class(folder).from_pretrained(str(folder.path), **components)
         except (OSError, ValueError, KeyError) as exc:
             raise BackboneError(f"cannot load the text encoders of {folder.path}: {exc}",
-                                download_hint(family, folder.source)) from exc
+                                download_hint(family, folder.hub_id)) from exc
         for name in folder.subfolders("text_encoder"):
             # Loaded in the checkpoint's dtype, run in TEXT_ENCODER_DTYPE (an exact upcast of the weights).
             getattr(pipe, name).to(device=device, dtype=TEXT_ENCODER_DTYPE)

@@ -118,11 +118,12 @@ class LatentDiffusionBackbone(Backbone):
         """
         source = cls.default_source if source is None else str(source)
         required = (cls.denoiser_folder, "scheduler", *(() if vae else ("vae",)))
-        folder = resolve_pipeline(source, family=cls.family, pipelines=cls.pipelines, required=required)
+        folder = resolve_pipeline(source, family=cls.family, pipelines=cls.pipelines, required=required,
+                                  default_source=cls.default_source)
         denoiser = load_component(cls.denoiser_class, folder, cls.denoiser_folder, cls.family)
         autoencoder = load_vae(folder, vae, cls.family)
         factor = vae_factor(autoencoder)
-        side = check_resolution(resolution or cls.default_resolution(denoiser, factor),
+        side = check_resolution(cls.default_resolution(denoiser, factor) if resolution is None else resolution,
                                 cls.resolution_multiple(denoiser, factor), cls.family)
         noising = cls.make_noising(read_scheduler_config(folder), denoiser, side // factor)
         run_on = resolve_device(device)

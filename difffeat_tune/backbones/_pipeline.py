@@ -59,12 +59,15 @@ class PipelineFolder:
     Attributes:
         path: the folder.
         source: how the user named it (hub id or path), for messages.
+        hub_id: the hub id to name in download hints (the source, or the family's default when
+            the source is a local folder).
         class_name: the pipeline class (``_class_name`` of ``model_index.json``).
         components: component name -> ``[library, class]`` (``[None, None]`` when absent).
     """
 
     path: Path
     source: str
+    hub_id: str
     class_name: str
     components: dict[str, list[str | None]]
 
@@ -83,7 +86,8 @@ def download_hint(family: str, hub_id: str) -> str:
     )
 
 
-def resolve_pipeline(source: str, *, family: str, pipelines: Sequence[str], required: Sequence[str]) -> PipelineFolder:
+def resolve_pipeline(source: str, *, family: str, pipelines: Sequence[str], required: Sequence[str],
+                     default_source: str) -> PipelineFolder:
     """Find the pipeline folder of ``source`` and check that it is one this family reads.
 
     Args:
@@ -91,12 +95,14 @@ def resolve_pipeline(source: str, *, family: str, pipelines: Sequence[str], requ
         family: the family's name (for messages).
         pipelines: pipeline classes this family accepts (``_class_name`` of ``model_index.json``).
         required: subfolders that must exist.
+        default_source: the family's default hub id (named in hints about a local folder).
 
     Raises:
         BackboneError: the folder or a subfolder is missing, the hub id cannot be resolved, or
             ``model_index.json`` names another kind of pipeline.
     """
     local = Path(source).expanduser()
+    hub_id = default_source if local.exists() else source
     if local.exists():
         if not local.is_dir():
             raise BackboneError(f"{family} source {local} is a file, not a pipeline folder",
@@ -110,7 +116,7 @@ def resolve_pipeline(source: str, *, family: str, pipelines: Sequence[str], requ
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise BackboneError(f"{family} pipeline folder {folder} has no model_index.json",
-                            download_hint(family, source if not local.exists() else "<hub id>"))
+                            download_hint(family, hub_id))
     try:
         index = json.loads(index_path.read_text())
     except json.JSONDecodeError as exc:
@@ -123,13 +129,13 @@ def resolve_pipeline(source: str, *, family: str, pipelines: Sequence[str], requ
             "choose the family that matches the checkpoint (see `difffeat-tune backbones`)",
         )
     components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list)}
-    result = PipelineFolder(path=folder, source=source, class_name=class_name, components=components)
+    result = PipelineFolder(path=folder, source=source, hub_id=hub_id, class_name=class_name, components=components)
     # The text encoders and tokenizers the pipeline lists are needed too: they define "unconditional".
     needed = [*required, *result.subfolders("text_encoder"), *result.subfolders("tokenizer")]
     missing = [sub for sub in dict.fromkeys(needed) if not (folder / sub).is_dir()]
     if missing:
         raise BackboneError(f"{family} pipeline folder {folder} lacks subfolder(s) {', '.join(missing)}",
-                            download_hint(family, source if not local.exists() else "<hub id>"))
+                            download_hint(family, hub_id))
     return result
 
 
@@ -140,7 +146,8 @@ def _snapshot(hub_id: str, family: str) -> Path:
         return Path(snapshot_download(hub_id, allow_patterns=list(ALLOW_PATTERNS),
                                       ignore_patterns=list(IGNORE_PATTERNS)))
     except Exception as exc:  # offline cache miss, unknown or gated repo, network error: one answer
-        raise BackboneError(f"cannot get the {family} pipeline {hub_id!r}: {type(exc).__name__}: {exc}",
+        raise BackboneError(f"cannot get the {family} pipeline {hub_id!r} (no such folder here, and as a hub id: "
+                            f"{type(exc).__name__}: {exc})",
                             download_hint(family, hub_id)) from exc
 
 
@@ -150,7 +157,7 @@ def load_component(cls: type[M], folder: PipelineFolder, subfolder: str, family:
         return cls.from_pretrained(str(folder.path), subfolder=subfolder)  # type: ignore[attr-defined]
     except (OSError, ValueError, KeyError) as exc:
         raise BackboneError(f"cannot load {cls.__name__} from {folder.path / subfolder}: {exc}",
-                            download_hint(family, folder.source)) from exc
+                            download_hint(family, folder.hub_id)) from exc
 
 
 def load_vae(folder: PipelineFolder, vae: str | None, family: str) -> AutoencoderKL:

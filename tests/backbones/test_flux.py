@@ -4,36 +4,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from transformers import CLIPTextModel, T5EncoderModel
 
 from difffeat_tune._errors import BackboneError
 from difffeat_tune._paths import CACHE_ENV
 from difffeat_tune.backbones._base import seeded_normal
 from difffeat_tune.backbones.flux import FAMILY, latent_image_ids, load_flux, pack_latents
-from tests.backbones.tiny_parts import count_calls, spy_from_pretrained, tiny_clip, tiny_t5, tiny_vae
+from difffeat_tune.backbones._tiny_pipelines import build_tiny_flux
+from tests.backbones.tiny_parts import count_calls, spy_from_pretrained
 from tests.conftest import make_split
 
 SIDE = 16  # pixels: an 8 x 8 latent, 16 packed tokens
-JOINT, SINGLE = 2, 3
-
-
-def build_tiny_flux(folder: Path) -> Path:
-    tokenizer, text_encoder = tiny_clip(16, seed=1)
-    tokenizer_2, text_encoder_2 = tiny_t5(32, seed=2)
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=JOINT, num_single_layers=SINGLE, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
-        axes_dims_rope=(2, 2, 4),
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=tiny_vae(4, scaling=0.3611, shift=0.1159), text_encoder=text_encoder,
-                        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
-                        transformer=transformer)
-    pipe.save_pretrained(folder)
-    return folder
+JOINT, SINGLE = 2, 3  # build_tiny_flux's blocks
 
 
 @pytest.fixture(scope="module")

@@ -6,32 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 from transformers import T5EncoderModel, T5Tokenizer
 
 from difffeat_tune._errors import BackboneError
 from difffeat_tune._paths import CACHE_ENV
 from difffeat_tune.backbones._base import seeded_normal
 from difffeat_tune.backbones.pixart import FAMILY, load_pixart
-from tests.backbones.tiny_parts import count_calls, ddpm_alpha_bar, spy_from_pretrained, tiny_t5, tiny_vae
+from difffeat_tune.backbones._tiny_pipelines import build_tiny_pixart
+from tests.backbones.tiny_parts import count_calls, ddpm_alpha_bar, spy_from_pretrained
 from tests.conftest import make_split
 
 MAX_LENGTH = 120  # PixArtAlphaPipeline's default max_sequence_length
-
-
-def build_tiny_pixart(folder: Path) -> Path:
-    tokenizer, text_encoder = tiny_t5(16)
-    torch.manual_seed(0)
-    # width 24 (divisible by 3 for the size micro-conditions of 1024-px checkpoints, switched on here)
-    transformer = PixArtTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=6,
-        sample_size=8, patch_size=2, cross_attention_dim=24, caption_channels=16, use_additional_conditions=True,
-    )
-    scheduler = DPMSolverMultistepScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_vae(4),
-                               transformer=transformer, scheduler=scheduler)
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +78,7 @@ def test_missing_checkpoint_names_what_to_download(folder: Path, tmp_path: Path)
     partial = tmp_path / "partial"
     shutil.copytree(folder, partial)
     shutil.rmtree(partial / "text_encoder")
-    with pytest.raises(BackboneError, match="lacks subfolder.s. text_encoder"):
+    with pytest.raises(BackboneError, match=r"(?s)lacks subfolder.s. text_encoder.*hf download PixArt-alpha/"):
         load_pixart(str(partial))
 
 
@@ -133,3 +118,24 @@ def test_shipped_space_fits_pixart_xl_2() -> None:
     from difffeat_tune.search.space import load_space
 
     load_space("pixart").check_blocks("image", 28, "PixArt-XL-2")
+
+
+def test_reads_the_released_tokenizer_layout_spiece_model_only(folder: Path, tmp_path: Path) -> None:
+    # PixArt's hub folders hold tokenizer/spiece.model and tokenizer_config.json, no tokenizer.json.
+    import sentencepiece
+
+    released = tmp_path / "released"
+    shutil.copytree(folder, released)
+    shutil.rmtree(released / "tokenizer")
+    (released / "tokenizer").mkdir()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["a red circle and a blue square", "two green stars on a mat"] * 20))
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(released / "tokenizer" / "spiece"),
+                                             vocab_size=24, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                             minloglevel=2)
+    (released / "tokenizer" / "spiece.vocab").unlink()
+    (released / "tokenizer" / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "model_max_length": 512}))
+    loaded = load_pixart(str(released), device="cpu")
+    assert loaded.conditioning["prompt_embeds"].shape == (1, MAX_LENGTH, 16)
+    assert int(loaded.conditioning["attention_mask"].sum()) == 1  # "" is the end-of-sequence token alone

@@ -4,31 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from difffeat_tune._errors import BackboneError
 from difffeat_tune._paths import CACHE_ENV
 from difffeat_tune.backbones._base import seeded_normal
 from difffeat_tune.backbones.sd import FAMILY, load_sd
-from tests.backbones.tiny_parts import count_calls, ddpm_alpha_bar, spy_from_pretrained, tiny_clip, tiny_vae
+from difffeat_tune.backbones._tiny_pipelines import build_tiny_sd
+from tests.backbones.tiny_parts import count_calls, ddpm_alpha_bar, spy_from_pretrained
 from tests.conftest import make_split
-
-
-def build_tiny_sd(folder: Path) -> Path:
-    tokenizer, text_encoder = tiny_clip(16)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2,
-    )
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=tiny_vae(4), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +108,27 @@ def test_shipped_space_fits_the_stages_of_sd_1_and_2() -> None:
     space = load_space("sd")
     space.check_blocks("image", 9, "Stable Diffusion 1.x/2.x (4 down + mid + 4 up stages)")
     assert space.axes("image").b == (4, 5, 6, 7, 8)
+
+
+def test_reads_the_released_layout_vocab_merges_and_an_unused_safety_checker(folder: Path, tmp_path: Path) -> None:
+    # SD's hub folders hold tokenizer/vocab.json + merges.txt and list a safety checker and a
+    # feature extractor in model_index.json; neither is downloaded nor loaded here.
+    import json
+    import shutil
+
+    released = tmp_path / "released"
+    shutil.copytree(folder, released)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    shutil.rmtree(released / "tokenizer")
+    (released / "tokenizer").mkdir()
+    (released / "tokenizer" / "vocab.json").write_text(json.dumps(tokenizer.get_vocab()))
+    (released / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    (released / "tokenizer" / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77}))
+    index = json.loads((released / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"])
+    (released / "model_index.json").write_text(json.dumps(index))
+    loaded = load_sd(str(released), device="cpu")
+    reference = load_sd(str(folder), device="cpu")
+    torch.testing.assert_close(loaded.conditioning["prompt_embeds"], reference.conditioning["prompt_embeds"])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
 from difffeat_tune._errors import BackboneError
@@ -13,27 +13,9 @@ from difffeat_tune._paths import CACHE_ENV
 from difffeat_tune.backbones._base import seeded_normal
 from difffeat_tune.backbones._image import center_crop_pixels
 from difffeat_tune.backbones.sd3 import FAMILY, load_sd3
-from tests.backbones.tiny_parts import count_calls, spy_from_pretrained, tiny_clip, tiny_t5, tiny_vae
+from difffeat_tune.backbones._tiny_pipelines import build_tiny_sd3
+from tests.backbones.tiny_parts import count_calls, spy_from_pretrained
 from tests.conftest import make_split
-
-
-def build_tiny_sd3(folder: Path) -> Path:
-    tokenizer, text_encoder = tiny_clip(8, projection=8, seed=1)
-    tokenizer_2, text_encoder_2 = tiny_clip(8, projection=8, seed=2)
-    tokenizer_3, text_encoder_3 = tiny_t5(32, seed=3)
-    torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=16, num_layers=4, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16, out_channels=16,
-        pos_embed_max_size=16,
-    )
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=tiny_vae(16, scaling=1.5305, shift=0.0609), text_encoder=text_encoder, tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
-    )
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

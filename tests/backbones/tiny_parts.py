@@ -1,8 +1,6 @@
-"""Tiny real parts for diffusers pipelines in tests: tokenizers, text encoders, VAEs, counters.
+"""Test helpers for the diffusers image families: DDPM schedules, block-call counters, load spies.
 
-Everything is built from configs with seeded random weights; a test assembles a real pipeline
-object from them and saves it with ``save_pretrained``, so the backbone loads the same layout as
-a downloaded checkpoint (``model_index.json`` and one subfolder per component).
+The tiny pipelines themselves are built by :mod:`difffeat_tune.backbones._tiny_pipelines`.
 """
 
 from __future__ import annotations
@@ -12,57 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
 from torch import nn
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    T5Config,
-    T5EncoderModel,
-    T5Tokenizer,
-)
-
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-
-
-def tiny_t5(d_model: int, *, seed: int = 0) -> tuple[T5Tokenizer, T5EncoderModel]:
-    """A unigram T5 tokenizer over letters and a few words, and a 1-layer T5 encoder."""
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [(f"\u2581{w}", -1.0) for w in ("red", "circle", "blue", "square")]
-    vocab += [(c, -3.0) for c in LETTERS]
-    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
-    torch.manual_seed(seed)
-    config = T5Config(vocab_size=len(vocab), d_model=d_model, d_kv=4, d_ff=2 * d_model, num_layers=1,
-                      num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    return tokenizer, T5EncoderModel(config).eval()
-
-
-def tiny_clip(hidden: int, *, projection: int | None = None,
-              seed: int = 0) -> tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]:
-    """A character-level CLIP tokenizer (77 tokens) and a 2-layer CLIP text model.
-
-    With ``projection`` the model is a ``CLIPTextModelWithProjection`` (SD3's two CLIP encoders).
-    """
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in LETTERS:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
-                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
-                            projection_dim=projection or hidden, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
-    return tokenizer, model.eval()
-
-
-def tiny_vae(latent_channels: int, *, scaling: float = 0.18215, shift: float | None = None) -> AutoencoderKL:
-    """A 2-level AutoencoderKL: 2x downsampling, so 16 px give an 8 x 8 latent."""
-    return AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=latent_channels,
-                         norm_num_groups=8, sample_size=16, scaling_factor=scaling, shift_factor=shift)
 
 
 def ddpm_alpha_bar(t: int, *, scaled_linear: bool = False) -> float:
