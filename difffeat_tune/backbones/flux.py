@@ -68,11 +68,12 @@ class FluxBackbone(LatentDiffusionBackbone):
     denoiser_class = FluxTransformer2DModel
     select = staticmethod(joint_image_tokens)
 
-    def __init__(self, denoiser: nn.Module, *args: object, **kwargs: object) -> None:
-        super().__init__(denoiser, *args, **kwargs)  # type: ignore[arg-type]
-        #: The guidance scale of guidance-distilled checkpoints (None for schnell).
-        self.guidance = (float(call_defaults(FluxPipeline, ("guidance_scale",))["guidance_scale"])  # type: ignore[arg-type]
-                         if denoiser.config.guidance_embeds else None)
+    @property
+    def guidance(self) -> float | None:
+        """The pipeline's default guidance scale for guidance-distilled checkpoints (dev: 3.5), else None."""
+        if not self.denoiser.config.guidance_embeds:
+            return None
+        return float(call_defaults(FluxPipeline, ("guidance_scale",))["guidance_scale"])  # type: ignore[arg-type]
 
     @classmethod
     def default_resolution(cls, denoiser: nn.Module, factor: int) -> int:
