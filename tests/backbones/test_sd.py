@@ -132,3 +132,20 @@ def test_reads_the_released_layout_vocab_merges_and_an_unused_safety_checker(fol
     loaded = load_sd(str(released), device="cpu")
     reference = load_sd(str(folder), device="cpu")
     torch.testing.assert_close(loaded.conditioning["prompt_embeds"], reference.conditioning["prompt_embeds"])
+
+
+def test_extraction_stores_each_stage_at_its_own_width(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from difffeat_tune.data._base import Dataset
+    from difffeat_tune.extract import extract
+    from difffeat_tune.store import FeatureStore
+
+    dataset = Dataset("toy", ("a", "b", "c"), "multilabel", {"train": make_split("train", 5)})
+    report = extract(dataset, backbone, FeatureStore(tmp_path / "features"), [10, 100], [1, 3, 5], batch_size=2,
+                     dtype="float32")
+    extraction = FeatureStore(tmp_path / "features").view("toy").extraction("image")
+    direct = backbone.features(backbone.encode(dataset.split("train"), range(5)), [100], [1, 3, 5])[100]
+    for b in (1, 3, 5):
+        stored = extraction.load(100, b, "train")
+        assert stored.values.shape == (5, backbone.block_widths()[b])
+        torch.testing.assert_close(stored.values, direct[b], rtol=1e-4, atol=1e-5)
+    assert report.folder
