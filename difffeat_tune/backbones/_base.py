@@ -39,7 +39,8 @@ class Backbone(ABC):
     """A diffusion Transformer that returns pooled block features at given timesteps.
 
     Subclasses set ``modality``, ``name``, ``num_blocks``, ``width``, ``num_timesteps`` and
-    ``device`` and implement the four abstract methods.
+    ``device`` and implement the four abstract methods. A backbone whose blocks differ in width
+    (a U-Net) sets ``width`` to the widest and overrides :meth:`block_widths`.
     """
 
     modality: Modality
@@ -48,6 +49,10 @@ class Backbone(ABC):
     width: int
     num_timesteps: int
     device: torch.device
+
+    def block_widths(self) -> dict[int, int]:
+        """``{b: feature width of block b}``; every block has ``width`` unless a subclass says otherwise."""
+        return {b: self.width for b in range(1, self.num_blocks + 1)}
 
     @abstractmethod
     def settings(self) -> dict[str, object]:

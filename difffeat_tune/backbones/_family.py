@@ -31,6 +31,8 @@ class LoadOptions:
         text_noising: ``"ddim"`` (deterministic inversion) or ``"random"`` for continuous text
             diffusion (Plaid).
         inversion_step: DDIM inversion step in timesteps (``None``: the family's default).
+        resolution: image side in pixels for diffusers image families (``None``: the model's
+            own, from its config; e.g. 512 for PixArt-XL-2-512x512, 1024 for SD3 and Flux).
     """
 
     device: str | None = None
@@ -40,6 +42,7 @@ class LoadOptions:
     token_length: int | None = None
     text_noising: str = "ddim"
     inversion_step: int | None = None
+    resolution: int | None = None
 
 
 @dataclass(frozen=True)

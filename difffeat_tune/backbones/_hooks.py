@@ -6,6 +6,14 @@ raises a private exception that ends the pass: blocks after it are never compute
 copying the library's ``forward``. With ``stop=False`` the pass runs to the end instead and
 its result is kept (:attr:`BlockCapture.output`), so one pass gives features and the model's
 output (e.g. logits for a DDIM inversion step).
+
+A block's output is not always its tokens: joint blocks of SD3 and Flux return
+``(encoder_hidden_states, hidden_states)``, so the image tokens are ``output[1]``
+(:func:`joint_image_tokens`), and a U-Net block returns feature maps ``[B, C, H, W]``. A
+``select`` callable picks the tokens ``[B, N, D]`` from a block's output before pooling; the
+default, :func:`first_output`, is ``output[0]`` for a tuple and the output itself otherwise.
+The blocks may be any sequence of modules in forward order (e.g. Flux's joint blocks followed
+by its single blocks), not only one ``nn.ModuleList``.
 """
 
 from __future__ import annotations
@@ -20,10 +28,27 @@ from difffeat_tune._errors import BackboneError
 
 #: Pools a block's tokens ``[B, N, D]`` to ``[B, D]`` on the device, before anything leaves it.
 Pool = Callable[[torch.Tensor], torch.Tensor]
+#: Picks the tokens ``[B, N, D]`` to pool from whatever a block returns.
+Select = Callable[[object], torch.Tensor]
 
 
 class _StopForward(Exception):
     """Raised by the deepest hook to skip the rest of the forward pass."""
+
+
+def first_output(output: object) -> torch.Tensor:
+    """The block's tokens when it returns them alone or first in a tuple (DiT, PixArt, Plaid)."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+def joint_image_tokens(output: object) -> torch.Tensor:
+    """The image tokens of an SD3/Flux block, which returns ``(encoder_hidden_states, hidden_states)``."""
+    if not isinstance(output, tuple) or len(output) != 2:
+        raise BackboneError(
+            f"a joint block returned {type(output).__name__}, not (encoder_hidden_states, hidden_states)",
+            "this diffusers version changed the block's outputs; report it with the diffusers version",
+        )
+    return output[1]
 
 
 def mean_pool(tokens: torch.Tensor) -> torch.Tensor:
@@ -70,17 +95,20 @@ class BlockCapture:
 
 @contextmanager
 def capture_blocks(
-    blocks: nn.ModuleList, wanted: Sequence[int], pool: Pool, *, stop: bool = True
+    blocks: Sequence[nn.Module], wanted: Sequence[int], pool: Pool, *, stop: bool = True,
+    select: Select = first_output,
 ) -> Iterator[BlockCapture]:
     """Hook the output of blocks ``wanted`` (1-based: block b is ``blocks[b - 1]``).
 
     Args:
-        blocks: the model's block list.
+        blocks: the model's blocks in forward order (an ``nn.ModuleList`` or any sequence).
         wanted: 1-based block numbers; the pass stops after the deepest one.
         pool: pools one block's tokens; hooks live for one pass, so a batch-dependent pool
             (a padding mask) is simply passed anew for each batch.
         stop: stop the pass after the deepest wanted block (default). ``False`` runs the whole
             model and keeps its result in :attr:`BlockCapture.output`.
+        select: picks the tokens ``[B, N, D]`` from a block's output (default
+            :func:`first_output`; :func:`joint_image_tokens` for SD3/Flux blocks).
 
     Yields:
         A :class:`BlockCapture`; call its ``run`` with the forward pass.
@@ -93,8 +121,7 @@ def capture_blocks(
 
     def make_hook(b: int) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: object, output: object) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            capture.features[b] = pool(hidden)
+            capture.features[b] = pool(select(output))
             if stop and b == deepest:
                 raise _StopForward
 

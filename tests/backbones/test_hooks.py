@@ -84,3 +84,40 @@ def test_masked_mean_pool_averages_only_real_tokens() -> None:
     tokens = torch.tensor([[[1.0], [3.0], [100.0]], [[2.0], [4.0], [6.0]]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
     torch.testing.assert_close(masked_mean_pool(mask)(tokens), torch.tensor([[2.0], [4.0]]))
+
+
+class _Joint(nn.Module):
+    """Returns (text stream, image stream), as SD3/Flux joint blocks do."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        text, image = pair
+        return text + 1.0, image + self.linear(image)
+
+
+def test_select_pools_the_image_stream_of_joint_blocks_given_as_a_plain_list() -> None:
+    from difffeat_tune.backbones._hooks import joint_image_tokens
+
+    torch.manual_seed(0)
+    blocks = [_Joint(4) for _ in range(3)]
+    text, image = torch.zeros(2, 7, 4), torch.randn(2, 5, 4)
+    expected, pair = {}, (text, image)
+    for b, block in enumerate(blocks, start=1):
+        pair = block(pair)
+        expected[b] = pair[1].mean(dim=1)
+
+    def forward() -> object:
+        state = (text, image)
+        for block in blocks:
+            state = block(state)
+        return state
+
+    with capture_blocks(blocks, [1, 2], mean_pool, select=joint_image_tokens) as cap:
+        got = cap.run(forward)
+    torch.testing.assert_close(got[1], expected[1])
+    torch.testing.assert_close(got[2], expected[2])
+    with pytest.raises(BackboneError, match="not \\(encoder_hidden_states, hidden_states\\)"):
+        joint_image_tokens(torch.zeros(1, 2, 3))
