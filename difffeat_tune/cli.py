@@ -56,6 +56,7 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of the image noise, of random t
 TokenLengthOpt = Annotated[Optional[int], typer.Option(help="Text token length L (pad with end-of-text, or truncate); default: the data set's recommendation, else the backbone's.")]
 NoisingOpt = Annotated[str, typer.Option(help="Text noising: 'ddim' (deterministic inversion) or 'random'.")]
 InversionOpt = Annotated[Optional[int], typer.Option(help="DDIM-inversion step in timesteps (default: the backbone's).")]
+ResolutionOpt = Annotated[Optional[int], typer.Option(help="Image side in pixels for diffusers image families (default: the model's own).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details and tracebacks.")]
 StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite:///<runs>/studies.db).")]
@@ -119,7 +120,7 @@ def _settings(**options: Any) -> Settings:
     backbones = BackboneSettings(
         image=get("image_backbone", TINY), text=get("text_backbone", TINY), vae=get("vae"),
         tokenizer=get("tokenizer"), noise_seed=get("noise_seed", 0), token_length=get("token_length"),
-        text_noising=get("text_noising", "ddim"), inversion_step=get("inversion_step"))
+        text_noising=get("text_noising", "ddim"), inversion_step=get("inversion_step"), resolution=get("resolution"))
     store = StoreSettings(features=get("features", DEFAULT_FEATURES), dtype=get("dtype", DEFAULT_DTYPE),
                           batch_size=get("batch_size", DEFAULT_BATCH_SIZE), splits=get("splits"))
     search = SearchOptions(
@@ -205,6 +206,7 @@ def extract(
     token_length: TokenLengthOpt = None,
     text_noising: NoisingOpt = "ddim",
     inversion_step: InversionOpt = None,
+    resolution: ResolutionOpt = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -219,7 +221,8 @@ def extract(
     settings = _settings(dataset=dataset, root=root, features=features, space=space, image_backbone=image_backbone,
                          vae=vae, text_backbone=text_backbone, tokenizer=tokenizer, device=device,
                          batch_size=batch_size, dtype=dtype, noise_seed=noise_seed, token_length=token_length,
-                         text_noising=text_noising, inversion_step=inversion_step, threads=threads,
+                         text_noising=text_noising, inversion_step=inversion_step, resolution=resolution,
+                         threads=threads,
                          splits=tuple(s for s in splits.split(",") if s) if splits else None)
     grid = settings.space
     grid = with_grid(grid, "image", _ints(image_timesteps, "--image-timesteps"), _ints(image_blocks, "--image-blocks"))
@@ -287,6 +290,7 @@ def _search_command(kind: str) -> Callable[..., None]:
         token_length: TokenLengthOpt = None,
         text_noising: NoisingOpt = "ddim",
         inversion_step: InversionOpt = None,
+        resolution: ResolutionOpt = None,
         as_json: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:

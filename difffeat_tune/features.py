@@ -65,6 +65,7 @@ class BackboneSettings:
             backbone's default).
         text_noising: ``ddim`` (deterministic inversion) or ``random`` (continuous text diffusion).
         inversion_step: DDIM inversion step in timesteps (``None``: the backbone's default).
+        resolution: image side in pixels for the diffusers image families (``None``: the model's own).
     """
 
     image: str = TINY
@@ -75,8 +76,11 @@ class BackboneSettings:
     token_length: int | None = None
     text_noising: str = "ddim"
     inversion_step: int | None = None
+    resolution: int | None = None
 
     def __post_init__(self) -> None:
+        if self.resolution is not None and self.resolution < 1:
+            raise ConfigError(f"resolution must be positive, got {self.resolution}")
         if self.token_length is not None and self.token_length < 1:
             raise ConfigError(f"token length must be positive, got {self.token_length}")
         if self.inversion_step is not None and self.inversion_step < 1:
@@ -93,7 +97,7 @@ class BackboneSettings:
             token_length = int(recommended) if recommended is not None else None  # type: ignore[call-overload]
         return LoadOptions(device=device, noise_seed=self.noise_seed, vae=self.vae, tokenizer=self.tokenizer,
                            token_length=token_length, text_noising=self.text_noising,
-                           inversion_step=self.inversion_step)
+                           inversion_step=self.inversion_step, resolution=self.resolution)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 FAMILY_TABLE: Mapping[tuple[str, str], str] = MappingProxyType({
     ("image", "dit"): "difffeat_tune.backbones.dit:FAMILY",
     ("text", "plaid"): "difffeat_tune.backbones.plaid:FAMILY",
+    ("image", "pixart"): "difffeat_tune.backbones.pixart:FAMILY",
+    ("image", "sd3"): "difffeat_tune.backbones.sd3:FAMILY",
+    ("image", "flux"): "difffeat_tune.backbones.flux:FAMILY",
+    ("image", "sd"): "difffeat_tune.backbones.sd:FAMILY",
     ("text", "mlm"): "difffeat_tune.backbones.masked_lm:FAMILY",
     ("image", "clip"): "difffeat_tune.backbones.clip:CLIP_IMAGE_FAMILY",
     ("text", "clip"): "difffeat_tune.backbones.clip:CLIP_TEXT_FAMILY",

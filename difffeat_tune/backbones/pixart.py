@@ -24,7 +24,6 @@ from collections.abc import Mapping
 
 import torch
 from diffusers import DiffusionPipeline, PixArtTransformer2DModel
-from torch import nn
 
 from difffeat_tune.backbones._latent import LatentDiffusionBackbone, image_family
 
