@@ -135,14 +135,14 @@ def _settings(**options: Any) -> Settings:
                            epochs=get("epochs"))
 
 
-def _prepare(settings: Settings, quiet: bool) -> PreparedFeatures:
+def _prepare(settings: Settings, quiet: bool, verify: bool = False) -> PreparedFeatures:
     """Extract (or reuse) the settings' features under a rich progress bar, one bar per modality."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from difffeat_tune.features import ensure_features
 
     if quiet:
-        return ensure_features(settings.features)
+        return ensure_features(settings.features, verify=verify)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console) as bar:
         tasks: dict[str, TaskID] = {}
@@ -156,7 +156,7 @@ def _prepare(settings: Settings, quiet: bool) -> PreparedFeatures:
             speed = bar.tasks[tasks[modality]].speed
             bar.update(tasks[modality], speed=f"{speed:,.0f} samples/s" if speed else "")
 
-        return ensure_features(settings.features, progress=progress, on_total=on_total)
+        return ensure_features(settings.features, progress=progress, on_total=on_total, verify=verify)
 
 
 @contextmanager
@@ -208,10 +208,11 @@ def extract(
     inversion_step: InversionOpt = None,
     resolution: ResolutionOpt = None,
     threads: ThreadsOpt = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the checksum of every stored part and rebuild the damaged ones.")] = False,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Extract pooled diffusion features into the Parquet feature store (resumable)."""
+    """Extract pooled diffusion features into the Parquet feature store (resumable; damaged parts are rebuilt)."""
     _setup_logging(verbose)
     if modality not in ("image", "text", "both"):
         raise typer.BadParameter("choose image, text or both", param_hint="--modality")
@@ -230,7 +231,7 @@ def extract(
     if modality != "both":
         grid = grid.restricted_to((modality,))
     configure_threads(1, threads)
-    prepared = _prepare(settings.with_space(grid), quiet=as_json)
+    prepared = _prepare(settings.with_space(grid), quiet=as_json, verify=verify)
     summary = {
         "dataset": prepared.view.folder.name,
         "store": str(features),

@@ -87,6 +87,7 @@ def extract(
     rows_per_part: int | None = None,
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
+    verify: bool = False,
 ) -> ExtractReport:
     """Extract pooled features of every (t, block) for the splits of ``dataset`` into ``store``.
 
@@ -103,6 +104,8 @@ def extract(
         rows_per_part: rows per part file for a new extraction folder.
         progress: called with the number of rows finished (per timestep pass) after each batch.
         on_total: called once with the total number of row-passes to do.
+        verify: check the SHA-256 of every stored part (default: only of parts whose size or
+            modification time changed); a damaged part is rebuilt.
 
     Returns:
         An :class:`ExtractReport`. Parts finished before an error stay in the store.
@@ -126,12 +129,12 @@ def extract(
         n_parts = max(1, math.ceil(len(split) / ext.rows_per_part))
         for part in range(n_parts):
             rows = range(part * ext.rows_per_part, min(len(split), (part + 1) * ext.rows_per_part))
-            missing = {t: [b for b in blocks if b not in ext.part_blocks(t, name, part)] for t in timesteps}
+            have = {t: ext.part_blocks(t, name, part, verify=verify) for t in timesteps}
+            missing = {t: [b for b in blocks if b not in have[t]] for t in timesteps}
             missing = {t: bs for t, bs in missing.items() if bs}
+            report.parts_skipped += len(timesteps) - len(missing)  # (t, split, part) units already complete
             if missing:
                 plan.append((split, part, n_parts, rows, missing))
-            else:
-                report.parts_skipped += len(timesteps)
     if on_total is not None:
         on_total(sum(len(rows) * len(missing) for _, _, _, rows, missing in plan))
 

@@ -178,6 +178,7 @@ def ensure_features(
     *,
     progress: Callable[[str, int], None] | None = None,
     on_total: Callable[[str, int], None] | None = None,
+    verify: bool = False,
 ) -> PreparedFeatures:
     """Extract whatever the request needs and is not yet in the store; return a view on it.
 
@@ -189,6 +190,8 @@ def ensure_features(
         request: the request.
         progress: ``progress(modality, rows)`` after each batch.
         on_total: ``on_total(modality, rows)`` once per modality before its work starts.
+        verify: check the SHA-256 of every stored part; damaged parts are rebuilt (see
+            :meth:`~difffeat_tune.store.Extraction.part_blocks`).
     """
     dataset = request.data.load()
     space = request.space.restricted_to(data_modalities(dataset))
@@ -205,7 +208,7 @@ def ensure_features(
             dataset, backbone, store, axes.t, axes.b, splits=splits, batch_size=request.store.batch_size,
             dtype=request.store.dtype,
             progress=(lambda n, m=modality: progress(m, n)) if progress else None,
-            on_total=(lambda n, m=modality: on_total(m, n)) if on_total else None,
+            on_total=(lambda n, m=modality: on_total(m, n)) if on_total else None, verify=verify,
         ))
     # Exactly the extractions of this request (others of the same data set may sit beside them).
     folders = {m: Path(r.folder) for m, r in zip(backbones, reports)}

@@ -52,6 +52,14 @@ def _write_table(path: Path, table: pa.Table) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -168,12 +176,60 @@ class Extraction:
     def part_path(self, t: int, split: str, part: int) -> Path:
         return self.folder / f"t{t:04d}" / split / f"part-{part:05d}.parquet"
 
-    def part_blocks(self, t: int, split: str, part: int) -> set[int]:
-        """Blocks of a part that the manifest lists as complete (and whose file exists)."""
+    def part_blocks(self, t: int, split: str, part: int, *, verify: bool = False) -> set[int]:
+        """Blocks of a part that the manifest lists as complete, if its file is intact.
+
+        A part whose file is missing, or whose size or modification time differ from the manifest's
+        and whose SHA-256 then differs too, is damaged: it is dropped from the manifest (so it is
+        rebuilt, never trusted) and an empty set is returned. ``verify`` checks the SHA-256 of
+        every part, whatever its size and time.
+        """
         entry = self.manifest.get(split, {}).get(str(t), {}).get(str(part))
-        if entry is None or not self.part_path(t, split, part).exists():
+        if entry is None:
+            return set()
+        problem = self.part_problem(t, split, part, verify=verify)
+        if problem is not None:
+            logger.warning("damaged feature shard %s (%s): it will be rebuilt", self.part_path(t, split, part), problem)
+            self.forget_part(t, split, part)
             return set()
         return set(entry["blocks"])
+
+    def part_problem(self, t: int, split: str, part: int, *, verify: bool = False) -> str | None:
+        """Why a part recorded in the manifest cannot be trusted, or ``None`` if it is intact."""
+        entry = self.manifest.get(split, {}).get(str(t), {}).get(str(part))
+        path = self.part_path(t, split, part)
+        if entry is None:
+            return "not in the manifest"
+        if not path.is_file():
+            return "the file is missing"
+        if "sha256" not in entry:  # written by a release that recorded no checksum
+            return None
+        stat = path.stat()
+        if not verify and stat.st_size == entry.get("bytes") and stat.st_mtime_ns == entry.get("mtime_ns"):
+            return None
+        if _sha256(path) != entry["sha256"]:
+            return f"checksum mismatch ({stat.st_size} bytes, the manifest says {entry.get('bytes')})"
+        entry["mtime_ns"] = stat.st_mtime_ns  # intact but touched (e.g. copied): trust its new time
+        return None
+
+    def forget_part(self, t: int, split: str, part: int) -> None:
+        """Drop a part from the manifest (its file is left for inspection until it is rewritten)."""
+        parts = self.manifest.get(split, {}).get(str(t), {})
+        if parts.pop(str(part), None) is not None:
+            atomic_write_json(self._manifest_path, self.manifest)
+
+    def verify(self, *, full: bool = True) -> list[tuple[Path, str]]:
+        """Every damaged part as ``(path, reason)``, checking each part's SHA-256 (``full``) or size and time."""
+        damaged = []
+        for split, by_t in self.manifest.items():
+            if split.startswith("_"):
+                continue
+            for t, parts in by_t.items():
+                for part in list(parts):
+                    problem = self.part_problem(int(t), split, int(part), verify=full)
+                    if problem is not None:
+                        damaged.append((self.part_path(int(t), split, int(part)), problem))
+        return damaged
 
     def available(self, split: str) -> dict[int, set[int]]:
         """``{t: blocks complete for every part}`` of a split."""
@@ -221,8 +277,11 @@ class Extraction:
         schema = pa.schema([pa.field(n, a.type) for n, a in zip(names, arrays)],
                            metadata={_META_KEY: json.dumps(meta, default=str).encode()})
         _write_table(path, pa.Table.from_arrays(arrays, schema=schema))
+        stat = path.stat()
         self.manifest.setdefault("_parts", {})[split] = n_parts
-        self.manifest.setdefault(split, {}).setdefault(str(t), {})[str(part)] = {"rows": len(ids), "blocks": blocks}
+        self.manifest.setdefault(split, {}).setdefault(str(t), {})[str(part)] = {
+            "rows": len(ids), "blocks": blocks, "sha256": _sha256(path), "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
         atomic_write_json(self._manifest_path, self.manifest)
         return path
 
@@ -250,6 +309,10 @@ class Extraction:
         chunks: list[np.ndarray] = []
         for part in range(n_parts):
             path = self.part_path(t, split, part)
+            problem = self.part_problem(t, split, part)
+            if problem is not None:
+                raise StoreError(f"feature shard {path} is damaged: {problem}",
+                                 "run the same `difffeat-tune extract` with --verify to rebuild it")
             try:
                 table = pq.read_table(path, columns=["id", column], memory_map=True)
             except (OSError, pa.ArrowException) as exc:

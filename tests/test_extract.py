@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from difffeat_tune._errors import BackboneError, DataError
+from difffeat_tune._errors import BackboneError, DataError, StoreError
 from difffeat_tune.backbones.dit import build_tiny_dit, load_dit
 from difffeat_tune.data._base import Dataset, Split
 from difffeat_tune.extract import extract
@@ -118,3 +118,43 @@ def test_text_features_of_an_older_feature_version_are_re_extracted_not_read(tmp
     assert fresh.parts_written == 4 and fresh.parts_skipped == 0  # recomputed, not read
     assert Path(fresh.folder).name != old_key.folder_name
     assert plaid.settings()["feature_version"] == FEATURE_VERSION
+
+
+def _flip_a_byte(path: Path, keep_time: bool) -> None:
+    """Damage a part file in place: same size; with ``keep_time`` also the same modification time."""
+    import os
+
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    if keep_time:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_damaged_part_is_named_and_rebuilt_by_the_next_extraction(tmp_path: Path, toy_dataset: Dataset, dit) -> None:  # type: ignore[no-untyped-def]
+    store = FeatureStore(tmp_path)
+    first = extract(toy_dataset, dit, store, TIMESTEPS, BLOCKS)
+    folder = Path(first.folder)
+    damaged = folder / "t0050" / "val" / "part-00000.parquet"
+    good = FeatureStore(tmp_path).view("toy").load("image", 50, 12, "val").values
+    _flip_a_byte(damaged, keep_time=False)
+    with pytest.raises(StoreError, match=r"t0050/val/part-00000.parquet is damaged: checksum mismatch"):
+        FeatureStore(tmp_path).view("toy").load("image", 50, 12, "val")
+    again = extract(toy_dataset, dit, FeatureStore(tmp_path), TIMESTEPS, BLOCKS)
+    assert again.parts_written == 1 and again.parts_skipped == 3  # only the damaged part
+    torch.testing.assert_close(FeatureStore(tmp_path).view("toy").load("image", 50, 12, "val").values, good)
+
+
+def test_verify_finds_damage_that_kept_size_and_time(tmp_path: Path, toy_dataset: Dataset, dit) -> None:  # type: ignore[no-untyped-def]
+    from difffeat_tune.store import Extraction
+
+    store = FeatureStore(tmp_path)
+    folder = Path(extract(toy_dataset, dit, store, TIMESTEPS, BLOCKS).folder)
+    damaged = folder / "t0010" / "train" / "part-00000.parquet"
+    _flip_a_byte(damaged, keep_time=True)
+    assert extract(toy_dataset, dit, FeatureStore(tmp_path), TIMESTEPS, BLOCKS).parts_written == 0  # cheap check
+    assert [(p, r.split(" (")[0]) for p, r in Extraction(folder).verify()] == [(damaged, "checksum mismatch")]
+    rebuilt = extract(toy_dataset, dit, FeatureStore(tmp_path), TIMESTEPS, BLOCKS, verify=True)
+    assert rebuilt.parts_written == 1
+    assert Extraction(folder).verify() == []
