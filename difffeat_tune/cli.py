@@ -98,13 +98,22 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _check_paths(**paths: Optional[Path]) -> None:
-    """One-line errors for path options that point at the wrong kind of thing."""
+    """One-line errors for output folders that are files, cannot be created or cannot be written."""
+    import tempfile
+
     for option, path in paths.items():
         if path is None:
             continue
         flag = f"--{option.replace('_', '-')}"
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{flag} {path} is a file, not a folder", f"give {flag} a folder")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path} cannot be written: {exc.strerror or exc}",
+                              f"give {flag} a folder you can write to") from None
 
 
 def _settings(**options: Any) -> Settings:
@@ -412,7 +421,8 @@ def dashboard(
     from difffeat_tune.dashboard import serve_dashboard
     from difffeat_tune.search._options import default_storage
 
-    _check_paths(runs=runs)
+    if storage is None:
+        _check_paths(runs=runs)
     url = storage or default_storage(runs)
     console.print(f"optuna-dashboard on [bold]http://{host}:{port}[/] for {escape(url)} (Ctrl-C to stop)")
     serve_dashboard(url, host=host, port=port)

@@ -208,9 +208,10 @@ def load_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
             an unknown fusion method.
     """
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.exists() or len(path.parts) > 1:  # a path, not a shipped name
         if not path.is_file():
-            raise ConfigError(f"search space file {path} does not exist")
+            raise ConfigError(f"search space file {path} does not exist",
+                              f"give a .toml file, or a shipped space: {', '.join(available_spaces())}")
         text, source, name = path.read_text(), str(path), path.stem
     else:
         entry = resources.files("difffeat_tune.searchspaces").joinpath(f"{name_or_path}.toml")

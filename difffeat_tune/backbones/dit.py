@@ -63,8 +63,8 @@ class DiTBackbone(Backbone):
     ) -> None:
         self.device = resolve_device(device)
         # float32 weights whatever the files hold (the tiny DiT ships float16); CUDA runs under bf16 autocast.
-        self.transformer = transformer.eval().to(self.device, torch.float32)
-        self.vae = vae.eval().to(self.device, torch.float32)
+        self.transformer = transformer.eval().float().to(self.device)
+        self.vae = vae.eval().float().to(self.device)
         self.name = name
         self.noise_seed = noise_seed
         cfg = transformer.config

@@ -343,7 +343,7 @@ class _RowChecker:
         except OSError:
             pass
         self.problems.add(record, row_id, f"missing image file {image}",
-                          f"check file_name (relative to {self.image_root}) or pass root=, or remove the row")
+                          f"check file_name (relative to {self.image_root}), or give the images' folder with --root (Python: root=), or remove the row")
         return None, 0
 
     def _caption(self, record: _Record, row_id: str | None) -> str | None:

@@ -1,0 +1,137 @@
+"""Bad paths, bad files and damaged stores, as a new user meets them: one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_cli import SPACE, _common, project, run_cli  # noqa: F401 - the project fixture
+
+#: A folder nobody can create, not even root (the sandbox's tests may run as root).
+UNWRITABLE = Path("/proc/difffeat-tune-unwritable")
+
+
+def _path(kind: str, tmp: Path) -> Path:
+    if kind == "file":
+        path = tmp / "a-file.txt"
+        path.write_text("not a folder\n")
+        return path
+    if kind == "missing":
+        return tmp / "missing" / "folder"
+    return UNWRITABLE
+
+
+# (command, output option) pairs: an output folder that is a file or cannot be written is one
+# line naming the option; a missing one is created.
+OUTPUTS = [("extract", "--features"), ("run heuristic", "--features"), ("run heuristic", "--runs"),
+           ("run grid", "--runs"), ("compare", "--features"), ("compare", "--runs")]
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+@pytest.mark.parametrize(("command", "option"), OUTPUTS)
+def test_an_output_folder_that_is_a_file_or_unwritable_is_one_line_naming_the_option(
+        command: str, option: str, kind: str, project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    args = [*command.split(), "--dataset", str(project / "metadata.jsonl"), "--space", str(project / "space.toml"),
+            "--device", "cpu", option, str(_path(kind, tmp_path))]
+    code, out, err = run_cli(args, capsys, monkeypatch)  # an uncaught exception would fail the test here
+    text = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err
+    assert f"error: {option} " in text and ("is a file" in text if kind == "file" else "cannot be written" in text)
+    assert not list(tmp_path.rglob("*.parquet"))  # nothing ran
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--space", "does not exist"), ("--dataset", "no such file or folder"), ("--root", "does not exist"),
+    ("--tokenizer", "tokenizer file missing"), ("--text-backbone", "not an existing folder"),
+    ("--image-backbone", "cannot load DiT weights"),
+])
+@pytest.mark.parametrize("command", ["extract", "run heuristic", "compare"])
+def test_a_missing_input_is_one_line_naming_it(command: str, option: str, message: str, project: Path,  # type: ignore[no-untyped-def]
+                                               tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "nowhere" / "thing"
+    args = [*command.split(), "--device", "cpu", "--space", str(project / "space.toml"),
+            "--dataset", str(project / "metadata.jsonl")]
+    if option == "--root":
+        args += ["--dataset", "coco"]
+    if option == "--tokenizer":
+        args += ["--modality", "text"] if command == "extract" else []
+    args += [option, str(missing)]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    assert message in " ".join(err.split()).lower() or message in " ".join(err.split())
+
+
+def test_a_missing_output_folder_is_created(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    features = _path("missing", tmp_path)
+    code, out, err = run_cli(["extract", *_common(project, tmp_path)[:4], "--features", str(features), "--device",
+                              "cpu", "--modality", "text", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert list(features.rglob("part-*.parquet"))
+
+
+def test_dashboard_with_a_runs_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run_cli(["dashboard", "--runs", str(_path("file", tmp_path))], capsys, monkeypatch)
+    assert code == 2 and "--runs" in err and "Traceback" not in err
+
+
+def test_a_space_key_error_keeps_the_section_name(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SPACE.replace("d_alg = 16", "d_alg = 16\nwidth = 3"))
+    code, out, err = run_cli(["extract", "--space", str(bad)], capsys, monkeypatch)
+    assert code == 2
+    assert "unknown key(s) width in [fusion]" in " ".join(err.split())  # user text is not read as markup
+
+
+def _poison(view_folder: Path, t: int, block: int) -> Path:
+    """NaN in one block column of the train shard of image t: a corrupt shard for those configurations."""
+    path = next(view_folder.glob(f"image/*/t{t:04d}/train/part-00000.parquet"))
+    table = pq.read_table(path)
+    name = f"b{block:02d}"
+    width = table.column(name).type.list_size
+    values = pa.array(np.full(table.num_rows * width, np.nan, dtype=np.float16))
+    table = table.set_column(table.schema.get_field_index(name), name, pa.FixedSizeListArray.from_arrays(values, width))
+    pq.write_table(table, path)
+    return path
+
+
+def test_a_damaged_shard_fails_its_trials_with_one_line_each_and_the_summary_says_how_to_repair(
+        project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    common = [*_common(project, tmp_path), "--runs", str(tmp_path / "runs")]
+    code, out, err = run_cli(["extract", *common[:-2], "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    dataset_folder = Path(json.loads(out)["extractions"][0]["folder"]).parents[1]
+    shard = _poison(dataset_folder, 10, 8)
+    code, out, err = run_cli(["run", "heuristic", *common], capsys, monkeypatch)
+    assert code == 0, err
+    assert "Traceback" not in err
+    failures = [line for line in err.splitlines() if "failed" in line and "image t=10 b=8" in line]
+    assert len(failures) == 2  # tried twice (max_failures=2), one line each
+    assert all("NaN" in line or "damaged" in line for line in failures)
+    text = " ".join(out.split())
+    assert "failed image t=10 b=8" in text and "extract --verify" in text
+    storage = f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
+    study = optuna.load_study(study_name="metadata-heuristic", storage=storage)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 2 and all(t.user_attrs["error"].startswith("StoreError: ") for t in failed)
+    assert str(shard) in failed[0].user_attrs["error"]
+
+
+def test_rerunning_a_finished_study_adds_no_trial(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    common = [*_common(project, tmp_path), "--runs", str(tmp_path / "runs"), "--json"]
+    code, out, err = run_cli(["run", "heuristic", *common], capsys, monkeypatch)
+    assert code == 0, err
+    first = json.loads(out)
+    for _ in range(2):
+        code, out, err = run_cli(["run", "heuristic", *common], capsys, monkeypatch)
+        assert code == 0, err
+        again = json.loads(out)
+        assert again["trials"] == first["trials"] and "pruned" not in again["trials"]
+        assert again == first  # the summary of a finished study is the same whoever prints it, whenever
