@@ -24,7 +24,7 @@ from difffeat_tune.probe.objective import Objective, ObjectiveSettings
 from difffeat_tune.probe.train import TrainRecipe
 from difffeat_tune.search.compare import Comparison
 from difffeat_tune.search.runner import (
-    DEFAULT_RUNS, SearchOptions, SearchSummary, default_storage, open_storage, run_search,
+    DEFAULT_RUNS, SearchOptions, SearchSummary, default_storage, open_storage, parse_storage_url, run_search,
 )
 from difffeat_tune.search.space import DEFAULT_SPACE, SearchSpace, load_space
 
@@ -230,6 +230,7 @@ def _search_args(**kwargs: object) -> _SearchArgs:
 
 def _objective(args: _SearchArgs, sampler: str, quiet: bool) -> tuple[Objective, SearchSpace, SearchOptions]:
     """Validate the space, search options and recipe, then extract (or reuse) features: bad input fails first."""
+    parse_storage_url(args.storage_url())  # a malformed URL or a missing driver, before any extraction
     space = load_space(args.space)
     options = args.options(sampler, space)
     recipe_fields = dict(space.probe)

@@ -118,3 +118,27 @@ def small_space(tmp_path: Path):  # type: ignore[no-untyped-def]
     path = tmp_path / "small.toml"
     path.write_text(SMALL_SPACE)
     return load_space(path)
+
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL server on loopback for the session (see tests/_postgres.py).
+
+    Skipped where the server binaries are absent, except under CI (``CI`` set), where it fails.
+    """
+    from tests._postgres import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:  # type: ignore[no-untyped-def]
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres.create_database()

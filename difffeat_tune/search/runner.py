@@ -1,4 +1,4 @@
-"""Studies: open the storage, run the heuristic or the grid search, summarise what a study holds.
+"""Studies: run the heuristic or the grid search, summarise what a study holds (storage: ``_storage``).
 
 Every trial writes its phase, modality, configuration label, full metric set, epochs and seconds
 as user attributes, so the dashboard and :func:`summarize` see everything. The best
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import optuna
@@ -24,6 +22,9 @@ from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import DEFAULT_FUSION, FUSION_METHODS, TrialConfig
 from difffeat_tune.probe.objective import Objective
 from difffeat_tune.search._heuristic import HeuristicSampler
+from difffeat_tune.search._storage import (  # noqa: F401 - re-exported: the storage used to live here
+    DEFAULT_RUNS, GRACE_PERIOD, HEARTBEAT_INTERVAL, SQLITE_TIMEOUT, default_storage, open_storage, parse_storage_url,
+)
 from difffeat_tune.search._suggest import suggest_config
 from difffeat_tune.search.space import SearchSpace
 
@@ -32,40 +33,9 @@ logger = logging.getLogger(__name__)
 SamplerKind = Literal["heuristic", "grid"]
 SAMPLERS: tuple[str, ...] = ("heuristic", "grid")
 PRUNERS: tuple[str, ...] = ("none", "median", "halving")
-#: The local runs folder: SQLite studies, comparisons, and (by default) the feature store.
-DEFAULT_RUNS = Path("runs")
-#: Heartbeat of running trials (seconds) and the silence after which a trial counts as dead.
-HEARTBEAT_INTERVAL = 30
-GRACE_PERIOD = 120
-#: Seconds SQLite waits on a lock held by another worker before giving up.
-SQLITE_TIMEOUT = 60
 
 A_PHASE, A_MODALITY, A_CONFIG, A_METRICS, A_EPOCHS, A_SECONDS, A_SPLIT = (
     "phase", "modality", "config", "metrics", "epochs_run", "seconds", "split")
-
-
-def default_storage(runs: Path = DEFAULT_RUNS) -> str:
-    """The default storage: a SQLite file in the runs folder."""
-    return f"sqlite:///{runs / 'studies.db'}"
-
-
-def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStorage:
-    """An RDB storage for ``url`` (any SQLAlchemy URL) with heartbeats, so dead workers' trials are retried."""
-    engine_kwargs: dict[str, object] = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them knowingly
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL if heartbeat else None,
-                grace_period=GRACE_PERIOD if heartbeat else None,
-            )
-    except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this URL"
-        raise ConfigError(f"cannot open storage {url!r}: {exc}",
-                          "give a SQLAlchemy URL such as sqlite:///runs/studies.db or postgresql://user@host/db") from exc
 
 
 @dataclass(frozen=True)
