@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -159,7 +160,8 @@ def parse_storage_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
-        raise ConfigError(f"storage {url!r} is not a database URL ({exc})", f"give a SQLAlchemy URL such as {URL_EXAMPLES}") from None
+        raise ConfigError(f"storage {_hide_password(url)!r} is not a database URL ({exc})",
+                          f"give a SQLAlchemy URL such as {URL_EXAMPLES}") from None
     shown = parsed.render_as_string(hide_password=True)
     try:
         dialect = parsed.get_dialect()
@@ -179,6 +181,11 @@ def parse_storage_url(url: str) -> URL:
             hint += " (pip install 'difffeat-tune[pg]' brings psycopg)"
         raise ConfigError(f"storage {shown!r} needs {what}, which is not installed ({exc})", hint) from None
     return parsed
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with the password of ``scheme://user:password@host`` replaced, for a URL SQLAlchemy cannot parse."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 def _sqlite_file(parsed: URL) -> Path | None:

@@ -72,12 +72,13 @@ def test_workers_creating_a_new_postgresql_database_at_once_all_succeed(postgres
     ("", "'' is not a database URL", "postgresql+psycopg://"),
     ("foo://host/db", "unknown database dialect 'foo'", "sqlite:///"),
     ("postgres://user@host/db", "unknown database dialect 'postgres'", "postgresql://"),
-    ("postgresql://user@host:port/db", "is not a database URL", "sqlite:///"),
+    ("postgresql://user:s3cret@host:port/db", "'postgresql://user:***@host:port/db' is not a database URL", "sqlite:///"),
 ])
 def test_malformed_url_or_unknown_dialect_is_a_bad_url(url: str, message: str, hint: str) -> None:
     with pytest.raises(ConfigError) as raised:
         open_storage(url)
     assert message in raised.value.message and hint in (raised.value.hint or "")
+    assert "s3cret" not in str(raised.value)
 
 
 def test_missing_driver_names_the_package_to_install() -> None:
