@@ -29,3 +29,7 @@ class StoreError(DiffFeatError):
 
 class ConfigError(DiffFeatError):
     """A configuration, search space or command-line value is invalid."""
+
+
+class StorageError(DiffFeatError):
+    """The Optuna study storage (a database) cannot be reached, or its tables cannot be prepared."""

@@ -325,8 +325,9 @@ def _search_command(kind: str) -> Callable[..., None]:
 
 def _run(settings: Settings, quiet: bool) -> SearchSummary:
     from difffeat_tune._device import configure_threads
-    from difffeat_tune.search.runner import run_search
+    from difffeat_tune.search.runner import parse_storage_url, run_search
 
+    parse_storage_url(settings.search.storage_url())  # a malformed URL or a missing driver, before any extraction
     prepared = _prepare(settings, quiet)
     settings = settings.with_space(prepared.space)
     configure_threads(settings.search.workers, settings.search.threads)
@@ -340,8 +341,9 @@ def _compare(settings: Settings, quiet: bool):  # type: ignore[no-untyped-def]
 
     from difffeat_tune._device import configure_threads
     from difffeat_tune.search.compare import Comparison
-    from difffeat_tune.search.runner import open_storage, run_search
+    from difffeat_tune.search.runner import open_storage, parse_storage_url, run_search
 
+    parse_storage_url(settings.search.storage_url())
     prepared = _prepare(settings, quiet)
     settings = settings.with_space(prepared.space)
     configure_threads(settings.search.workers, settings.search.threads)
@@ -419,7 +421,7 @@ def dashboard(
 ) -> None:
     """Start optuna-dashboard on the study storage."""
     from difffeat_tune.dashboard import serve_dashboard
-    from difffeat_tune.search._options import default_storage
+    from difffeat_tune.search._storage import default_storage
 
     if storage is None:
         _check_paths(runs=runs)

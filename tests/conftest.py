@@ -139,3 +139,27 @@ def run_study(view, space, url: str, name: str, **overrides: object):  # type: i
     settings = Settings.create(space=space, search=SearchOptions(storage=url, study_name=name), device="cpu",
                                **overrides)
     return run_search(settings, view, callbacks=callbacks, engine_options=engine_options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL server on loopback for the session (see tests/_postgres.py).
+
+    Skipped where the server binaries are absent, except under CI (``CI`` set), where it fails.
+    """
+    from tests._postgres import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:  # type: ignore[no-untyped-def]
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres.create_database()

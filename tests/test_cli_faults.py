@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_cli import SPACE, _common, project, run_cli  # noqa: F401 - the project fixture
+from tests.test_cli import SPACE, _common, run_cli
+from tests.test_cli import project  # noqa: F401 - the fixture
 
 #: A folder nobody can create, not even root (the sandbox's tests may run as root).
 UNWRITABLE = Path("/proc/difffeat-tune-unwritable")

@@ -10,6 +10,7 @@ from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import FUSION_METHODS
 from difffeat_tune.search._heuristic import NEIGHBOURHOODS
 from difffeat_tune.search._samplers import PRUNERS, SAMPLERS
+from difffeat_tune.search._storage import default_storage
 
 #: Engines that run a search's trials.
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -98,7 +99,3 @@ class SearchOptions:
         """The study name: ``study_name``, else ``<data set name>-<sampler>`` (from the store folder)."""
         return self.study_name or f"{dataset_folder.rsplit('-', 1)[0]}-{self.sampler}"
 
-
-def default_storage(runs: Path = DEFAULT_RUNS) -> str:
-    """The default storage: a SQLite file in the runs folder."""
-    return f"sqlite:///{Path(runs) / 'studies.db'}"

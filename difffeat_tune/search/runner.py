@@ -19,7 +19,6 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
@@ -30,7 +29,10 @@ from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe.objective import Objective
 from difffeat_tune.search import _attrs as A
-from difffeat_tune.search._options import SearchOptions, default_storage
+from difffeat_tune.search._options import SearchOptions
+from difffeat_tune.search._storage import (
+    GRACE_PERIOD, HEARTBEAT_INTERVAL, SQLITE_TIMEOUT, default_storage, open_storage, parse_storage_url,
+)
 from difffeat_tune.search._samplers import make_pruner, make_sampler, plan_state
 from difffeat_tune.space import SearchSpace
 from difffeat_tune.store import FeatureView
@@ -42,33 +44,9 @@ logger = logging.getLogger(__name__)
 
 #: ``callback(study, frozen_trial)`` after each told trial (e.g. a progress display).
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
-#: Heartbeat of running trials (seconds) and the silence after which a trial counts as dead.
-HEARTBEAT_INTERVAL = 30
-GRACE_PERIOD = 120
-#: Seconds SQLite waits on a lock held by another worker before giving up.
-SQLITE_TIMEOUT = 60
-
-__all__ = ["DEFAULT_RUNS", "SearchOptions", "SearchRun", "SearchSummary", "default_storage", "evaluate_best",
-           "open_storage", "open_study", "record_config", "run_search", "summarize"]
-
-
-def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStorage:
-    """An RDB storage for ``url`` (any SQLAlchemy URL) with heartbeats, so dead workers' trials are retried."""
-    engine_kwargs: dict[str, object] = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them knowingly
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL if heartbeat else None,
-                grace_period=GRACE_PERIOD if heartbeat else None,
-            )
-    except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this URL"
-        raise ConfigError(f"cannot open storage {url!r}: {exc}",
-                          "give a SQLAlchemy URL such as sqlite:///runs/studies.db or postgresql://user@host/db") from exc
+__all__ = ["DEFAULT_RUNS", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "SQLITE_TIMEOUT", "SearchOptions", "SearchRun",
+           "SearchSummary", "default_storage", "evaluate_best", "open_storage", "open_study", "parse_storage_url",
+           "record_config", "run_search", "summarize"]
 
 
 @dataclass
