@@ -1,0 +1,149 @@
+"""Interactive figures: a :class:`FigureSpec` drawn with plotly (HTML page and optuna-dashboard).
+
+Data go into the figure as plain lists, not numpy arrays: plotly would encode arrays as typed
+binary blobs, which plotly.js builds older than optuna-dashboard's may not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from difffeat_tune.report._spec import MARK_NAMES, Bars, Curves, FigureSpec, Heatmap, Panel, Scatter, Table
+
+TEMPLATE = "plotly_white"
+#: Figure height in pixels, and per heatmap row beyond a dozen (tall grids stay legible).
+HEIGHT, HEIGHT_PER_ROW = 460, 20
+#: Heatmaps with more cells than this show values on hover only (labels would overlap).
+MAX_CELL_LABELS = 200
+PALETTE = qualitative.D3
+#: Outline of a marked cell per mark kind: (colour, width, dash).
+MARK_STYLE: Mapping[str, tuple[str, float, str]] = MappingProxyType({
+    "best": ("black", 3, "solid"),
+    "chosen": ("red", 4, "solid"),
+    "evaluated": ("fuchsia", 2, "solid"),
+    "grid_best": ("black", 3, "dash"),
+})
+
+
+def to_plotly(spec: FigureSpec) -> go.Figure:
+    """The plotly figure of ``spec``: its panels side by side in one row."""
+    panels = spec.panels
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[p.title for p in panels], horizontal_spacing=0.08,
+        specs=[[{"type": "table"} if isinstance(p, Table) else {"type": "xy"} for p in panels]],
+        column_widths=[_width(p) for p in panels],
+    )
+    legend_seen: set[str] = set()
+    groups = _group_colours(panels)
+    for col, panel in enumerate(panels, start=1):
+        for trace in _traces(panel, fig, col, legend_seen, groups):
+            fig.add_trace(trace, row=1, col=col)
+        if isinstance(panel, Heatmap):
+            _outline_marks(fig, panel, col, legend_seen)
+        _axes(fig, panel, col)
+    rows = max((len(p.y) for p in panels if isinstance(p, Heatmap)), default=0)
+    fig.update_layout(template=TEMPLATE, title={"text": spec.title}, height=HEIGHT + HEIGHT_PER_ROW * max(0, rows - 12),
+                      barmode="group", legend={"orientation": "h", "y": -0.18}, margin={"t": 80, "b": 40})
+    return fig
+
+
+def _width(panel: Panel) -> float:
+    if isinstance(panel, Table):
+        return 0.4 + 0.15 * len(panel.header)
+    if isinstance(panel, Heatmap):
+        return max(1.0, 0.08 * len(panel.x))
+    return 1.0
+
+
+def _group_colours(panels: tuple[Panel, ...]) -> dict[str, str]:
+    names: list[str] = []
+    for panel in panels:
+        if isinstance(panel, Scatter):
+            names += [g for g in dict.fromkeys(panel.group) if g not in names]
+    return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(names)}
+
+
+def _traces(panel: Panel, fig: go.Figure, col: int, seen: set[str], groups: dict[str, str]) -> list[go.BaseTraceType]:
+    if isinstance(panel, Heatmap):
+        return [_heatmap(panel, fig, col)]
+    if isinstance(panel, Bars):
+        return [_bar(name, panel, values, seen) for name, values in panel.series]
+    if isinstance(panel, Curves):
+        return [go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=name, legendgroup=name,
+                           showlegend=_first(seen, name), hovertemplate="epoch %{x}: %{y:.2f}<extra>" + name + "</extra>")
+                for name, x, y in panel.series]
+    if isinstance(panel, Scatter):
+        out = []
+        for group, colour in groups.items():
+            idx = [i for i, g in enumerate(panel.group) if g == group]
+            if idx:
+                out.append(go.Scatter(x=[panel.x[i] for i in idx], y=[panel.y[i] for i in idx], mode="markers",
+                                      marker={"size": 4, "color": colour, "opacity": 0.75}, name=group,
+                                      legendgroup=group, showlegend=_first(seen, group)))
+        return out
+    columns = [list(column) for column in zip(*panel.rows)] if panel.rows else [[] for _ in panel.header]
+    return [go.Table(header={"values": list(panel.header), "align": "left"},
+                     cells={"values": columns, "align": "left"})]
+
+
+def _heatmap(panel: Heatmap, fig: go.Figure, col: int) -> go.Heatmap:
+    domain = fig.get_subplot(1, col).xaxis.domain
+    labelled = len(panel.x) * len(panel.y) <= MAX_CELL_LABELS
+    return go.Heatmap(
+        z=[list(row) for row in panel.z], x=[str(v) for v in panel.x], y=[str(v) for v in panel.y],
+        text=panel.labels(),
+        texttemplate="%{text}" if labelled else None, colorscale="Viridis", hoverongaps=False,
+        colorbar={"title": {"text": panel.colorbar, "side": "right"}, "x": domain[1] + 0.005, "thickness": 12},
+        hovertemplate=f"{panel.y_title} %{{y}}<br>{panel.x_title} %{{x}}<br>%{{z:.2f}}<extra></extra>",
+    )
+
+
+def _outline_marks(fig: go.Figure, panel: Heatmap, col: int, seen: set[str]) -> None:
+    """Outline each marked cell (on category axes, shape coordinates are category indices)."""
+    for mark in panel.marks:
+        where = panel.position(mark)
+        if where is None:
+            continue
+        j, i = where
+        colour, width, dash = MARK_STYLE[mark.kind]
+        name = MARK_NAMES[mark.kind] if mark.kind == "evaluated" else mark.label
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, row=1, col=col,
+                      line={"color": colour, "width": width, "dash": dash}, name=name, legendgroup=mark.kind,
+                      showlegend=_first(seen, name))
+
+
+def _bar(name: str, panel: Bars, values: tuple[float | None, ...], seen: set[str]) -> go.Bar:
+    cats, vals = list(panel.categories), list(values)
+    fmt = "%{y:.2f}" if not panel.horizontal else "%{x:.2f}"
+    return go.Bar(x=vals if panel.horizontal else cats, y=cats if panel.horizontal else vals, name=name,
+                  orientation="h" if panel.horizontal else "v", legendgroup=name, showlegend=_first(seen, name),
+                  hovertemplate=f"{fmt}<extra>{name}</extra>")
+
+
+def _axes(fig: go.Figure, panel: Panel, col: int) -> None:
+    if isinstance(panel, Heatmap):
+        fig.update_xaxes(type="category", title_text=panel.x_title, row=1, col=col)
+        fig.update_yaxes(type="category", title_text=panel.y_title, row=1, col=col)
+    elif isinstance(panel, Bars):
+        fig.update_xaxes(title_text=panel.value_title if panel.horizontal else None, row=1, col=col)
+        fig.update_yaxes(title_text=None if panel.horizontal else panel.value_title,
+                         autorange="reversed" if panel.horizontal else None, row=1, col=col)
+    elif isinstance(panel, Curves):
+        fig.update_xaxes(title_text=panel.x_title, row=1, col=col)
+        fig.update_yaxes(title_text=panel.y_title, row=1, col=col)
+    elif isinstance(panel, Scatter):
+        fig.update_xaxes(showticklabels=False, row=1, col=col)
+        fig.update_yaxes(showticklabels=False, row=1, col=col)
+
+
+def _first(seen: set[str], name: str) -> bool:
+    """Show a legend entry once per figure (panels repeat series)."""
+    if name in seen:
+        return False
+    seen.add(name)
+    return True
