@@ -325,7 +325,7 @@ def tsne_figure(analysis: FeatureAnalysis) -> FigureSpec | None:
     if not analysis.embeddings:
         return None
     panels: list[Scatter | Table] = [
-        Scatter(f"{analysis.titles[e.role]}: {analysis.configs[e.role].label()}", tuple(map(float, e.points[:, 0])),
+        Scatter(f"{analysis.titles[e.role]}\n{analysis.configs[e.role].label()}", tuple(map(float, e.points[:, 0])),
                 tuple(map(float, e.points[:, 1])), analysis.groups) for e in analysis.embeddings]
     panels.append(cluster_table(analysis))
     caption = (f"t-SNE of the {analysis.eval_split} split's representations (for fusion: the trained head's fused "

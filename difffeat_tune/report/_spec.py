@@ -116,6 +116,8 @@ Panel = Union[Heatmap, Bars, Curves, Scatter, Table]
 class FigureSpec:
     """One figure of the report: panels side by side, and a caption that says how to read it.
 
+    Panel titles may hold line breaks (``\n``). Tables are drawn below the other panels.
+
     Attributes:
         key: file stem and dashboard graph id (letters, digits, ``-``).
         title: the figure's title.
@@ -127,3 +129,16 @@ class FigureSpec:
     title: str
     caption: str
     panels: tuple[Panel, ...]
+
+
+def series_names(panels: tuple[Panel, ...] | list[Panel]) -> list[str]:
+    """Names of the bar and curve series and the point groups of ``panels``, in first-seen order."""
+    names: dict[str, None] = {}
+    for panel in panels:
+        if isinstance(panel, Bars):
+            names.update(dict.fromkeys(name for name, _ in panel.series))
+        elif isinstance(panel, Curves):
+            names.update(dict.fromkeys(name for name, _, _ in panel.series))
+        elif isinstance(panel, Scatter):
+            names.update(dict.fromkeys(panel.group))
+    return list(names)

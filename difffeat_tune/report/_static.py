@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from difffeat_tune.report._spec import MARK_NAMES, Bars, Curves, FigureSpec, Heatmap, Panel, Scatter, Table
+from difffeat_tune.report._spec import MARK_NAMES, Bars, Curves, FigureSpec, Heatmap, Panel, Scatter, Table, series_names
 
 #: Resolution of the PNG files (dots per inch).
 PNG_DPI = 150
@@ -83,14 +83,11 @@ def _height(panel: Panel) -> float:
 
 
 def _group_colours(panels: list[Panel]) -> dict[str, tuple[float, ...]]:
+    """One colour per series name or point group across the figure's panels."""
     from matplotlib import colormaps
 
-    names: list[str] = []
-    for panel in panels:
-        if isinstance(panel, Scatter):
-            names += [g for g in dict.fromkeys(panel.group) if g not in names]
     cmap = colormaps[PALETTE]
-    return {g: cmap(i % cmap.N) for i, g in enumerate(names)}
+    return {name: cmap(i % cmap.N) for i, name in enumerate(series_names(panels))}
 
 
 def _draw(ax: Axes, panel: Panel, groups: dict[str, tuple[float, ...]], *, legend: bool) -> None:
@@ -98,17 +95,17 @@ def _draw(ax: Axes, panel: Panel, groups: dict[str, tuple[float, ...]], *, legen
     if isinstance(panel, Heatmap):
         _heatmap(ax, panel)
     elif isinstance(panel, Bars):
-        _bars(ax, panel)
+        _bars(ax, panel, groups)
     elif isinstance(panel, Curves):
         for name, x, y in panel.series:
-            ax.plot(x, y, marker=".", label=name)
+            ax.plot(x, y, marker=".", label=name, color=groups[name])
         ax.set_xlabel(panel.x_title)
         ax.set_ylabel(panel.y_title)
         ax.legend(fontsize=7)
     elif isinstance(panel, Scatter):
-        for group, colour in groups.items():
+        for group in dict.fromkeys(panel.group):
             idx = [i for i, g in enumerate(panel.group) if g == group]
-            ax.scatter([panel.x[i] for i in idx], [panel.y[i] for i in idx], s=5, color=colour, label=group)
+            ax.scatter([panel.x[i] for i in idx], [panel.y[i] for i in idx], s=5, color=groups[group], label=group)
         ax.set_xticks([])
         ax.set_yticks([])
         if legend:
@@ -152,7 +149,7 @@ def _heatmap(ax: Axes, panel: Heatmap) -> None:
                   ncol=1, frameon=False)
 
 
-def _bars(ax: Axes, panel: Bars) -> None:
+def _bars(ax: Axes, panel: Bars, colours: dict[str, tuple[float, ...]]) -> None:
     n = max(1, len(panel.series))
     width = 0.8 / n
     positions = np.arange(len(panel.categories))
@@ -160,9 +157,9 @@ def _bars(ax: Axes, panel: Bars) -> None:
         heights = [np.nan if v is None else v for v in values]
         offset = positions - 0.4 + width * (k + 0.5)
         if panel.horizontal:
-            ax.barh(offset, heights, height=width, label=name)
+            ax.barh(offset, heights, height=width, label=name, color=colours[name])
         else:
-            ax.bar(offset, heights, width=width, label=name)
+            ax.bar(offset, heights, width=width, label=name, color=colours[name])
     if panel.horizontal:
         ax.set_yticks(positions, panel.categories, fontsize=7)
         ax.invert_yaxis()  # first category on top

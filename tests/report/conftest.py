@@ -49,3 +49,21 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
         run_search(objective(view), space, SearchOptions(sampler=sampler), storage=url, study_name=f"s-{sampler}")
     reports = {s: write_report(url, f"s-{s}", root / "reports" / s, device="cpu") for s in ("heuristic", "grid")}
     return Finished(url, root, view, space, reports["heuristic"], reports["grid"])
+
+
+@dataclass
+class ImageOnly:
+    """A study that holds only image trials (the plan's first phase), and its report."""
+
+    url: str
+    report: Report
+
+
+@pytest.fixture(scope="session")
+def image_only(finished: Finished, tmp_path_factory: pytest.TempPathFactory) -> ImageOnly:
+    root = tmp_path_factory.mktemp("image-only")
+    url = f"sqlite:///{root}/one.db"
+    # The plan starts with the image grid: its 9 trials make an image-only study.
+    run_search(objective(finished.view), finished.space, SearchOptions(evaluate_best=False), storage=url,
+               study_name="image-only", n_trials=9)
+    return ImageOnly(url, write_report(url, "image-only", root / "out", device="cpu"))

@@ -19,7 +19,7 @@ from difffeat_tune.report._study import StudyData
 from difffeat_tune.search._heuristic import grid_neighbourhood
 from difffeat_tune.search.runner import SearchOptions, run_search
 from difffeat_tune.store import FeatureStore
-from tests.report.conftest import EPOCHS, Finished, objective
+from tests.report.conftest import EPOCHS, Finished, ImageOnly, objective
 
 
 def _api(url: str, path: str) -> dict:
@@ -252,21 +252,18 @@ def test_the_dashboard_serves_the_saved_figures_and_the_note(finished: Finished)
     assert f"| best fusion | {fusion['config']} | test | {100 * fusion['evaluation']['map']:.2f} |" in body
 
 
-def test_a_new_report_replaces_the_dashboard_figures_of_the_last_one(finished: Finished, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/again.db"
-    run_search(objective(finished.view), finished.space, SearchOptions(evaluate_best=False), storage=url,
-               study_name="again", n_trials=9)
-    first = write_report(url, "again", tmp_path / "out", device="cpu")
+def test_a_new_report_replaces_the_dashboard_figures_of_the_last_one(image_only: ImageOnly, tmp_path: Path) -> None:
+    url, first = image_only.url, image_only.report
     storage = optuna.storages.RDBStorage(url)
-    study_id = optuna.load_study(study_name="again", storage=storage)._study_id
+    study_id = optuna.load_study(study_name="image-only", storage=storage)._study_id
     chunks = sum(k.startswith("dashboard:plot_data:") for k in storage.get_study_system_attrs(study_id))
-    write_report(storage, "again", tmp_path / "out", features=False)
-    graphs = _graphs(url, "again")
+    write_report(storage, "image-only", tmp_path / "out", features=False)
+    graphs = _graphs(url, "image-only")
     assert sorted(graphs) == sorted(f"difffeat-{key}" for key in first.figures)  # replaced, not added
     assert sum(k.startswith("dashboard:plot_data:") for k in storage.get_study_system_attrs(study_id)) <= chunks
     assert graphs["difffeat-tsne"]["data"] == []
     assert "not in the latest report" in graphs["difffeat-tsne"]["layout"]["title"]["text"]
-    assert "feature analysis not asked for" in _detail(url, "again")["note"]["body"]
+    assert "feature analysis not asked for" in _detail(url, "image-only")["note"]["body"]
 
 
 def test_a_grid_study_shows_fusion_marginals_and_the_parts_of_its_best_fusion(finished: Finished) -> None:
@@ -285,17 +282,13 @@ def test_a_grid_study_shows_fusion_marginals_and_the_parts_of_its_best_fusion(fi
     assert best["image"]["params"] == {"modality": "image", "image_t": fusion["image_t"], "image_b": fusion["image_b"]}
 
 
-def test_a_one_modality_study_reports_what_it_has_and_says_what_it_lacks(finished: Finished, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/one.db"
-    # The plan starts with the image grid: 9 trials are an image-only study.
-    run_search(objective(finished.view), finished.space, SearchOptions(evaluate_best=False), storage=url,
-               study_name="image-only", n_trials=9)
-    report = write_report(url, "image-only", tmp_path / "out", device="cpu")
+def test_a_one_modality_study_reports_what_it_has_and_says_what_it_lacks(image_only: ImageOnly) -> None:
+    report = image_only.report
     assert report.figures == ["landscape", "summary", "curves", "per-class-ap", "tsne"]
     assert "fusion phase" in report.skipped and "heuristic vs grid" in report.skipped
     assert set(report.scores["best"]) == {"image"} and set(report.scores["clusters"]) == {"image"}
-    figure = _graphs(url, "image-only")["difffeat-landscape"]
-    assert len(_traces(figure, "heatmap")) == 1
+    (heatmap,) = _traces(_graphs(image_only.url, "image-only")["difffeat-landscape"], "heatmap")
+    assert heatmap["x"] == ["10", "30", "50"]  # the image A(t, b) alone
 
 
 def test_without_the_features_the_report_skips_their_figures_and_says_why(finished: Finished, tmp_path: Path) -> None:
