@@ -80,6 +80,7 @@ class FeatureAnalysis:
         embeddings: per role, the t-SNE embedding and cluster scores.
         rows_note: which rows were embedded (or why none were).
         seconds: time spent re-training and embedding.
+        tsne_seconds: the part of it spent embedding and scoring.
     """
 
     eval_split: str
@@ -92,6 +93,7 @@ class FeatureAnalysis:
     embeddings: tuple[Embedding, ...]
     rows_note: str
     seconds: float
+    tsne_seconds: float = 0.0
 
 
 def objective_for(study: StudyData, device: str | torch.device | None = None) -> Objective:
@@ -147,7 +149,7 @@ def roles_of(study: StudyData) -> tuple[dict[str, TrialConfig], dict[str, str]]:
 
 
 def analyse_features(objective: Objective, study: StudyData, *, max_rows: int = TSNE_MAX_ROWS,
-                     groups: int = TSNE_GROUPS, seed: int = 0, tsne: bool = True) -> FeatureAnalysis:
+                     groups: int = TSNE_GROUPS, seed: int = 0) -> FeatureAnalysis:
     """Re-train the best configurations of ``study`` and analyse their evaluation-split features.
 
     Args:
@@ -156,7 +158,6 @@ def analyse_features(objective: Objective, study: StudyData, *, max_rows: int = 
         max_rows: rows embedded at most by t-SNE.
         groups: label groups coloured.
         seed: seed of the subsample, PCA and t-SNE.
-        tsne: embed (False: scores and per-class AP only).
 
     Raises:
         ConfigError: the study has no COMPLETE trial, or the data set has no evaluation split.
@@ -177,17 +178,16 @@ def analyse_features(objective: Objective, study: StudyData, *, max_rows: int = 
             class_ap = _class_ap(rep.logits, rep.labels, objective.view.label_names)
     rows, names, note = label_groups(labels, objective.view.label_names, n_groups=groups, max_rows=max_rows, seed=seed)
     embeddings: list[Embedding] = []
-    if tsne and rows.size:
+    tsne_start = time.perf_counter()
+    if rows.size:
         for role in configs:
             points = embed(features[role][rows], seed=seed)
             embeddings.append(Embedding(role, points, cluster_scores(points, names)))
-    elif not tsne:
-        note = "t-SNE not asked for"
     return FeatureAnalysis(
         eval_split=str(objective.eval_split), configs=configs, titles=titles, results=results,
         best_role=best.config.modality, class_ap=class_ap,
         groups=tuple(names) if embeddings else (), embeddings=tuple(embeddings), rows_note=note,
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start, tsne_seconds=time.perf_counter() - tsne_start)
 
 
 def label_groups(labels: np.ndarray, label_names: tuple[str, ...], *, n_groups: int = TSNE_GROUPS,

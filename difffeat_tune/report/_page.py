@@ -71,17 +71,19 @@ def render_page(title: str, facts: Sequence[tuple[str, str]], summary: Table | N
             + "\n".join(parts) + "\n</body></html>\n")
 
 
-def render_note(title: str, facts: Sequence[tuple[str, str]], summary: Table | None,
-                comparison: Table | None, report: Path, skipped: Mapping[str, str]) -> str:
-    """The Markdown note of the study: best image / text / fusion scores, the comparison, the report's path."""
+def render_note(title: str, facts: Sequence[tuple[str, str]], summary: Table | None, comparison: Table | None,
+                clusters: Table | None, report: Path, skipped: Mapping[str, str]) -> str:
+    """The study's Markdown note: best image / text / fusion scores, the comparison, cluster scores, the report's path."""
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts]
     if summary is not None:
         lines += ["", "## Best image, text and fusion (%)", "", markdown_table(summary)]
     if comparison is not None:
         lines += ["", "## Heuristic vs grid", "", markdown_table(comparison)]
-    lines += ["", f"Report with every figure: `{report}` (HTML; PNG and PDF beside it). The same figures are in "
-                  "this study's plots in the dashboard."]
+    if clusters is not None:
+        lines += ["", "## Cluster scores of the t-SNE", "", markdown_table(clusters)]
+    lines += ["", f"Report with every figure: `{report}` (HTML; PNG, PDF and plotly JSON beside it). The figures "
+                  "are also on this study's page in the dashboard (their tables are in this note)."]
     if skipped:
         lines += ["", "Not shown:"] + [f"- {k}: {v}" for k, v in skipped.items()]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,8 @@ PLOTS_PX, HEIGHT_PER_ROW = 380, 20
 LEGEND_PX, AXIS_PX = 130, 75
 TABLE_ROW_PX = 28
 MARGIN_TOP, MARGIN_BOTTOM = 90, 20
+#: Height of the plots in optuna-dashboard's 450-pixel card, once titles and legend are placed.
+COMPACT_PLOTS_PX = 260
 #: Heatmaps with more cells than this show values on hover only (labels would overlap).
 MAX_CELL_LABELS = 200
 PALETTE = qualitative.D3
@@ -34,10 +36,16 @@ MARK_STYLE: Mapping[str, tuple[str, float, str]] = MappingProxyType({
 })
 
 
-def to_plotly(spec: FigureSpec) -> go.Figure:
-    """The plotly figure of ``spec``: its plots side by side, the legend below them, the table below that."""
+def to_plotly(spec: FigureSpec, *, compact: bool = False) -> go.Figure:
+    """The plotly figure of ``spec``: its plots side by side, the legend below them, the table below that.
+
+    Args:
+        spec: the figure.
+        compact: for optuna-dashboard, which shows each figure in a fixed 450-pixel-high card:
+            no table (the study note holds them), no fixed height (plotly fills the card).
+    """
     plots = [p for p in spec.panels if not isinstance(p, Table)]
-    tables = [p for p in spec.panels if isinstance(p, Table)]
+    tables = [] if compact else [p for p in spec.panels if isinstance(p, Table)]
     cols = max(1, len(plots))
     rows = max((len(p.y) for p in plots if isinstance(p, Heatmap)), default=0)
     plots_px = PLOTS_PX + HEIGHT_PER_ROW * max(0, rows - 12)
@@ -56,6 +64,9 @@ def to_plotly(spec: FigureSpec) -> go.Figure:
         horizontal_spacing=0.13 if any(isinstance(p, Heatmap) for p in plots) else 0.07,
         subplot_titles=[_title(p.title) for p in plots] + [_title(t.title) for t in tables],
     )
+    if compact:
+        plots_px = COMPACT_PLOTS_PX
+        legend_y = -AXIS_PX / plots_px
     legend_seen: set[str] = set()
     groups = _group_colours(spec.panels)
     for col, panel in enumerate(plots, start=1):
@@ -67,9 +78,12 @@ def to_plotly(spec: FigureSpec) -> go.Figure:
     for table in tables:
         fig.add_trace(_table(table), row=2, col=1)
     fig.update_layout(template=TEMPLATE, title={"text": spec.title}, barmode="group",
-                      height=MARGIN_TOP + area_px + MARGIN_BOTTOM + (0 if tables else LEGEND_PX),
                       legend={"orientation": "h", "y": legend_y, "yanchor": "top", "x": 0},
                       margin={"t": MARGIN_TOP, "b": MARGIN_BOTTOM + (0 if tables else LEGEND_PX)})
+    if compact:
+        fig.update_layout(margin={"t": 60, "b": LEGEND_PX, "l": 40, "r": 20}, legend={"font": {"size": 9}})
+    else:
+        fig.update_layout(height=MARGIN_TOP + area_px + MARGIN_BOTTOM + (0 if tables else LEGEND_PX))
     return fig
 
 

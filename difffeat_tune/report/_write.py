@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Reports go to ``runs/reports/<study>/`` unless told otherwise.
 DEFAULT_REPORTS = DEFAULT_RUNS / "reports"
-#: The page's file name in the report folder.
-PAGE_NAME = "index.html"
+#: The page's file name in the report folder, and the suffix of each figure's plotly JSON file.
+PAGE_NAME, PLOTLY_SUFFIX = "index.html", ".plotly.json"
 #: Prefix of the graph-object ids the report saves in a study (re-running a report replaces them).
 GRAPH_ID_PREFIX = "difffeat-"
 #: Study system attribute listing the graph ids reports saved (so a later report can retire them).
@@ -45,13 +47,14 @@ class Report:
         study_name: the study.
         out_dir: the report folder.
         html: the HTML page.
-        files: every file written (the page, then each figure's PNG and PDF).
+        files: every file written: the page, each figure's plotly JSON, PNG and PDF, the scores.
         figures: the figures' keys, in page order.
         scores: best configurations with their selection- and evaluation-split metrics
             (fractions), cluster scores per representation, and the comparison's regret.
         skipped: what is not shown, and why.
         dashboard: True if the figures and the note were saved into the study.
         seconds: time taken.
+        timings: seconds per step (reading, re-training, t-SNE, figures, files, dashboard).
     """
 
     study_name: str
@@ -63,12 +66,14 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)
     dashboard: bool = False
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready dict (paths as strings)."""
         return {"study_name": self.study_name, "out_dir": str(self.out_dir), "html": str(self.html),
                 "files": [str(p) for p in self.files], "figures": list(self.figures), "scores": self.scores,
-                "skipped": dict(self.skipped), "dashboard": self.dashboard, "seconds": round(self.seconds, 2)}
+                "skipped": dict(self.skipped), "dashboard": self.dashboard, "seconds": round(self.seconds, 2),
+                "timings": {k: round(v, 2) for k, v in self.timings.items()}}
 
 
 def write_report(
@@ -123,39 +128,64 @@ def write_report(
         PosixPath('runs/reports/shapes-heuristic/index.html')
     """
     start = time.perf_counter()
-    if isinstance(storage, str):
-        storage = open_storage(storage, heartbeat=False)
-    study = StudyData.load(storage, study_name, space)
+    timings: dict[str, float] = {}
+    with _timed(timings, "read the study"):
+        if isinstance(storage, str):
+            storage = open_storage(storage, heartbeat=False)
+        study = StudyData.load(storage, study_name, space)
     if not study.trials:
         raise ConfigError(f"study {study_name!r} has no finished trial to report on", "run the search first")
     folder = Path(out_dir) if out_dir is not None else DEFAULT_REPORTS / study_name
     folder.mkdir(parents=True, exist_ok=True)
-    report = Report(study_name=study_name, out_dir=folder, html=folder / PAGE_NAME)
+    report = Report(study_name=study_name, out_dir=folder, html=folder / PAGE_NAME, timings=timings)
 
     analysis = _analysis(study, objective, device, features, max_rows, seed, report.skipped)
-    comparison, other = _comparison(storage, study, report.skipped)
-    specs = _specs(study, analysis, other, comparison.rows() if comparison else [], report.skipped)
-    figures = [(spec, to_plotly(spec)) for spec in specs]
+    if analysis is not None:
+        timings["re-train the best configurations"] = analysis.seconds - analysis.tsne_seconds
+        timings["t-SNE and cluster scores"] = analysis.tsne_seconds
+    with _timed(timings, "read the study"):
+        comparison, other = _comparison(storage, study, report.skipped)
+    with _timed(timings, "interactive figures"):
+        specs = _specs(study, analysis, other, comparison.rows() if comparison else [], report.skipped)
+        figures = [(spec, to_plotly(spec)) for spec in specs]
     summary = next((p for s in specs if s.key == "summary" for p in s.panels if isinstance(p, Table)), None)
     comparison_table = next((p for s in specs if s.key == "comparison" for p in s.panels if isinstance(p, Table)), None)
+    clusters = figs.cluster_table(analysis) if analysis is not None and analysis.embeddings else None
     title = f"Diff-Feat report: {study_name}"
     facts = _facts(study, analysis)
 
-    report.html.write_text(render_page(title, facts, summary, figures, report.skipped), encoding="utf-8")
-    report.files.append(report.html)
-    for spec in specs:
-        report.files += save_static(spec, folder)
+    with _timed(timings, "HTML page"):
+        report.html.write_text(render_page(title, facts, summary, figures, report.skipped), encoding="utf-8")
+        for spec, fig in figures:  # each figure's plotly JSON too: plotly.io.read_json opens it again
+            path = folder / f"{spec.key}{PLOTLY_SUFFIX}"
+            path.write_text(fig.to_json(), encoding="utf-8")
+            report.files.append(path)
+    report.files.insert(0, report.html)
+    with _timed(timings, "PNG and PDF"):
+        for spec in specs:
+            report.files += save_static(spec, folder)
     report.figures = [spec.key for spec in specs]
     report.scores = _scores(study, analysis, comparison)
     (folder / "scores.json").write_text(json.dumps(report.scores, indent=1))
     report.files.append(folder / "scores.json")
     if dashboard:
-        _save_to_dashboard(storage, study_name, figures,
-                           render_note(title, facts, summary, comparison_table, report.html, report.skipped))
+        with _timed(timings, "dashboard"):
+            _save_to_dashboard(storage, study_name, [(spec, to_plotly(spec, compact=True)) for spec in specs],
+                               render_note(title, facts, summary, comparison_table, clusters, report.html,
+                                           report.skipped))
         report.dashboard = True
     report.seconds = time.perf_counter() - start
     logger.info("report of %s: %d figures in %s (%.1f s)", study_name, len(specs), folder, report.seconds)
     return report
+
+
+@contextmanager
+def _timed(timings: dict[str, float], what: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[what] = timings.get(what, 0.0) + time.perf_counter() - start
 
 
 def _analysis(study: StudyData, objective: Objective | None, device: str | torch.device | None, features: bool,

@@ -13,7 +13,7 @@ import torch
 
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.probe.metrics import METRIC_NAMES, average_precision_per_class
-from difffeat_tune.report import write_report
+from difffeat_tune.report import Report, write_report
 from difffeat_tune.report._features import objective_for
 from difffeat_tune.report._study import StudyData
 from difffeat_tune.search._heuristic import grid_neighbourhood
@@ -46,6 +46,16 @@ def _graphs(url: str, study_name: str) -> dict[str, dict]:
     return {g["id"]: json.loads(g["graph_object"]) for g in _detail(url, study_name)["plotly_graph_objects"]}
 
 
+def _figure(report: Report, key: str) -> dict:
+    """A figure of the report, from its plotly JSON file."""
+    return json.loads((report.out_dir / f"{key}.plotly.json").read_text())
+
+
+def _content(trace: dict) -> dict:
+    """What a trace shows (its placement and styling left out)."""
+    return {k: trace.get(k) for k in ("type", "name", "x", "y", "z", "text")}
+
+
 def _traces(figure: dict, kind: str) -> list[dict]:
     return [t for t in figure["data"] if t["type"] == kind]
 
@@ -74,7 +84,7 @@ def _tb(tb: tuple[int, int]) -> str:
 
 
 def test_landscape_heatmaps_hold_every_unimodal_score_and_mark_the_optimum(finished: Finished) -> None:
-    figure = _graphs(finished.url, "s-heuristic")["difffeat-landscape"]
+    figure = _figure(finished.heuristic, "landscape")
     image, text = _traces(figure, "heatmap")
     study = _study(finished, "s-heuristic")
     for heatmap, modality in ((image, "image"), (text, "text")):
@@ -92,7 +102,7 @@ def test_landscape_heatmaps_hold_every_unimodal_score_and_mark_the_optimum(finis
 
 
 def test_fusion_grid_holds_each_candidate_pair_and_marks_the_chosen_one(finished: Finished) -> None:
-    figure = _graphs(finished.url, "s-heuristic")["difffeat-fusion"]
+    figure = _figure(finished.heuristic, "fusion")
     (heatmap,) = _traces(figure, "heatmap")
     study = _study(finished, "s-heuristic")
     for axis, modality in (("y", "image"), ("x", "text")):  # the cross around each modality's optimum
@@ -109,7 +119,7 @@ def test_fusion_grid_holds_each_candidate_pair_and_marks_the_chosen_one(finished
 
 
 def test_summary_compares_best_image_text_and_fusion_on_both_splits_in_paper_order(finished: Finished) -> None:
-    figure = _graphs(finished.url, "s-heuristic")["difffeat-summary"]
+    figure = _figure(finished.heuristic, "summary")
     val, test = _traces(figure, "bar")[:3], _traces(figure, "bar")[3:]
     names = [name for key, name in METRIC_NAMES if key not in ("top1", "top5")]
     assert [b["name"] for b in val] == ["best image", "best text", "best fusion"] == [b["name"] for b in test]
@@ -129,8 +139,8 @@ def test_summary_compares_best_image_text_and_fusion_on_both_splits_in_paper_ord
 
 
 def test_heuristic_vs_grid_shows_the_grid_landscape_with_the_heuristic_pairs_and_the_costs(finished: Finished) -> None:
-    figure = _graphs(finished.url, "s-heuristic")["difffeat-comparison"]
-    assert _graphs(finished.url, "s-grid")["difffeat-comparison"] == figure  # both studies' reports show it
+    figure = _figure(finished.heuristic, "comparison")
+    assert _figure(finished.grid, "comparison") == figure  # both studies' reports show it
     (heatmap,) = _traces(figure, "heatmap")
     assert len(heatmap["y"]) == 9 and len(heatmap["x"]) == 4
     assert all(v is not None for row in heatmap["z"] for v in row)  # every grid pair ran
@@ -155,7 +165,7 @@ def test_heuristic_vs_grid_shows_the_grid_landscape_with_the_heuristic_pairs_and
 
 
 def test_training_curves_are_the_best_trials_per_epoch_scores(finished: Finished) -> None:
-    figure = _graphs(finished.url, "s-heuristic")["difffeat-curves"]
+    figure = _figure(finished.heuristic, "curves")
     lines = _traces(figure, "scatter")
     study = _study(finished, "s-heuristic")
     assert len(lines) == 3
@@ -167,7 +177,7 @@ def test_training_curves_are_the_best_trials_per_epoch_scores(finished: Finished
 
 
 def test_per_class_ap_is_the_best_configuration_s_and_names_best_and_worst(finished: Finished) -> None:
-    spec = _graphs(finished.url, "s-heuristic")["difffeat-per-class-ap"]
+    spec = _figure(finished.heuristic, "per-class-ap")
     (bars,) = _traces(spec, "bar")
     study = StudyData.load(finished.url, "s-heuristic")
     rep = objective_for(study, "cpu").representation(study.best().config)
@@ -182,7 +192,7 @@ def test_per_class_ap_is_the_best_configuration_s_and_names_best_and_worst(finis
 def test_tsne_colours_label_groups_and_tabulates_cluster_scores_of_the_points_shown(finished: Finished) -> None:
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-    figure = _graphs(finished.url, "s-heuristic")["difffeat-tsne"]
+    figure = _figure(finished.heuristic, "tsne")
     (table,) = _traces(figure, "table")
     assert table["cells"]["values"][0] == ["best image", "best text", "best fusion"]
     points = _traces(figure, "scatter")
@@ -243,11 +253,17 @@ def test_png_and_pdf_of_every_figure_are_written(finished: Finished) -> None:
 
 def test_the_dashboard_serves_the_saved_figures_and_the_note(finished: Finished) -> None:
     detail = _detail(finished.url, "s-heuristic")
-    ids = sorted(g["id"] for g in detail["plotly_graph_objects"])
-    assert ids == sorted(f"difffeat-{key}" for key in finished.heuristic.figures)
+    graphs = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
+    assert sorted(graphs) == sorted(f"difffeat-{key}" for key in finished.heuristic.figures)
+    for key in finished.heuristic.figures:
+        page = _figure(finished.heuristic, key)
+        # The dashboard's cards are 450 px high: the same plots, without tables or a fixed height.
+        assert [_content(t) for t in graphs[f"difffeat-{key}"]["data"]] == [
+            _content(t) for t in page["data"] if t["type"] != "table"]
+        assert "height" not in graphs[f"difffeat-{key}"]["layout"]
     body = detail["note"]["body"]
     assert "## Best image, text and fusion (%)" in body and "## Heuristic vs grid" in body
-    assert str(finished.heuristic.html) in body
+    assert "## Cluster scores of the t-SNE" in body and str(finished.heuristic.html) in body
     fusion = finished.heuristic.scores["best"]["fusion"]
     assert f"| best fusion | {fusion['config']} | test | {100 * fusion['evaluation']['map']:.2f} |" in body
 
@@ -267,7 +283,7 @@ def test_a_new_report_replaces_the_dashboard_figures_of_the_last_one(image_only:
 
 
 def test_a_grid_study_shows_fusion_marginals_and_the_parts_of_its_best_fusion(finished: Finished) -> None:
-    figure = _graphs(finished.url, "s-grid")["difffeat-landscape"]
+    figure = _figure(finished.grid, "landscape")
     image, text = _traces(figure, "heatmap")
     grid = [t for t in _study(finished, "s-grid").trials if t.value is not None]
     for (t, b) in [(10, 4), (30, 8), (50, 12)]:
@@ -287,7 +303,7 @@ def test_a_one_modality_study_reports_what_it_has_and_says_what_it_lacks(image_o
     assert report.figures == ["landscape", "summary", "curves", "per-class-ap", "tsne"]
     assert "fusion phase" in report.skipped and "heuristic vs grid" in report.skipped
     assert set(report.scores["best"]) == {"image"} and set(report.scores["clusters"]) == {"image"}
-    (heatmap,) = _traces(_graphs(image_only.url, "image-only")["difffeat-landscape"], "heatmap")
+    (heatmap,) = _traces(_figure(report, "landscape"), "heatmap")
     assert heatmap["x"] == ["10", "30", "50"]  # the image A(t, b) alone
 
 
