@@ -23,7 +23,7 @@ LEGEND_PX, AXIS_PX = 130, 75
 TABLE_ROW_PX = 28
 MARGIN_TOP, MARGIN_BOTTOM = 90, 20
 #: Height of the plots in optuna-dashboard's 450-pixel card, once titles and legend are placed.
-COMPACT_PLOTS_PX = 260
+COMPACT_PLOTS_PX, COMPACT_TOP_PX = 260, 60
 #: Heatmaps with more cells than this show values on hover only (labels would overlap).
 MAX_CELL_LABELS = 200
 PALETTE = qualitative.D3
@@ -81,7 +81,9 @@ def to_plotly(spec: FigureSpec, *, compact: bool = False) -> go.Figure:
                       legend={"orientation": "h", "y": legend_y, "yanchor": "top", "x": 0},
                       margin={"t": MARGIN_TOP, "b": MARGIN_BOTTOM + (0 if tables else LEGEND_PX)})
     if compact:
-        fig.update_layout(margin={"t": 60, "b": LEGEND_PX, "l": 40, "r": 20}, legend={"font": {"size": 9}})
+        title_lines = max((p.title.count("\n") for p in plots), default=0)  # two-line panel titles need room
+        fig.update_layout(margin={"t": COMPACT_TOP_PX + 16 * title_lines, "b": LEGEND_PX, "l": 40, "r": 20},
+                          legend={"font": {"size": 9}})
     else:
         fig.update_layout(height=MARGIN_TOP + area_px + MARGIN_BOTTOM + (0 if tables else LEGEND_PX))
     return fig

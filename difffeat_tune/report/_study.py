@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -70,6 +70,8 @@ class StudyData:
         trials: every finished trial that held a configuration (surplus and running trials left out).
         space: the study's search space when it can be loaded (needed to re-train fusion heads).
         surplus: trials the heuristic ended without a configuration (PRUNED, nothing run).
+        study: the Optuna study it was read from (its storage caches the finished trials, so
+            summaries of it read nothing again).
     """
 
     name: str
@@ -77,6 +79,7 @@ class StudyData:
     trials: tuple[TrialRecord, ...]
     space: SearchSpace | None
     surplus: int = 0
+    study: optuna.Study | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, storage: str | optuna.storages.BaseStorage, study_name: str,
@@ -95,7 +98,7 @@ class StudyData:
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)
         except KeyError:
-            names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+            names = ", ".join(study_names(storage)) or "none"
             raise ConfigError(f"no study {study_name!r} in storage {_describe(storage)} (studies: {names})",
                               "pass the --study-name of a finished run") from None
         attrs = dict(study.user_attrs)
@@ -108,7 +111,7 @@ class StudyData:
         trials = study.get_trials(deepcopy=False)
         records = [r for r in (_record(t, d_alg) for t in trials) if r is not None]
         surplus = sum(1 for t in trials if t.user_attrs.get(A_SURPLUS))
-        return cls(name=study_name, attrs=attrs, trials=tuple(records), space=space, surplus=surplus)
+        return cls(name=study_name, attrs=attrs, trials=tuple(records), space=space, surplus=surplus, study=study)
 
     @property
     def sampler(self) -> str:
@@ -173,8 +176,8 @@ def companion_name(study_name: str) -> str | None:
 
 
 def study_names(storage: str | optuna.storages.BaseStorage) -> list[str]:
-    """Names of the studies in ``storage``."""
-    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    """Names of the studies in ``storage`` (without reading their trials, as study summaries would)."""
+    return [s.study_name for s in optuna.storages.get_storage(storage).get_all_studies()]
 
 
 def _record(trial: FrozenTrial, d_alg: int) -> TrialRecord | None:

@@ -170,7 +170,8 @@ def write_report(
     report.files.append(folder / "scores.json")
     if dashboard:
         with _timed(timings, "dashboard"):
-            _save_to_dashboard(storage, study_name, [(spec, to_plotly(spec, compact=True)) for spec in specs],
+            _save_to_dashboard(study.study or optuna.load_study(study_name=study_name, storage=storage),
+                               [(spec, to_plotly(spec, compact=True)) for spec in specs],
                                render_note(title, facts, summary, comparison_table, clusters, report.html,
                                            report.skipped))
         report.dashboard = True
@@ -217,7 +218,7 @@ def _comparison(storage: optuna.storages.BaseStorage, study: StudyData,
     if set(pair) != {"heuristic", "grid"}:
         skipped["heuristic vs grid"] = f"studies {study.name} and {name} are not a heuristic and a grid study"
         return None, None
-    summaries = {k: summarize(optuna.load_study(study_name=s.name, storage=storage)) for k, s in pair.items()}
+    summaries = {k: summarize(s.study or optuna.load_study(study_name=s.name, storage=storage)) for k, s in pair.items()}
     return Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"]), other
 
 
@@ -278,8 +279,7 @@ def _scores(study: StudyData, analysis: FeatureAnalysis | None, comparison: Comp
     return out
 
 
-def _save_to_dashboard(storage: optuna.storages.BaseStorage, study_name: str,
-                       figures: list[tuple[FigureSpec, go.Figure]], note: str) -> None:
+def _save_to_dashboard(study: optuna.Study, figures: list[tuple[FigureSpec, go.Figure]], note: str) -> None:
     """Save the figures (fixed ids: a new report replaces the last one's) and the note into the study.
 
     The dashboard cannot delete a saved figure: one that the last report had and this one lacks
@@ -287,7 +287,7 @@ def _save_to_dashboard(storage: optuna.storages.BaseStorage, study_name: str,
     """
     from optuna_dashboard import save_note, save_plotly_graph_object
 
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    storage = study._storage
     ids = [f"{GRAPH_ID_PREFIX}{spec.key}" for spec, _ in figures]
     for graph_id, (_, fig) in zip(ids, figures):
         save_plotly_graph_object(study, fig, graph_object_id=graph_id)
