@@ -35,6 +35,8 @@ DEFAULT_REPORTS = DEFAULT_RUNS / "reports"
 PAGE_NAME, PLOTLY_SUFFIX = "index.html", ".plotly.json"
 #: Prefix of the graph-object ids the report saves in a study (re-running a report replaces them).
 GRAPH_ID_PREFIX = "difffeat-"
+#: What the report lacks without the feature analysis (its key in :attr:`Report.skipped`).
+FEATURE_PLOTS = "evaluation scores, per-class AP, t-SNE"
 #: Study system attribute listing the graph ids reports saved (so a later report can retire them).
 GRAPHS_ATTR = "difffeat:report_graphs"
 
@@ -192,12 +194,12 @@ def _timed(timings: dict[str, float], what: str) -> Iterator[None]:
 def _analysis(study: StudyData, objective: Objective | None, device: str | torch.device | None, features: bool,
               max_rows: int, seed: int, skipped: dict[str, str]) -> FeatureAnalysis | None:
     if not features:
-        skipped["evaluation scores, per-class AP, t-SNE"] = "feature analysis not asked for"
+        skipped[FEATURE_PLOTS] = "feature analysis not asked for"
         return None
     try:
         analysis = analyse_features(objective or objective_for(study, device), study, max_rows=max_rows, seed=seed)
     except DiffFeatError as exc:
-        skipped["evaluation scores, per-class AP, t-SNE"] = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        skipped[FEATURE_PLOTS] = exc.message + (f" ({exc.hint})" if exc.hint else "")
         logger.warning("report of %s without the feature analysis: %s", study.name, exc.message)
         return None
     if not analysis.embeddings:

@@ -340,3 +340,23 @@ def test_label_groups_are_rows_with_exactly_one_frequent_label() -> None:
     assert len(sampled) == 3 and set(sampled) <= {0, 2, 3, 4} and "3 of these 4" in note
     none, _, note = label_groups(np.eye(3, dtype=np.int8), ("a", "b", "c"))
     assert none.size == 0 and "skipped" in note
+
+
+def test_pruned_trials_are_labelled_in_the_landscape_and_left_out_of_the_optimum(finished: Finished,
+                                                                                 tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/pruned.db"
+    run_search(objective(finished.view), finished.space, SearchOptions(pruner="halving", evaluate_best=False),
+               storage=url, study_name="pruned", n_trials=13)
+    report = write_report(url, "pruned", tmp_path / "out", features=False, dashboard=False)
+    figure = _figure(report, "landscape")
+    trials = optuna.load_study(study_name="pruned", storage=url).trials
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED and "image_t" in t.params]
+    assert pruned  # successive halving stops some probes after their first epoch
+    (image, _) = _traces(figure, "heatmap")
+    for trial in pruned:
+        x, y = str(trial.params["image_t"]), str(trial.params["image_b"])
+        assert _cell(image, x, y) is None
+        assert image["text"][image["y"].index(y)][image["x"].index(x)] == "pruned"
+    complete = [t for t in trials if t.value is not None and "image_t" in t.params]
+    best = max(complete, key=lambda t: t.value)
+    assert _outlined(figure, image, "black") == [(str(best.params["image_t"]), str(best.params["image_b"]))]
