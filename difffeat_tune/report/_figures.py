@@ -14,9 +14,8 @@ from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe.metrics import METRIC_NAMES
 from difffeat_tune.report._features import ROLES, FeatureAnalysis
 from difffeat_tune.report._spec import Bars, Curves, FigureSpec, Heatmap, Mark, MarkKind, Scatter, Table
-from difffeat_tune.report._study import StudyData, TrialRecord
+from difffeat_tune.report._study import METRIC_KEYS, StudyData, TrialRecord
 
-_METRIC_KEYS = frozenset(key for key, _ in METRIC_NAMES)
 #: Per-class AP: with more classes than twice this, only the best and the worst this many are drawn.
 CLASSES_SHOWN = 15
 #: Training curves of this many best trials when the study has a single phase (a grid study).
@@ -213,7 +212,7 @@ def best_rows(study: StudyData, analysis: FeatureAnalysis | None) -> list[BestRo
         title = analysis.titles[role] if analysis and role in analysis.titles else f"best {role}"
         evaluation: dict[str, float] = {}
         if analysis is not None and role in analysis.results:
-            evaluation = {k: float(v) for k, v in analysis.results[role].metrics.items() if k in _METRIC_KEYS}
+            evaluation = {k: float(v) for k, v in analysis.results[role].metrics.items() if k in METRIC_KEYS}
         elif best is not None and record is not None and record.number == best.number:
             evaluation = study.eval_metrics
         rows.append(BestRow(role, title, config, dict(record.metrics) if record else {}, evaluation))

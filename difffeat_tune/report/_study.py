@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 HEURISTIC_SUFFIX, GRID_SUFFIX = "-heuristic", "-grid"
 #: Trial user attribute of the heuristic's surplus trials.
 A_SURPLUS = "surplus"
-_METRIC_KEYS = frozenset(key for key, _ in METRIC_NAMES)
+#: Keys of the metrics (the flat trial attributes the report reads).
+METRIC_KEYS = frozenset(key for key, _ in METRIC_NAMES)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class StudyData:
         best = self.best()
         if best is None or self.attrs.get("eval_trial") != best.number:
             return {}
-        return {k: float(v) for k, v in dict(self.attrs.get("eval_metrics") or {}).items() if k in _METRIC_KEYS}
+        return {k: float(v) for k, v in dict(self.attrs.get("eval_metrics") or {}).items() if k in METRIC_KEYS}
 
     @property
     def selection_split(self) -> str:
@@ -194,7 +195,7 @@ def _record(trial: FrozenTrial, d_alg: int) -> TrialRecord | None:
         phase=str(attrs.get("phase", config.modality)),
         config=config,
         value=float(trial.value) if trial.state == TrialState.COMPLETE and trial.value is not None else None,
-        metrics={k: float(v) for k, v in attrs.items() if k in _METRIC_KEYS and isinstance(v, (int, float))},
+        metrics={k: float(v) for k, v in attrs.items() if k in METRIC_KEYS and isinstance(v, (int, float))},
         curve=tuple(sorted((int(step), float(v)) for step, v in trial.intermediate_values.items())),
         epochs=int(attrs.get("epochs_run", 0) or 0),
         seconds=float(attrs.get("seconds", 0.0) or 0.0),
