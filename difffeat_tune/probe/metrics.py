@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -66,6 +67,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.5
 #: k of the second single-label accuracy.
 DEFAULT_TOP_K = 5
+#: Metric keys (as in ``as_dict``) and their names as papers write them, in the order papers list
+#: them: multi-label mAP, CP, CR, CF1, OP, OR, OF1, then single-label top-1, top-5.
+METRIC_NAMES: tuple[tuple[str, str], ...] = (
+    ("map", "mAP"), ("cp", "CP"), ("cr", "CR"), ("cf1", "CF1"), ("op", "OP"), ("or", "OR"), ("of1", "OF1"),
+    ("top1", "top-1"), ("top5", "top-5"))
 #: How many excluded class indices the WARNING names (the DEBUG record names all of them).
 _MAX_INDICES_IN_WARNING = 40
 
@@ -74,6 +80,19 @@ _AP_CHUNK_ELEMENTS = 1 << 22
 
 # Sets of excluded class indices already reported at WARNING level (log once per distinct set).
 _REPORTED_EXCLUSIONS: set[tuple[int, ...]] = set()
+
+
+def ordered_metrics(metrics: Mapping[str, object]) -> list[tuple[str, str, float]]:
+    """The metrics of ``metrics`` in :data:`METRIC_NAMES` order, as ``(key, name, value)``.
+
+    Other keys (the class counts, anything unknown) are left out.
+
+    Example:
+        >>> ordered_metrics({"of1": 0.5, "map": 0.9, "n_classes_scored": 80})
+        [('map', 'mAP', 0.9), ('of1', 'OF1', 0.5)]
+    """
+    return [(key, name, float(metrics[key])) for key, name in METRIC_NAMES  # type: ignore[arg-type]
+            if metrics.get(key) is not None]
 
 
 class ProbeInputError(DataError):

@@ -30,7 +30,7 @@ from difffeat_tune._device import resolve_device
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe.heads import build_head
-from difffeat_tune.probe.train import TrainRecipe, evaluate, train_head
+from difffeat_tune.probe.train import TrainRecipe, evaluate, predict_logits, train_head
 from difffeat_tune.store import FeatureView, Labels, check_aligned
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,23 @@ class TrialResult:
         out = asdict(self)
         out["config"] = self.config.to_params()
         return out
+
+
+@dataclass(frozen=True)
+class Representation:
+    """A trained head's view of the evaluation split (see :meth:`Objective.representation`).
+
+    Attributes:
+        features: ``[N, D]`` float32 on the CPU: what the classifier reads.
+        logits: ``[N, C]`` float32 on the CPU: the classifier's output.
+        labels: ``[N, C]`` int8 targets (1 / 0 / -1 = ignore).
+        result: the evaluation split's scores.
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    labels: np.ndarray
+    result: TrialResult
 
 
 @dataclass(frozen=True)
@@ -231,19 +248,20 @@ class Objective:
         """Re-train ``config`` and score it on the evaluation split (the number to report)."""
         return self._fit(config, self._eval_rows(), None)[0]
 
-    def representation(self, config: TrialConfig) -> tuple[torch.Tensor, np.ndarray, TrialResult]:
-        """Train ``config``'s head and return what its classifier sees on the evaluation split.
+    def representation(self, config: TrialConfig) -> Representation:
+        """Train ``config``'s head and return what it reads and predicts on the evaluation split.
 
-        Returns:
-            ``(representation [N, D] float32 on the CPU, labels [N, C] int8, the evaluation result)``:
-            the standardised feature for a unimodal configuration, the head's fused vector
-            (``head.fuse``, before the classifier) for a fusion configuration.
+        The features are the standardised feature for a unimodal configuration and the head's
+        fused vector (``head.fuse``, before the classifier) for a fusion configuration; the logits
+        are the classifier's output on the same rows (per-class scores).
         """
         rows = self._eval_rows()
         result, head, inputs = self._fit(config, rows, None)
         with torch.no_grad():
-            fused = head.eval().fuse(*inputs).float().cpu()
-        return fused, np.asarray(self._split_labels(rows.split).values), result
+            features = head.eval().fuse(*inputs).float().cpu()
+        logits = predict_logits(head, inputs, batch_size=self.settings.recipe.eval_batch_size).cpu()
+        return Representation(features=features, logits=logits,
+                              labels=np.asarray(self._split_labels(rows.split).values), result=result)
 
     def _eval_rows(self) -> _Rows:
         if self.eval_split is None:
@@ -256,4 +274,4 @@ class Objective:
         return Objective(self.view, replace(self.settings, recipe=recipe), self.device)
 
 
-__all__ = ["Objective", "ObjectiveSettings", "TrialResult", "PROTOCOLS", "evaluate"]
+__all__ = ["Objective", "ObjectiveSettings", "Representation", "TrialResult", "PROTOCOLS", "evaluate"]

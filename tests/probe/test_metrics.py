@@ -20,6 +20,7 @@ from difffeat_tune.probe.metrics import (
     average_precision_per_class,
     mean_average_precision,
     multilabel_metrics,
+    ordered_metrics,
     singlelabel_metrics,
     top_k_accuracy,
 )
@@ -248,3 +249,12 @@ def test_result_dataclasses_are_frozen_and_export_dicts() -> None:
         m.map = 0.0  # type: ignore[misc]
     s = singlelabel_metrics(torch.rand(4, 3), torch.tensor([0, 1, 2, 0]))
     assert isinstance(s, SingleLabelMetrics) and set(s.as_dict()) == {"top1", "top5"}
+
+
+def test_metrics_are_listed_in_the_order_papers_write_them_without_counts() -> None:
+    scores, targets = _fixed_data()
+    metrics = multilabel_metrics(scores, targets, from_logits=True).as_dict()
+    assert [name for _, name, _ in ordered_metrics(metrics)] == ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+    assert [value for key, _, value in ordered_metrics(metrics)] == [metrics[k] for k in
+                                                                     ("map", "cp", "cr", "cf1", "op", "or", "of1")]
+    assert [name for _, name, _ in ordered_metrics({"top5": 0.9, "top1": 0.5})] == ["top-1", "top-5"]

@@ -118,9 +118,18 @@ def test_ids_that_do_not_match_the_labels_are_an_error(synthetic_view) -> None: 
 def test_representation_is_what_the_classifier_of_the_trained_head_reads(synthetic_view) -> None:  # type: ignore[no-untyped-def]
     objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=3, batch_size=32)))
     config = TrialConfig("fusion", image=(30, 8), text=(0, 12), fusion="linear_add", d_alg=8)
-    fused, labels, result = objective.representation(config)
-    assert fused.shape == (80, 8) and labels.shape == (80, 6)
-    assert result.split == "test" and result.metrics == objective.evaluate(config).metrics
-    image, labels_again, _ = objective.representation(TrialConfig("image", image=(30, 8)))
-    assert image.shape == (80, 16) and (labels_again == labels).all()
-    torch.testing.assert_close(image.mean(dim=0), torch.zeros(16), atol=0.5, rtol=0)  # standardised on train
+    fused = objective.representation(config)
+    assert fused.features.shape == (80, 8) and fused.labels.shape == (80, 6) and fused.logits.shape == (80, 6)
+    assert fused.result.split == "test" and fused.result.metrics == objective.evaluate(config).metrics
+    image = objective.representation(TrialConfig("image", image=(30, 8)))
+    assert image.features.shape == (80, 16) and (image.labels == fused.labels).all()
+    torch.testing.assert_close(image.features.mean(dim=0), torch.zeros(16), atol=0.5, rtol=0)  # standardised on train
+
+
+def test_representation_logits_score_as_the_evaluation_metrics(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    from difffeat_tune.probe.metrics import mean_average_precision
+
+    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=3, batch_size=32)))
+    rep = objective.representation(TrialConfig("text", text=(0, 12)))
+    targets = torch.from_numpy(rep.labels.astype("int64"))
+    assert mean_average_precision(rep.logits, targets, from_logits=True) == pytest.approx(rep.result.metrics["map"])

@@ -1,0 +1,69 @@
+"""Finished studies for the report tests: a heuristic and a grid study of one search, and their reports.
+
+Built once per session, for real: the synthetic feature store of ``tests/conftest.py``, the small
+space, ``run_search`` with a few probe epochs into a SQLite storage, then ``write_report``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from difffeat_tune.probe.objective import Objective, ObjectiveSettings
+from difffeat_tune.probe.train import TrainRecipe
+from difffeat_tune.report import Report, write_report
+from difffeat_tune.search.runner import SearchOptions, run_search
+from difffeat_tune.search.space import SearchSpace, load_space
+from difffeat_tune.store import FeatureView
+from tests.conftest import SMALL_SPACE, write_synthetic_store
+
+EPOCHS = 3
+
+
+@dataclass
+class Finished:
+    """A storage with ``s-heuristic`` and ``s-grid``, and the report of each."""
+
+    url: str
+    root: Path
+    view: FeatureView
+    space: SearchSpace
+    heuristic: Report
+    grid: Report
+
+
+def objective(view: FeatureView) -> Objective:
+    return Objective(view, ObjectiveSettings(recipe=TrainRecipe(epochs=EPOCHS, batch_size=32, cpu_threads=1)), "cpu")
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
+    root = tmp_path_factory.mktemp("report")
+    view = write_synthetic_store(root / "features")
+    (root / "small.toml").write_text(SMALL_SPACE)
+    space = load_space(root / "small.toml")
+    url = f"sqlite:///{root}/studies.db"
+    for sampler in ("heuristic", "grid"):
+        run_search(objective(view), space, SearchOptions(sampler=sampler), storage=url, study_name=f"s-{sampler}")
+    reports = {s: write_report(url, f"s-{s}", root / "reports" / s, device="cpu") for s in ("heuristic", "grid")}
+    return Finished(url, root, view, space, reports["heuristic"], reports["grid"])
+
+
+@dataclass
+class ImageOnly:
+    """A study that holds only image trials (the plan's first phase), and its report."""
+
+    url: str
+    report: Report
+
+
+@pytest.fixture(scope="session")
+def image_only(finished: Finished, tmp_path_factory: pytest.TempPathFactory) -> ImageOnly:
+    root = tmp_path_factory.mktemp("image-only")
+    url = f"sqlite:///{root}/one.db"
+    # The plan starts with the image grid: its 9 trials make an image-only study.
+    run_search(objective(finished.view), finished.space, SearchOptions(evaluate_best=False), storage=url,
+               study_name="image-only", n_trials=9)
+    return ImageOnly(url, write_report(url, "image-only", root / "out", device="cpu"))
