@@ -75,6 +75,7 @@ NTrialsOpt = Annotated[Optional[int], typer.Option(help="Stop after this many ne
 GridSeedOpt = Annotated[int, typer.Option(help="Seed of the grid order.")]
 EngineOpt = Annotated[str, typer.Option(help="'local' (this process) or 'ray' (Ray Tune trials on a Ray cluster).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join ('auto', 'host:port'); default: a private local Ray.")]
+NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write the report (runs/reports/<study>/) at the end.")]
 
 
 def _ints(text: Optional[str], option: str) -> tuple[int, ...] | None:
@@ -301,15 +302,17 @@ def _search_command(kind: str) -> Callable[..., None]:
         text_noising: NoisingOpt = "ddim",
         inversion_step: InversionOpt = None,
         resolution: ResolutionOpt = None,
+        no_report: NoReportOpt = False,
         as_json: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         _setup_logging(verbose)
-        options = {k: v for k, v in locals().items() if k not in ("as_json", "verbose", "kind")}
+        options = {k: v for k, v in locals().items() if k not in ("as_json", "verbose", "kind", "no_report")}
         settings = _settings(**options, sampler="grid" if kind == "grid" else "heuristic")
         # With --json, stdout carries the JSON alone: anything a library prints (Ray Tune's status) goes to stderr.
         with redirect_stdout(sys.stderr) if as_json else nullcontext():
-            result = _compare(settings, as_json) if kind == "compare" else _run(settings, as_json)
+            result = (_compare(settings, as_json, report=not no_report) if kind == "compare"
+                      else _run(settings, as_json, report=not no_report))
         if as_json:
             out.print_json(json.dumps(result.as_dict(), default=str))
         elif kind != "compare":
@@ -323,8 +326,9 @@ def _search_command(kind: str) -> Callable[..., None]:
     return command
 
 
-def _run(settings: Settings, quiet: bool) -> SearchSummary:
+def _run(settings: Settings, quiet: bool, *, report: bool = True) -> SearchSummary:
     from difffeat_tune._device import configure_threads
+    from difffeat_tune.probe.objective import Objective
     from difffeat_tune.search.runner import parse_storage_url, run_search
 
     parse_storage_url(settings.search.storage_url())  # a malformed URL or a missing driver, before any extraction
@@ -332,14 +336,31 @@ def _run(settings: Settings, quiet: bool) -> SearchSummary:
     settings = settings.with_space(prepared.space)
     configure_threads(settings.search.workers, settings.search.threads)
     name = settings.search.study_name_for(prepared.view.folder.name)
+    objective = Objective(prepared.view, settings.probe, device=settings.device)
     with _trial_progress(quiet, f"{settings.search.sampler} search ({name})") as callback:
-        return run_search(settings, prepared.view, callbacks=[callback])
+        summary = run_search(settings, prepared.view, callbacks=[callback], objective=objective)
+    if report:
+        _report(settings, summary.study_name, objective, quiet)
+    return summary
 
 
-def _compare(settings: Settings, quiet: bool):  # type: ignore[no-untyped-def]
+def _report(settings: Settings, study_name: str, objective: object, quiet: bool) -> None:
+    """Write the study's report (figures, page, dashboard note) and say where it is."""
+    from difffeat_tune.report import write_report
+
+    written = write_report(settings.search.storage_url(), study_name, settings.search.runs / "reports" / study_name,
+                           device=settings.device, objective=objective, space=settings.space)  # type: ignore[arg-type]
+    if not quiet:
+        console.print(escape(f"Report: {written.html} ({len(written.figures)} figures, {written.seconds:.1f} s)"))
+        for what, why in written.skipped.items():
+            console.print(escape(f"  not in the report: {what}: {why}"))
+
+
+def _compare(settings: Settings, quiet: bool, *, report: bool = True):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     from difffeat_tune._device import configure_threads
+    from difffeat_tune.probe.objective import Objective
     from difffeat_tune.search.compare import Comparison
     from difffeat_tune.search.runner import open_storage, parse_storage_url, run_search
 
@@ -348,11 +369,12 @@ def _compare(settings: Settings, quiet: bool):  # type: ignore[no-untyped-def]
     settings = settings.with_space(prepared.space)
     configure_threads(settings.search.workers, settings.search.threads)
     base = settings.search.study_name or prepared.view.folder.name.rsplit("-", 1)[0]
+    objective = Objective(prepared.view, settings.probe, device=settings.device)
     summaries = {}
     for sampler in ("heuristic", "grid"):
         each = replace(settings, search=replace(settings.search, sampler=sampler, study_name=f"{base}-{sampler}"))
         with _trial_progress(quiet, f"{sampler} search ({base}-{sampler})") as callback:
-            summaries[sampler] = run_search(each, prepared.view, callbacks=[callback])
+            summaries[sampler] = run_search(each, prepared.view, callbacks=[callback], objective=objective)
     comparison = Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"])
     paths = comparison.save(settings.search.runs, base, open_storage(settings.search.storage_url(), heartbeat=False))
     if not quiet:
@@ -368,6 +390,8 @@ def _compare(settings: Settings, quiet: bool):  # type: ignore[no-untyped-def]
         out.print(escape(f"Regret of the heuristic: {'-' if regret is None else f'{100 * regret:.2f}'} points on "
                          f"{comparison.heuristic.selection_split}. Saved {', '.join(str(p) for p in paths)} and a "
                          "note on both studies."))
+    if report:  # the heuristic's report holds the comparison (the grid's landscape with the heuristic's pairs)
+        _report(settings, f"{base}-heuristic", objective, quiet)
     return comparison
 
 
@@ -408,6 +432,39 @@ def _print_summary(summary: SearchSummary, storage: str) -> None:
 run_app.command("heuristic")(_search_command("heuristic"))
 run_app.command("grid")(_search_command("grid"))
 app.command("compare")(_search_command("compare"))
+
+
+# -- report, dashboard, backbones -----------------------------------------------------------------
+
+@app.command()
+def report(
+    storage: StorageOpt = None,
+    study_name: Annotated[str, typer.Option(help="The study (e.g. shapes-heuristic).")] = "shapes-heuristic",
+    runs: RunsOpt = DEFAULT_RUNS,
+    out_dir: Annotated[Optional[Path], typer.Option(help="Report folder (default: <runs>/reports/<study>).")] = None,
+    device: DeviceOpt = "auto",
+    no_features: Annotated[bool, typer.Option("--no-features", help="Skip what re-trains from the feature store (test scores of the unimodal bests, per-class AP, t-SNE).")] = False,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a study's figures (A(t, b), fusion grid, best of each modality, t-SNE...) as HTML, PNG, PDF and into the dashboard."""
+    _setup_logging(verbose)
+    from difffeat_tune.report import write_report
+    from difffeat_tune.search._storage import default_storage
+
+    if storage is None:
+        _check_paths(runs=runs)
+    url = storage or default_storage(runs)
+    written = write_report(url, study_name, out_dir or runs / "reports" / study_name, device=device,
+                           features=not no_features)
+    if as_json:
+        out.print_json(json.dumps(written.as_dict(), default=str))
+        return
+    out.print(escape(f"Report of {study_name}: {written.html}"))
+    out.print(escape(f"  {len(written.figures)} figures ({', '.join(written.figures)}), PNG and PDF beside it; "
+                     f"saved into the study for the dashboard: {'yes' if written.dashboard else 'no'}"))
+    for what, why in written.skipped.items():
+        out.print(escape(f"  not in the report: {what}: {why}"))
 
 
 # -- dashboard, backbones -------------------------------------------------------------------------

@@ -81,13 +81,13 @@ def test_extract_writes_the_grids_and_a_rerun_reuses_them(project: Path, tmp_pat
 def test_run_heuristic_then_grid_then_compare(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     storage = f"sqlite:///{tmp_path}/runs/studies.db"
     common = [*_common(project, tmp_path), "--storage", storage, "--runs", str(tmp_path / "runs")]
-    code, out, err = run_cli(["run", "heuristic", *common, "--json"], capsys, monkeypatch)
+    code, out, err = run_cli(["run", "heuristic", *common, "--no-report", "--json"], capsys, monkeypatch)
     assert code == 0, err
     heuristic = json.loads(out)
     assert heuristic["phases"]["image"] == 4 and heuristic["phases"]["text"] == 4
     assert 4 <= heuristic["phases"]["fusion"] <= 9  # a 2 x 2 grid: the cross covers 3 points per modality
     assert heuristic["best_config"] is not None and heuristic["eval_split"] == "test"
-    code, out, err = run_cli(["run", "grid", *common, "--json"], capsys, monkeypatch)
+    code, out, err = run_cli(["run", "grid", *common, "--no-report", "--json"], capsys, monkeypatch)
     assert code == 0, err
     assert json.loads(out)["trials"] == {"complete": 16}
     code, out, err = run_cli(["compare", *common, "--study-name", "metadata"], capsys, monkeypatch)
@@ -103,6 +103,8 @@ def test_run_heuristic_prints_the_best_configuration_and_the_dashboard_line(proj
     code, out, err = run_cli(["run", "heuristic", *common], capsys, monkeypatch)
     assert code == 0, err
     assert "difffeat-tune dashboard --storage sqlite:///" in " ".join(out.split())
+    report = tmp_path / "runs" / "reports" / "metadata-heuristic" / "index.html"
+    assert report.is_file() and str(report) in " ".join(err.split())  # the run ends with its report
     rows = {line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 3}
     assert {"image", "text", "fusion", "chosen"} <= rows  # each modality's best, then the chosen one on test
     header = next(line for line in out.splitlines() if "mAP" in line)
@@ -115,9 +117,9 @@ def test_run_heuristic_prints_the_best_configuration_and_the_dashboard_line(proj
 def test_run_heuristic_on_ray_records_the_same_plan(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     storage = f"sqlite:///{tmp_path}/studies.db"
     common = [*_common(project, tmp_path), "--storage", storage, "--runs", str(tmp_path / "runs")]
-    code, out, err = run_cli(["run", "heuristic", *common, "--study-name", "local", "--json"], capsys, monkeypatch)
+    code, out, err = run_cli(["run", "heuristic", *common, "--study-name", "local", "--no-report", "--json"], capsys, monkeypatch)
     assert code == 0, err
-    code, out, err = run_cli(["run", "heuristic", *common, "--study-name", "ray", "--engine", "ray", "--json"],
+    code, out, err = run_cli(["run", "heuristic", *common, "--study-name", "ray", "--engine", "ray", "--no-report", "--json"],
                              capsys, monkeypatch)
     assert code == 0, err
     assert json.loads(out)["study_name"] == "ray"  # stdout holds the JSON alone, Ray's output went to stderr
@@ -162,7 +164,7 @@ def test_extract_and_search_run_end_to_end_on_a_coco_fixture(project: Path, tmp_
     code, out, err = run_cli(["extract", *common, "--json"], capsys, monkeypatch)
     assert code == 0, err
     assert json.loads(out)["dataset"].startswith("coco-enhanced-")
-    code, out, err = run_cli(["run", "heuristic", *common, "--storage", f"sqlite:///{tmp_path}/s.db", "--json"],
+    code, out, err = run_cli(["run", "heuristic", *common, "--storage", f"sqlite:///{tmp_path}/s.db", "--no-report", "--json"],
                              capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads(out)

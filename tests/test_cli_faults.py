@@ -110,7 +110,7 @@ def test_a_damaged_shard_fails_its_trials_with_one_line_each_and_the_summary_say
     assert code == 0, err
     dataset_folder = Path(json.loads(out)["extractions"][0]["folder"]).parents[1]
     shard = _poison(dataset_folder, 10, 8)
-    code, out, err = run_cli(["run", "heuristic", *common], capsys, monkeypatch)
+    code, out, err = run_cli(["run", "heuristic", *common, "--no-report"], capsys, monkeypatch)
     assert code == 0, err
     assert "Traceback" not in err
     failures = [line for line in err.splitlines() if "failed" in line and "image t=10 b=8" in line]
@@ -126,7 +126,7 @@ def test_a_damaged_shard_fails_its_trials_with_one_line_each_and_the_summary_say
 
 
 def test_rerunning_a_finished_study_adds_no_trial(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    common = [*_common(project, tmp_path), "--runs", str(tmp_path / "runs"), "--json"]
+    common = [*_common(project, tmp_path), "--runs", str(tmp_path / "runs"), "--no-report", "--json"]
     code, out, err = run_cli(["run", "heuristic", *common], capsys, monkeypatch)
     assert code == 0, err
     first = json.loads(out)

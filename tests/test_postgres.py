@@ -62,7 +62,7 @@ class _Workers:
     def __init__(self, project: Path, features: Path, url: str, folder: Path) -> None:
         self.url, self.folder = url, folder
         self.args = [*_data_args(project, features), "--storage", url, "--study-name", STUDY,
-                     "--runs", str(folder / "runs"), "--json"]
+                     "--runs", str(folder / "runs"), "--no-report", "--json"]
         self.started: dict[str, subprocess.Popen[str]] = {}
 
     def spawn(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -196,7 +196,7 @@ def _stop_mid_trial(workers: _Workers, name: str) -> optuna.trial.FrozenTrial:
 
 def test_ray_engine_runs_the_search_against_postgresql(project: Path, features: Path, pg_url: str, tmp_path: Path,
                                                        capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    args = ["run", "heuristic", *_data_args(project, features), "--storage", pg_url, "--study-name", STUDY,
+    args = ["run", "heuristic", *_data_args(project, features), "--no-report", "--storage", pg_url, "--study-name", STUDY,
             "--runs", str(tmp_path / "runs"), "--engine", "ray", "--json"]
     started = time.perf_counter()
     code, out, err = run_cli(args, capsys, monkeypatch)

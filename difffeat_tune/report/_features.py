@@ -96,6 +96,10 @@ class FeatureAnalysis:
     tsne_seconds: float = 0.0
 
 
+#: Recipe fields a study records (:meth:`~difffeat_tune.settings.Settings.record`).
+RECORDED_RECIPE = ("epochs", "batch_size", "lr")
+
+
 def objective_for(study: StudyData, device: str | torch.device | None = None) -> Objective:
     """An objective that re-trains ``study``'s configurations as the search did.
 
@@ -120,9 +124,11 @@ def objective_for(study: StudyData, device: str | torch.device | None = None) ->
                           "pass the space the study was run with")
     view = FeatureStore(path.parent).view(path, image=attrs.get("image_extraction"), text=attrs.get("text_extraction"))
     fields = dict(study.space.probe)
-    if attrs.get("epochs"):
-        fields["epochs"] = int(attrs["epochs"])
-    protocol = "paper" if study.eval_split is not None and study.selection_split == study.eval_split else "validation"
+    for key in RECORDED_RECIPE:  # what the search recorded wins over the space's table
+        if attrs.get(key) is not None:
+            fields[key] = attrs[key]
+    protocol = attrs.get("protocol") or (
+        "paper" if study.eval_split is not None and study.selection_split == study.eval_split else "validation")
     return Objective(view, ObjectiveSettings(recipe=TrainRecipe(**fields), protocol=protocol),  # type: ignore[arg-type]
                      device=device)
 

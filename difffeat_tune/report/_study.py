@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import DEFAULT_D_ALG, P_MODALITY, TRIAL_MODALITIES, TrialConfig
 from difffeat_tune.probe.metrics import METRIC_NAMES
-from difffeat_tune.search.space import SearchSpace, load_space
+from difffeat_tune.space import SearchSpace, load_space
 
 logger = logging.getLogger(__name__)
 

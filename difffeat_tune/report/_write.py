@@ -25,7 +25,7 @@ from difffeat_tune.report._static import save_static
 from difffeat_tune.report._study import StudyData, companion_name, study_names
 from difffeat_tune.search.compare import Comparison
 from difffeat_tune.search.runner import DEFAULT_RUNS, open_storage, summarize
-from difffeat_tune.search.space import SearchSpace
+from difffeat_tune.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 

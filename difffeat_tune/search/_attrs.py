@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import optuna
 
+from difffeat_tune.probe.metrics import METRIC_NAMES
+
 # -- trials ---------------------------------------------------------------------------------
 PHASE = "phase"
 MODALITY = "modality"
@@ -41,11 +43,8 @@ EVAL_SPLIT = "eval_split"
 EVAL_METRICS = "eval_metrics"
 EVAL_EPOCHS = "eval_epochs"
 
-#: How people write the metric names, in the order papers report them.
-METRIC_LABELS: Mapping[str, str] = {
-    "map": "mAP", "cp": "CP", "cr": "CR", "cf1": "CF1", "op": "OP", "or": "OR", "of1": "OF1",
-    "top1": "top-1", "top5": "top-5",
-}
+#: How people write the metric names, in the order papers report them (key -> name).
+METRIC_LABELS: Mapping[str, str] = dict(METRIC_NAMES)
 
 
 def result_attrs(metrics: Mapping[str, float], epochs_run: int, seconds: float,

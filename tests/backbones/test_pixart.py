@@ -115,7 +115,7 @@ def test_family_declares_how_to_load_and_what_t_and_b_mean(folder: Path) -> None
 
 
 def test_shipped_space_fits_pixart_xl_2() -> None:
-    from difffeat_tune.search.space import load_space
+    from difffeat_tune.space import load_space
 
     load_space("pixart").check_blocks("image", 28, "PixArt-XL-2")
 

@@ -103,7 +103,7 @@ def test_family_documents_the_stages() -> None:
 
 
 def test_shipped_space_fits_the_stages_of_sd_1_and_2() -> None:
-    from difffeat_tune.search.space import load_space
+    from difffeat_tune.space import load_space
 
     space = load_space("sd")
     space.check_blocks("image", 9, "Stable Diffusion 1.x/2.x (4 down + mid + 4 up stages)")

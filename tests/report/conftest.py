@@ -15,7 +15,7 @@ from difffeat_tune.probe.objective import Objective, ObjectiveSettings
 from difffeat_tune.probe.train import TrainRecipe
 from difffeat_tune.report import Report, write_report
 from difffeat_tune.search.runner import SearchOptions, run_search
-from difffeat_tune.search.space import SearchSpace, load_space
+from difffeat_tune.space import SearchSpace, load_space
 from difffeat_tune.store import FeatureView
 from tests.conftest import SMALL_SPACE, write_synthetic_store
 
