@@ -184,3 +184,20 @@ def test_extractions_with_other_settings_sit_side_by_side(project: Path, tmp_pat
     code, out, err = run_cli(["extract", *common, "--modality", "text", "--json"], capsys, monkeypatch)
     assert code == 0, err
     assert [e["modality"] for e in json.loads(out)["extractions"]] == ["text"]
+
+
+HEAVY = ("torch", "optuna", "ray", "diffusers", "transformers", "pyarrow", "numpy", "sklearn", "plotly", "matplotlib")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "heuristic", "--help"], ["extract", "--help"],
+                                  ["compare", "--help"], ["report", "--help"]])
+def test_help_imports_nothing_heavy(args: list[str]) -> None:
+    import subprocess
+
+    code = (f"import sys; sys.argv = ['difffeat-tune', *{args!r}]\n"
+            "from difffeat_tune import cli\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+            f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+            "print('HEAVY', heavy)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "Usage" in done.stdout and "HEAVY []" in done.stdout, done.stdout[-500:] + done.stderr[-2000:]

@@ -17,10 +17,15 @@ files, and the model's prediction ``x_hat = softmax(logits) @ E`` from the compl
   fed to ``selfcond_linear`` in the second; those rows do not train the schedule or E;
 * the original's initialisation: zero ``selfcond_linear``, ``gamma_linear`` and readout.
 
+* the z term's scale warms up from 0 to 1 over the first ``bias_warmup`` steps, as in Plaid (5000
+  of 92000 steps there; a larger share here, so that the small network learns to read the tokens
+  itself at low noise instead of leaving it all to the z term, which would leave its deep
+  features empty of the caption at small t).
+
 Simplified (documented, the forward, files and noising semantics stay Plaid's): a fixed share of
-reconstruction rows instead of Plaid's adaptive one; no warm-up of the z term's scale; plain
-AdamW with one learning rate per module group instead of muP's; captions padded with
-end-of-text to a fixed length instead of packed web text.
+reconstruction rows instead of Plaid's adaptive one; plain AdamW with one learning rate per
+module group instead of muP's; captions padded with end-of-text to a fixed length instead of
+packed web text.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from difffeat_tune.backbones._plaid_net import (
     PlaidNet,
     alpha_sigma_squared,
     clean_prediction,
+    z_logits,
 )
 
 #: ``log(step, losses)`` is called every ``log_every`` steps.
@@ -66,6 +72,7 @@ class PlaidRecipe:
         grad_clip: gradient-norm clipping.
         reconst_share: share of each batch scored at t = 0 (reconstruction term).
         selfcond_share: share of each batch with self-conditioning (Plaid's 1/4).
+        bias_warmup: steps over which the z term's scale grows from 0 to 1.
         seed: seed of the initialisation, batches and noise.
         log_every: steps between two ``log`` calls.
     """
@@ -85,6 +92,7 @@ class PlaidRecipe:
     grad_clip: float = 1.0
     reconst_share: float = 0.125
     selfcond_share: float = 0.25
+    bias_warmup: int = 2000
     seed: int = 0
     log_every: int = 100
 
@@ -130,8 +138,16 @@ def _gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return 0.5 * (std**2 + mean**2 - 1.0) - torch.log(std)
 
 
+def plaid_logits(modules: PlaidModules, z: torch.Tensor, gamma: torch.Tensor, embeddings: torch.Tensor,
+                 x_selfcond: torch.Tensor | None, bias_scale: float) -> torch.Tensor:
+    """The logits in training: ``readout + bias_scale * z term`` (``bias_scale`` 1 is the model's forward)."""
+    if bias_scale == 1.0:
+        return modules.net(z, gamma, embeddings, x_selfcond)
+    return modules.net.readout(z, gamma, x_selfcond) + bias_scale * z_logits(z, gamma, embeddings)
+
+
 def plaid_loss(modules: PlaidModules, tokens: torch.Tensor, recipe: PlaidRecipe,
-               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+               generator: torch.Generator, bias_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Plaid's training loss of one batch of token ids ``[B, L]`` (see the module docstring)."""
     batch, length = tokens.shape
     n_reconst = max(1, round(batch * recipe.reconst_share))
@@ -175,9 +191,9 @@ def plaid_loss(modules: PlaidModules, tokens: torch.Tensor, recipe: PlaidRecipe,
     if selfcond.any():
         with torch.no_grad():
             rows = selfcond.nonzero()[:, 0]
-            first = modules.net(z[rows], gamma[rows].detach(), embeddings.detach())
+            first = plaid_logits(modules, z[rows], gamma[rows].detach(), embeddings.detach(), None, bias_scale)
             x_selfcond[rows] = clean_prediction(first, embeddings.detach())
-    logits = modules.net(z, gamma, embeddings, x_selfcond)
+    logits = plaid_logits(modules, z, gamma, embeddings, x_selfcond, bias_scale)
     x_hat = clean_prediction(logits, embeddings)
 
     reconst = F.cross_entropy(logits[:n_reconst].reshape(-1, logits.shape[-1]), tokens[:n_reconst].reshape(-1),
@@ -218,7 +234,8 @@ def train_plaid(tokens: torch.Tensor, vocab_size: int, recipe: PlaidRecipe, *, l
     start = time.perf_counter()
     for step in range(1, recipe.steps + 1):
         index = torch.randint(0, tokens.shape[0], (recipe.batch_size,), generator=generator)
-        loss, parts = plaid_loss(modules, tokens[index], recipe, generator)
+        bias_scale = min(1.0, step / recipe.bias_warmup) if recipe.bias_warmup > 0 else 1.0
+        loss, parts = plaid_loss(modules, tokens[index], recipe, generator, bias_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), recipe.grad_clip)
