@@ -14,10 +14,9 @@ import pytest
 from difffeat_tune.probe.objective import Objective, ObjectiveSettings
 from difffeat_tune.probe.train import TrainRecipe
 from difffeat_tune.report import Report, write_report
-from difffeat_tune.search.runner import SearchOptions, run_search
 from difffeat_tune.space import SearchSpace, load_space
 from difffeat_tune.store import FeatureView
-from tests.conftest import SMALL_SPACE, write_synthetic_store
+from tests.conftest import SMALL_SPACE, run_study, write_synthetic_store
 
 EPOCHS = 3
 
@@ -46,7 +45,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
     space = load_space(root / "small.toml")
     url = f"sqlite:///{root}/studies.db"
     for sampler in ("heuristic", "grid"):
-        run_search(objective(view), space, SearchOptions(sampler=sampler), storage=url, study_name=f"s-{sampler}")
+        run_study(view, space, url, f"s-{sampler}", sampler=sampler, epochs=EPOCHS, batch_size=32)
     reports = {s: write_report(url, f"s-{s}", root / "reports" / s, device="cpu") for s in ("heuristic", "grid")}
     return Finished(url, root, view, space, reports["heuristic"], reports["grid"])
 
@@ -64,6 +63,6 @@ def image_only(finished: Finished, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("image-only")
     url = f"sqlite:///{root}/one.db"
     # The plan starts with the image grid: its 9 trials make an image-only study.
-    run_search(objective(finished.view), finished.space, SearchOptions(evaluate_best=False), storage=url,
-               study_name="image-only", n_trials=9)
+    run_study(finished.view, finished.space, url, "image-only", evaluate_best=False, n_trials=9, epochs=EPOCHS,
+              batch_size=32)
     return ImageOnly(url, write_report(url, "image-only", root / "out", device="cpu"))

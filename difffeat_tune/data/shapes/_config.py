@@ -13,7 +13,7 @@ from difffeat_tune.data.shapes._geometry import _UNIT_SHAPES
 
 #: Bump whenever the generator's output changes for a given seed and configuration: it is part of
 #: the cache key and of ``Dataset.options`` (so feature stores built on older data are not reused).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -44,7 +44,9 @@ class ShapesConfig:
         aspect_range: range of the per-object horizontal stretch.
         margin: fraction of an object's radius that may leave the image at the borders.
         palette: named colours (objects and backgrounds; captions name the nearest one).
-        preferred_colours: per category, two palette colours it favours.
+        preferred_colours: per category, two palette colours it favours; the first is its own (no
+            other category's first), so an object's colour says something of what it is, as
+            appearance does in photographs (version 2; version 1 let categories share them).
         colour_affinity: probability that an object takes one of its category's preferred colours
             (otherwise any palette colour).
         colour_jitter: maximal per-channel jitter of an object's colour.
@@ -117,7 +119,7 @@ class ShapesConfig:
     max_objects: int = 6
     instance_count_probs: tuple[float, ...] = (0.75, 0.2, 0.05)
     min_positives: int = 5
-    radius_range: tuple[float, float] = (4.0, 15.0)
+    radius_range: tuple[float, float] = (6.0, 16.0)
     aspect_range: tuple[float, float] = (0.85, 1.15)
     margin: float = 0.5
     palette: tuple[tuple[str, RGB], ...] = (
@@ -133,16 +135,18 @@ class ShapesConfig:
         ("black", (25, 25, 25)),
         ("grey", (128, 128, 128)),
         ("teal", (30, 155, 155)),
+        ("navy", (30, 40, 110)),
+        ("lime", (160, 225, 60)),
     )
     preferred_colours: tuple[tuple[str, str], ...] = (
         ("red", "blue"), ("blue", "green"), ("green", "orange"), ("yellow", "white"),
-        ("red", "white"), ("orange", "teal"), ("pink", "red"), ("teal", "purple"),
-        ("black", "orange"), ("yellow", "grey"), ("purple", "brown"), ("yellow", "orange"),
-        ("pink", "purple"), ("green", "brown"),
+        ("white", "red"), ("orange", "teal"), ("pink", "red"), ("teal", "purple"),
+        ("black", "orange"), ("grey", "yellow"), ("purple", "brown"), ("lime", "yellow"),
+        ("navy", "pink"), ("brown", "green"),
     )
-    colour_affinity: float = 0.7
+    colour_affinity: float = 0.85
     colour_jitter: int = 20
-    low_contrast_prob: float = 0.12
+    low_contrast_prob: float = 0.06
     low_contrast_delta: int = 28
     background_kinds: tuple[str, ...] = ("plain", "gradient", "stripes", "blotches", "checker")
     background_weights: tuple[float, ...] = (0.3, 0.3, 0.1, 0.2, 0.1)
@@ -150,7 +154,7 @@ class ShapesConfig:
     stripe_period_range: tuple[float, float] = (0.12, 0.3)
     checker_period_range: tuple[float, float] = (0.15, 0.35)
     blotch_grid_range: tuple[int, int] = (3, 7)
-    pixel_noise_std: float = 4.0
+    pixel_noise_std: float = 3.0
     mention_prob_range: tuple[float, float] = (0.4, 0.85)
     colour_word_prob: float = 0.35
     count_word_prob: float = 0.6
