@@ -230,15 +230,18 @@ def singlelabel_class_indices(targets: Tensor, n_classes: int | None = None) -> 
 
 
 def _average_precision_sorted(scores: Tensor, targets: Tensor) -> Tensor:
-    """AP of every column, vectorised (one sort of the whole block); NaN where no positive.
+    """AP of every column of ``[N, C]`` scores; NaN where no positive (see :func:`_average_precision_rows`)."""
+    return _average_precision_rows(scores.detach().T.contiguous(), targets.T.contiguous())
 
-    For each column the entries are sorted by decreasing score; cumulative true and false
+
+def _average_precision_rows(scores_t: Tensor, targets_t: Tensor) -> Tensor:
+    """AP of every row of ``[M, N]`` scores, vectorised (one sort of the whole block); NaN where no positive.
+
+    For each row the entries are sorted by decreasing score; cumulative true and false
     positives are counted (ignored entries count as neither); every positive contributes the
     precision measured at the end of its tie group (the last entry with the same score), and the
     sum is divided by the number of positives. This is sklearn's step-wise AP.
     """
-    scores_t = scores.detach().T.contiguous()
-    targets_t = targets.T.contiguous()
     n_rows = scores_t.shape[1]
     sorted_scores, order = scores_t.sort(dim=1, descending=True)
     positive = (targets_t == 1).gather(1, order).to(torch.float64)
@@ -249,7 +252,7 @@ def _average_precision_sorted(scores: Tensor, targets: Tensor) -> Tensor:
     # index of the end of each entry's tie group: smallest group-end index >= the entry's index
     group_end = torch.ones_like(sorted_scores, dtype=torch.bool)
     group_end[:, :-1] = sorted_scores[:, 1:] != sorted_scores[:, :-1]
-    positions = torch.arange(n_rows, device=scores.device).expand_as(order)
+    positions = torch.arange(n_rows, device=scores_t.device).expand_as(order)
     end_index = torch.where(group_end, positions, torch.full_like(positions, n_rows - 1))
     end_index = end_index.flip(1).cummin(dim=1).values.flip(1)
     n_positive = positive.sum(dim=1)
@@ -319,6 +322,113 @@ def mean_average_precision(scores: Tensor, targets: Tensor, *, from_logits: bool
             "check the split's labels",
         )
     return float(ap[scored].mean())
+
+
+class MapScorer:
+    """mAP of many score matrices against one target matrix: the targets are checked and laid out once.
+
+    A probe is scored on the same validation targets after every epoch; checking them, finding the
+    scored classes and transposing them once per training instead of once per epoch is most of
+    what one epoch's mAP costs besides the sort. Calling the scorer on ``[K, N, C]`` scores ranks
+    the K x C (probe, class) columns in blocks of one sort each. Probe k's value is what
+    :func:`mean_average_precision` gives for ``scores[k]`` (same AP, ties, ignored entries and
+    excluded classes, which are logged when the scorer is built).
+
+    Args:
+        targets: ``[N, C]`` integer targets in {-1, 0, 1}.
+
+    Raises:
+        ProbeInputError: labels outside {-1, 0, 1}, or no class with a positive label.
+
+    Example:
+        >>> scorer = MapScorer(torch.tensor([[1], [0]]))
+        >>> scorer(torch.tensor([[[0.9], [0.1]], [[0.1], [0.9]]])).tolist()   # 2 probes, 2 rows, 1 class
+        [1.0, 0.5]
+    """
+
+    def __init__(self, targets: Tensor) -> None:
+        if not isinstance(targets, Tensor) or targets.ndim != 2:
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ProbeInputError(f"multi-label targets must be an [N, C] matrix, got {shape}")
+        targets = _check_multilabel_targets(targets, targets.shape)
+        self.shape = targets.shape
+        has_positive = (targets == 1).any(dim=0)
+        self.scored = torch.nonzero(has_positive).flatten()
+        _report_excluded(torch.nonzero(~has_positive).flatten().tolist(), self.shape[1])
+        if self.scored.numel() == 0:
+            raise ProbeInputError(
+                f"no class has a positive label in this split ({self.shape[1]} classes): mAP is undefined",
+                "check the split's labels",
+            )
+        self.targets_t = targets[:, self.scored].T.contiguous()  # [scored classes, N]
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        """Float64 mAP ``[K]`` of ``[K, N, C]`` finite scores (logits or probabilities).
+
+        Raises:
+            ProbeInputError: a shape that does not match the targets, or NaN/Inf (naming the probes).
+        """
+        if not isinstance(scores, Tensor) or scores.ndim != 3 or scores.shape[0] == 0 or not scores.is_floating_point():
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ProbeInputError(f"batched scores must be a non-empty floating [K, N, C] tensor, got {shape}")
+        if scores.shape[1:] != self.shape:
+            raise ProbeInputError(f"scores shape {tuple(scores.shape[1:])} does not match targets shape "
+                                  f"{tuple(self.shape)}")
+        finite = torch.isfinite(scores).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            raise ProbeInputError(
+                f"scores of probes {torch.nonzero(~finite).flatten().tolist()} contain NaN/Inf",
+                "the probe probably diverged: lower the learning rate or check the features",
+            )
+        n_probes, n_rows = scores.shape[:2]
+        n_scored = self.scored.numel()
+        # one row per (probe, scored class), probe-major: row r holds the targets of class r % n_scored
+        scores_t = scores.detach()[:, :, self.scored].transpose(1, 2).reshape(n_probes * n_scored, n_rows)
+        ap = torch.empty(n_probes * n_scored, dtype=torch.float64, device=scores.device)
+        rows_per_chunk = max(n_scored, _AP_CHUNK_ELEMENTS // n_rows // n_scored * n_scored)
+        for start in range(0, ap.numel(), rows_per_chunk):
+            stop = min(start + rows_per_chunk, ap.numel())
+            # chunks start at a probe boundary, so their targets are the class rows repeated
+            targets = self.targets_t.repeat((stop - start) // n_scored, 1)
+            ap[start:stop] = _average_precision_rows(scores_t[start:stop], targets)
+        return ap.view(n_probes, n_scored).mean(dim=1)
+
+
+def batched_mean_average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """mAP of K probes scored against the same targets: ``MapScorer(targets)(scores)``.
+
+    Args:
+        scores: ``[K, N, C]`` finite scores (logits or probabilities: AP depends only on the order).
+        targets: ``[N, C]`` integer targets in {-1, 0, 1}, shared by the K probes.
+
+    Returns:
+        Float64 tensor ``[K]``; entry k equals ``mean_average_precision(scores[k], targets, ...)``.
+
+    Raises:
+        ProbeInputError: as :class:`MapScorer`.
+    """
+    if isinstance(targets, Tensor) and isinstance(scores, Tensor) and scores.ndim == 3 and targets.shape != scores.shape[1:]:
+        raise ProbeInputError(f"targets shape {tuple(targets.shape)} does not match scores shape {tuple(scores.shape[1:])}")
+    return MapScorer(targets)(scores)
+
+
+def batched_top1_accuracy(scores: Tensor, targets: Tensor) -> Tensor:
+    """Top-1 accuracy of K probes against the same class indices, as :func:`top_k_accuracy` with k = 1.
+
+    Args:
+        scores: ``[K, N, C]`` finite scores (C >= 2).
+        targets: class indices ``[N]`` (see :func:`singlelabel_class_indices`).
+
+    Returns:
+        Float32 tensor ``[K]`` (the fraction computed as torchmetrics does, in float32).
+    """
+    if scores.ndim != 3 or scores.shape[2] < 2:
+        raise ProbeInputError(f"batched single-label scores must be [K, N, C>=2], got {tuple(scores.shape)}")
+    indices = singlelabel_class_indices(targets, scores.shape[2])
+    if indices.shape[0] != scores.shape[1]:
+        raise ProbeInputError(f"targets have {indices.shape[0]} rows, scores have {scores.shape[1]}")
+    correct = (scores.argmax(dim=2) == indices).sum(dim=1)
+    return correct.float() / float(indices.shape[0])
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:

@@ -18,6 +18,8 @@ from difffeat_tune.probe.metrics import (
     ProbeInputError,
     SingleLabelMetrics,
     average_precision_per_class,
+    batched_mean_average_precision,
+    batched_top1_accuracy,
     mean_average_precision,
     multilabel_metrics,
     singlelabel_metrics,
@@ -203,6 +205,54 @@ def test_input_errors() -> None:
     with pytest.raises(ProbeInputError, match="no class has a positive"):
         multilabel_metrics(torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.long), from_logits=False)
     assert issubclass(ProbeInputError, DataError) and issubclass(ProbeInputError, DiffFeatError)
+
+
+def test_batched_map_equals_each_probes_map_with_ties_ignores_and_an_excluded_class() -> None:
+    probs, targets = _fixed_data()
+    targets = targets.clone()
+    targets[:, 3] = torch.where(targets[:, 3] == 1, torch.zeros_like(targets[:, 3]), targets[:, 3])  # no positive
+    g = torch.Generator().manual_seed(3)
+    # probe 0: the tied probabilities; the others: coarse logits with ties, one of them reversed
+    scores = torch.stack([probs, *(torch.randint(-4, 5, (N_ROWS, N_CLASSES), generator=g).float() for _ in range(3))])
+    scores[3] = -scores[2]
+    got = batched_mean_average_precision(scores, targets)
+    assert got.dtype == torch.float64 and got.shape == (4,)
+    for k in range(4):
+        assert float(got[k]) == pytest.approx(mean_average_precision(scores[k], targets, from_logits=True), abs=1e-12)
+
+
+def test_batched_map_blocks_give_the_same_values_as_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    probs, targets = _fixed_data()
+    scores = torch.stack([probs, probs.flip(0), 1 - probs])
+    whole = batched_mean_average_precision(scores, targets)
+    import difffeat_tune.probe.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_AP_CHUNK_ELEMENTS", 2 * N_ROWS)  # one probe per sort
+    torch.testing.assert_close(batched_mean_average_precision(scores, targets), whole, atol=0, rtol=0)
+
+
+def test_batched_map_input_errors() -> None:
+    probs, targets = _fixed_data()
+    scores = torch.stack([probs, probs])
+    scores[1, 5, 2] = float("nan")
+    with pytest.raises(ProbeInputError, match=r"probes \[1\]"):
+        batched_mean_average_precision(scores, targets)
+    with pytest.raises(ProbeInputError, match=r"\[K, N, C\]"):
+        batched_mean_average_precision(probs, targets)
+    with pytest.raises(ProbeInputError, match="does not match"):
+        batched_mean_average_precision(torch.stack([probs]), targets[:, :3])
+    with pytest.raises(ProbeInputError, match="no class has a positive"):
+        batched_mean_average_precision(torch.stack([probs]), torch.zeros_like(targets))
+
+
+def test_batched_top1_equals_each_probes_top1() -> None:
+    g = torch.Generator().manual_seed(12)
+    scores = torch.randn(3, 40, 7, generator=g)
+    labels = torch.randint(0, 7, (40,), generator=g)
+    got = batched_top1_accuracy(scores, labels)
+    assert got.tolist() == [top_k_accuracy(scores[k], labels, 1) for k in range(3)]
+    one_hot = torch.nn.functional.one_hot(labels, 7).to(torch.int8)
+    assert torch.equal(batched_top1_accuracy(scores, one_hot), got)
 
 
 def test_top_k_accuracy_matches_sklearn() -> None:
