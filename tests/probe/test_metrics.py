@@ -221,6 +221,18 @@ def test_batched_map_equals_each_probes_map_with_ties_ignores_and_an_excluded_cl
         assert float(got[k]) == pytest.approx(mean_average_precision(scores[k], targets, from_logits=True), abs=1e-12)
 
 
+def test_ap_is_the_same_in_every_score_dtype_and_signed_zeros_tie() -> None:
+    probs, targets = _fixed_data()
+    ap = average_precision_per_class(probs, targets, from_logits=False)
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):  # multiples of 1/8: exact in each
+        torch.testing.assert_close(average_precision_per_class(probs.to(dtype), targets, from_logits=False), ap,
+                                   atol=1e-15, rtol=0)
+    scores = torch.tensor([[0.0], [-0.0], [0.0], [-0.0], [1.0]])
+    labels = torch.tensor([[1], [0], [0], [1], [0]])
+    # one tie group of four zeros after a negative: both positives get precision 2/5
+    assert float(average_precision_per_class(scores, labels, from_logits=True)[0]) == pytest.approx(0.4)
+
+
 def test_batched_map_blocks_give_the_same_values_as_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
     probs, targets = _fixed_data()
     scores = torch.stack([probs, probs.flip(0), 1 - probs])
