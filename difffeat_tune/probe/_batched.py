@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from difffeat_tune._device import autocast_dtype, resolve_device
-from difffeat_tune.probe._memory import max_batch_probes, probe_footprint, split_batches
+from difffeat_tune.probe._memory import check_probe_count, max_batch_probes, probe_footprint, split_batches
 from difffeat_tune.probe.heads import LinearAdd, LinearConcat, LinearProbe, SimpleConcat
 from difffeat_tune.probe.metrics import (
     IGNORE_LABEL,
@@ -134,6 +134,7 @@ def train_heads(
         >>> results = train_heads(heads, features, y_train, val_features, y_val)               # doctest: +SKIP
     """
     _check_task(task)
+    check_probe_count("max_probes", max_probes)
     recipe = recipe if recipe is not None else TrainRecipe()
     if not len(heads) == len(train_inputs) == len(val_inputs):
         raise ProbeInputError(f"{len(heads)} heads, {len(train_inputs)} training inputs and "

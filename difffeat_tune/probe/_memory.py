@@ -147,9 +147,8 @@ def max_batch_probes(
     Raises:
         ConfigError: ``requested`` or ``limit`` is not a positive integer, or ``budget`` is negative.
     """
-    for name, value in (("requested", requested), ("limit", limit)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ConfigError(f"{name} (probes per batch) must be a positive integer, got {value!r}")
+    check_probe_count("requested", requested)
+    check_probe_count("limit", limit)
     if budget is not None and budget < 0:
         raise ConfigError(f"memory budget must be >= 0 bytes, got {budget}")
     free = available_memory(device) if budget is None else int(budget)
@@ -166,6 +165,12 @@ def max_batch_probes(
                        requested, _gib(footprint.batch_bytes(requested)), _gib(usable), _gib(free), device, fits)
         return fits
     return requested
+
+
+def check_probe_count(name: str, value: int | None) -> None:
+    """Raise :class:`ConfigError` unless ``value`` (a number of probes per batch) is None or a positive integer."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigError(f"{name} (probes per batch) must be a positive integer, got {value!r}")
 
 
 def split_batches(n_probes: int, per_batch: int) -> list[range]:

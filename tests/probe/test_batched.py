@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from difffeat_tune._errors import ConfigError
 from difffeat_tune.probe import BATCHABLE_HEADS, probe_footprint, train_heads
 from difffeat_tune.probe._memory import MEMORY_SHARE
 from difffeat_tune.probe.heads import CrossAttention, build_head
@@ -183,3 +184,5 @@ def test_inputs_are_checked_per_probe_before_anything_trains() -> None:
     with pytest.raises(ProbeInputError, match="2 heads, 1 training inputs"):
         train_heads(heads, [good[0]], y_train, [good[1], bad[1]], y_val, recipe=RECIPE)
     assert train_heads([], [], y_train, [], y_val) == []
+    with pytest.raises(ConfigError, match="max_probes"):
+        train_heads(heads, [good[0], good[0]], y_train, [good[1], good[1]], y_val, max_probes=0)
