@@ -12,10 +12,13 @@ How a batch works:
   padded (no wasted arithmetic). Each group is cut into batches that fit in memory
   (:mod:`difffeat_tune.probe._memory`); groups and batches run one after another. Other heads
   (``cross_attention``) and groups of one train alone through :func:`train_head`.
-* **Stacking.** Each parameter of the K heads is stacked into one ``[K, ...]`` tensor and each
-  input into ``[K, N, D]``; the head's own ``forward`` is mapped over the first dimension with
-  ``torch.func.vmap`` + ``functional_call`` (batched matmuls, no second implementation of the
-  heads).
+* **Stacking.** Each input is stacked into ``[K, N, D]``. The batch is a copy of the first head
+  in which every ``nn.Linear`` is replaced by the K heads' layers stacked (weights
+  ``[K, out, in]``, one batched matmul); the head's own ``forward`` then runs unchanged on
+  ``[K, B, D]`` tensors (its other operations act on the last dimension), so there is no second
+  implementation of the heads. ``torch.func.vmap`` over ``F.linear`` would do the same, but its
+  backward computes the weight gradient as ``x^T G``, a layout 4x slower on the CPU than
+  ``G^T x`` (measured on 30 probes at 1152-d: 24.6 ms against 5.6 ms per step).
 * **Same rows, same order.** One generator seeded with ``recipe.seed`` draws each epoch's
   permutation, exactly as :func:`train_head` does, so every probe sees its batches in the order
   it would alone.
@@ -39,6 +42,7 @@ rounding (batched and single matmuls sum in different orders).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -48,7 +52,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune.probe._memory import check_probe_count, max_batch_probes, probe_footprint, split_batches
@@ -58,6 +61,7 @@ from difffeat_tune.probe.metrics import (
     MapScorer,
     ProbeInputError,
     batched_top1_accuracy,
+    finite_slices,
 )
 from difffeat_tune.probe.train import (
     ProbeDivergedError,
@@ -265,9 +269,7 @@ class _StackedRun:
         self.data = data
         self.on_epoch = on_epoch
         self.reported = False
-        self.template = heads[0]  # its forward is mapped over the probes; its own weights are never read
-        self.params = {name: torch.stack([dict(h.named_parameters())[name].detach() for h in heads])
-                       .requires_grad_(True) for name, _ in self.template.named_parameters()}
+        self.stacked = _stack_heads(heads)
         n_inputs = len(train_x[0])
         self.train_x = [torch.stack([x[i] for x in train_x]) for i in range(n_inputs)]  # [K, N, D_i]
         self.val_x = [torch.stack([x[i] for x in val_x]) for i in range(n_inputs)]
@@ -275,13 +277,9 @@ class _StackedRun:
         # K x batch x D floats per step (page faults and zeroing for large K x D on the CPU)
         rows = min(data.recipe.batch_size, data.y_train.shape[0])
         self.gathered = [x.new_empty(x.shape[0] * rows * x.shape[2]) for x in self.train_x]
-        self.forward = vmap(self._call)
         self.active = list(range(len(heads)))  # positions (in ``heads``) of the stacked slices
         self.tracks = [_Track() for _ in heads]
         self.outcome: list[TrainResult | ProbeDivergedError | None] = [None] * len(heads)
-
-    def _call(self, params: dict[str, Tensor], *inputs: Tensor) -> Tensor:
-        return functional_call(self.template, params, inputs)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -308,11 +306,11 @@ class _StackedRun:
     @torch.no_grad()
     def _val_logits(self) -> Tensor:
         """Float32 validation logits ``[K, N_val, C]`` of the active probes, in row chunks."""
-        self.template.eval()
+        self.stacked.eval()
         n_probes, n_rows = self.val_x[0].shape[:2]
         # rows per chunk so that a chunk of the whole batch is as large as one eval batch alone
         rows = max(1, self.data.recipe.eval_batch_size // n_probes)
-        chunks = [self.forward(self.params, *[x[:, start:start + rows] for x in self.val_x]).float()
+        chunks = [self.stacked(*[x[:, start:start + rows] for x in self.val_x]).float()
                   for start in range(0, n_rows, rows)]
         return torch.cat(chunks, dim=1)
 
@@ -325,16 +323,16 @@ class _StackedRun:
 
     def train(self) -> list[TrainResult | ProbeDivergedError]:
         data, recipe, dev = self.data, self.data.recipe, self.data.device
-        targets = _Targets.of(data.y_train, data.task, _head_dtype(self.template))
+        targets = _Targets.of(data.y_train, data.task, _head_dtype(self.stacked))
         amp_dtype = autocast_dtype(dev) if recipe.amp else None
-        optimizer = _make_optimizer(self.params.values(), recipe)
+        optimizer = _make_optimizer(self.stacked.parameters(), recipe)
         scheduler = _make_scheduler(optimizer, recipe)
         generator = torch.Generator(device=dev)
         generator.manual_seed(recipe.seed)
         n_rows = data.y_train.shape[0]
         for epoch in range(1, recipe.epochs + 1):
             start = time.perf_counter()
-            self.template.train()
+            self.stacked.train()
             order = torch.randperm(n_rows, generator=generator, device=dev)
             loss_sum = torch.zeros(len(self.active), device=dev)
             n_batches = 0
@@ -342,9 +340,9 @@ class _StackedRun:
                 batch = self._gather(batch_idx)
                 if amp_dtype is not None:
                     with torch.autocast(device_type=dev.type, dtype=amp_dtype):
-                        logits = self.forward(self.params, *batch)
+                        logits = self.stacked(*batch)
                 else:
-                    logits = self.forward(self.params, *batch)
+                    logits = self.stacked(*batch)
                 losses = self._losses(logits.float(), batch_idx, targets)
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
@@ -366,7 +364,7 @@ class _StackedRun:
                 else:
                     self.tracks[self.active[j]].loss_history.append(loss)
             logits_val = self._val_logits()
-            finite = torch.isfinite(logits_val).flatten(1).all(dim=1).tolist()
+            finite = finite_slices(logits_val).tolist()
             for j, ok in enumerate(finite):
                 if not ok and j not in failed:
                     failed[j] = ProbeDivergedError(f"non-finite logits on validation at epoch {epoch}",
@@ -414,9 +412,10 @@ class _StackedRun:
     @torch.no_grad()
     def _write_back(self, j: int) -> None:
         """Copy stacked slice ``j``'s weights into its head (an ordinary module again)."""
+        stacked = dict(self.stacked.named_parameters())
         head = self.heads[self.active[j]]
         for name, param in head.named_parameters():
-            param.copy_(self.params[name][j])
+            param.copy_(stacked[name][j])
         head.eval()
 
     def _keep(self, kept: list[int], optimizer: torch.optim.Optimizer) -> None:
@@ -432,19 +431,53 @@ class _StackedRun:
         index = torch.tensor(kept, device=self.data.device)
         self.train_x = [_compact(x, kept) for x in self.train_x]
         self.val_x = [_compact(x, kept) for x in self.val_x]
-        replaced: dict[int, Tensor] = {}
+        replaced: dict[Tensor, Tensor] = {}  # old parameter -> its kept slices (tensors hash by identity)
+        for layer in self.stacked.modules():
+            if isinstance(layer, _StackedLinear):
+                replaced.update(layer.keep(index))
         for group in optimizer.param_groups:
-            new_params = []
-            for old in group["params"]:
-                new = old.detach().index_select(0, index).requires_grad_(True)
-                state = optimizer.state.pop(old, None)
-                if state:
-                    optimizer.state[new] = {key: _slice_state(value, index, old.shape[0])
-                                            for key, value in state.items()}
-                replaced[id(old)] = new
-                new_params.append(new)
-            group["params"] = new_params
-        self.params = {name: replaced[id(p)] for name, p in self.params.items()}
+            group["params"] = [replaced[old] for old in group["params"]]
+        for old, new in replaced.items():
+            state = optimizer.state.pop(old, None)
+            if state:
+                optimizer.state[new] = {key: _slice_state(value, index, old.shape[0]) for key, value in state.items()}
+
+
+class _StackedLinear(nn.Module):
+    """K ``nn.Linear`` layers of one shape applied to K inputs at once: ``[K, B, in] -> [K, B, out]``."""
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        self.bias = (nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
+                     if layers[0].bias is not None else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (W x^T)^T rather than x W^T: autograd then computes the weight gradient as G^T x, in the
+        # weight's own [K, out, in] layout (x^T G is several times slower on the CPU)
+        out = torch.bmm(self.weight, x.transpose(1, 2)).transpose(1, 2)
+        return out if self.bias is None else out + self.bias.unsqueeze(1)
+
+    def keep(self, index: Tensor) -> dict[Tensor, Tensor]:
+        """Keep only the layers ``index``; returns each replaced parameter and its replacement."""
+        replaced = {}
+        for name in ("weight", "bias"):
+            old = getattr(self, name)
+            if old is not None:
+                new = nn.Parameter(old.detach().index_select(0, index))
+                setattr(self, name, new)
+                replaced[old] = new
+        return replaced
+
+
+def _stack_heads(heads: Sequence[nn.Module]) -> nn.Module:
+    """A copy of ``heads[0]`` whose every ``nn.Linear`` holds the K heads' layers stacked."""
+    stacked = copy.deepcopy(heads[0])
+    for name, module in heads[0].named_modules():
+        if isinstance(module, nn.Linear):
+            parent, _, attr = name.rpartition(".")
+            setattr(stacked.get_submodule(parent), attr, _StackedLinear([h.get_submodule(name) for h in heads]))
+    return stacked
 
 
 @dataclass(frozen=True)

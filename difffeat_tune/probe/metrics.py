@@ -148,6 +148,26 @@ class SingleLabelMetrics:
 # validation
 
 
+def finite_slices(x: Tensor) -> Tensor:
+    """Bool ``[K]``: whether each ``x[k]`` is entirely finite (no NaN, no Inf).
+
+    One sum per slice first (reads the data once, no temporary as large as the data): a sum is
+    non-finite whenever an element is, and otherwise only when finite values overflow, so the
+    exact element test runs only for the slices whose sum is not finite.
+    """
+    flat = x.detach().reshape(x.shape[0], -1)
+    finite = torch.isfinite(flat.sum(dim=1))
+    if not bool(finite.all()):
+        suspects = torch.nonzero(~finite).flatten()
+        finite[suspects] = torch.isfinite(flat[suspects]).all(dim=1)
+    return finite
+
+
+def all_finite(x: Tensor) -> bool:
+    """Whether every element of ``x`` is finite (see :func:`finite_slices`)."""
+    return bool(finite_slices(x.reshape(1, -1))[0]) if x.numel() else True
+
+
 def _check_scores(scores: Tensor, *, from_logits: bool | None) -> None:
     if not isinstance(scores, Tensor):
         raise ProbeInputError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
@@ -155,9 +175,8 @@ def _check_scores(scores: Tensor, *, from_logits: bool | None) -> None:
         raise ProbeInputError(f"scores must be a non-empty [N, C] matrix, got shape {tuple(scores.shape)}")
     if not scores.is_floating_point():
         raise ProbeInputError(f"scores must be floating point, got {scores.dtype}")
-    finite = torch.isfinite(scores)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    if not all_finite(scores):
+        bad = int((~torch.isfinite(scores)).sum())
         raise ProbeInputError(
             f"scores contain {bad} NaN/Inf value(s) (shape {tuple(scores.shape)})",
             "the probe probably diverged: lower the learning rate or check the features",
@@ -421,7 +440,7 @@ class MapScorer:
         if scores.shape[1:] != self.shape:
             raise ProbeInputError(f"scores shape {tuple(scores.shape[1:])} does not match targets shape "
                                   f"{tuple(self.shape)}")
-        finite = torch.isfinite(scores).flatten(1).all(dim=1)
+        finite = finite_slices(scores)
         if not bool(finite.all()):
             raise ProbeInputError(
                 f"scores of probes {torch.nonzero(~finite).flatten().tolist()} contain NaN/Inf",

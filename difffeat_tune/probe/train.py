@@ -38,6 +38,7 @@ from difffeat_tune.probe.metrics import (
     MultiLabelMetrics,
     ProbeInputError,
     SingleLabelMetrics,
+    all_finite,
     multilabel_metrics,
     singlelabel_class_indices,
     singlelabel_metrics,
@@ -182,9 +183,8 @@ def _check_inputs(split: str, inputs: tuple[Tensor, ...], targets: Tensor, n_inp
                 f"{split}: row counts differ: input shapes {shapes}, targets {tuple(targets.shape)}",
                 "features and labels of a split must be aligned row by row",
             )
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            rows = torch.nonzero(~finite.all(dim=1)).flatten()
+        if not all_finite(x):
+            rows = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten()
             raise ProbeInputError(
                 f"{name} (shape {tuple(x.shape)}) has NaN/Inf in {rows.numel()} row(s), first rows {rows[:5].tolist()}",
                 "re-extract these features or drop the rows",
@@ -284,7 +284,7 @@ def _full_metrics(logits: Tensor, targets: Tensor, task: str) -> MultiLabelMetri
 
 
 def _check_logits(logits: Tensor, where: str) -> None:
-    if not bool(torch.isfinite(logits).all()):
+    if not all_finite(logits):
         raise ProbeDivergedError(f"non-finite logits {where}", "lower the learning rate")
 
 

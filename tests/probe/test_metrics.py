@@ -17,9 +17,11 @@ from difffeat_tune.probe.metrics import (
     MultiLabelMetrics,
     ProbeInputError,
     SingleLabelMetrics,
+    all_finite,
     average_precision_per_class,
     batched_mean_average_precision,
     batched_top1_accuracy,
+    finite_slices,
     mean_average_precision,
     multilabel_metrics,
     singlelabel_metrics,
@@ -265,6 +267,15 @@ def test_batched_top1_equals_each_probes_top1() -> None:
     assert got.tolist() == [top_k_accuracy(scores[k], labels, 1) for k in range(3)]
     one_hot = torch.nn.functional.one_hot(labels, 7).to(torch.int8)
     assert torch.equal(batched_top1_accuracy(scores, one_hot), got)
+
+
+def test_finite_checks_find_nan_and_inf_and_are_not_fooled_by_overflowing_sums() -> None:
+    x = torch.zeros(4, 3, 5)
+    x[1, 2, 3] = float("nan")
+    x[2, 0, 0] = float("-inf")
+    x[3] = 3e38  # finite values whose sum overflows to inf
+    assert finite_slices(x).tolist() == [True, False, False, True]
+    assert all_finite(x[3]) and not all_finite(x) and all_finite(torch.empty(0, 3))
 
 
 def test_top_k_accuracy_matches_sklearn() -> None:
