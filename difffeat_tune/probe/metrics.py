@@ -256,7 +256,8 @@ def _average_precision_sorted(scores: Tensor, targets: Tensor) -> Tensor:
 
 def _average_precision_rows(scores_t: Tensor, targets_t: Tensor) -> Tensor:
     """AP of every row of ``[M, N]`` scores against ``[M, N]`` targets; NaN where no positive."""
-    return _average_precision_coded(scores_t, _target_codes(targets_t))
+    codes_t = _target_codes(targets_t)
+    return _average_precision_keys(_sorted_keys(scores_t, codes_t), has_ignored=bool((codes_t == 2).any()))
 
 
 def _target_codes(targets_t: Tensor) -> Tensor:
@@ -287,28 +288,39 @@ def _sort_rows(keys: Tensor) -> Tensor:
     return keys.sort(dim=1).values
 
 
-def _average_precision_coded(scores_t: Tensor, codes_t: Tensor) -> Tensor:
-    """AP of every row of ``[M, N]`` scores, vectorised (one sort of the whole block); NaN where no positive.
+def _sorted_keys(scores_t: Tensor, codes_t: Tensor) -> Tensor:
+    """Each row's scores in decreasing order, with their target codes, as int64 keys ``score << 2 | code``.
 
-    For each row the entries are sorted by decreasing score; cumulative true and false
-    positives are counted (ignored entries count as neither); every positive contributes the
-    precision measured at the end of its tie group (the last entry with the same score), and the
-    sum is divided by the number of positives. This is sklearn's step-wise AP. Each score and its
-    target code (:func:`_target_codes`) are sorted together as one integer key.
+    ``scores_t`` is ``[..., N]`` (leading dimensions are flattened into rows) and ``codes_t``
+    (:func:`_target_codes`) broadcasts against it. For float64 scores (no spare bits) the score
+    part is the rank of the distinct value instead.
     """
-    if scores_t.dtype == torch.float64:  # no spare bits in a float64 key: sort values and indices
-        sorted_scores, order = scores_t.sort(dim=1, descending=True)
+    n_rows = scores_t.shape[-1]
+    if scores_t.dtype == torch.float64:
+        sorted_scores, order = scores_t.reshape(-1, n_rows).sort(dim=1, descending=True)
         tie_group = torch.zeros_like(order)
         tie_group[:, 1:] = (sorted_scores[:, 1:] != sorted_scores[:, :-1]).cumsum(dim=1)
-        keys = (tie_group << 2) | codes_t.gather(1, order)
-    else:
-        keys = _sort_rows(_descending_keys(scores_t) | codes_t)
+        return (tie_group << 2) | codes_t.expand_as(scores_t).reshape(-1, n_rows).gather(1, order)
+    return _sort_rows((_descending_keys(scores_t) | codes_t).reshape(-1, n_rows))
+
+
+def _average_precision_keys(keys: Tensor, *, has_ignored: bool) -> Tensor:
+    """AP of every row of sorted keys (:func:`_sorted_keys`), vectorised; NaN where no positive.
+
+    Along each row (decreasing score) true positives and counted entries (ignored entries count
+    as neither) are accumulated; every positive contributes the precision measured at the end of
+    its tie group (the last entry with the same score), and the sum is divided by the number of
+    positives. This is sklearn's step-wise AP. Without ignored entries every entry is counted,
+    so the counts are the positions themselves.
+    """
     n_rows = keys.shape[1]
     codes = keys & 3
     positive = codes == 0
     tp = positive.cumsum(dim=1, dtype=torch.float64)
-    seen = (codes != 2).cumsum(dim=1, dtype=torch.float64)
-    precision = tp / seen.clamp(min=1.0)
+    if has_ignored:
+        precision = tp / (codes != 2).cumsum(dim=1, dtype=torch.float64).clamp(min=1.0)
+    else:
+        precision = tp / torch.arange(1, n_rows + 1, dtype=torch.float64, device=keys.device)
     score_keys = keys >> 2
     tied_rows = torch.nonzero((score_keys[:, 1:] == score_keys[:, :-1]).any(dim=1)).flatten()
     if tied_rows.numel():
@@ -427,6 +439,7 @@ class MapScorer:
                 "check the split's labels",
             )
         self.codes_t = _target_codes(targets[:, self.scored].T)  # [scored classes, N], sort-key codes
+        self.has_ignored = bool((self.codes_t == 2).any())
 
     def __call__(self, scores: Tensor) -> Tensor:
         """Float64 mAP ``[K]`` of ``[K, N, C]`` finite scores (logits or probabilities).
@@ -448,15 +461,17 @@ class MapScorer:
             )
         n_probes, n_rows = scores.shape[:2]
         n_scored = self.scored.numel()
-        # one row per (probe, scored class), probe-major: row r holds the targets of class r % n_scored
-        scores_t = scores.detach()[:, :, self.scored].transpose(1, 2).reshape(n_probes * n_scored, n_rows)
-        ap = torch.empty(n_probes * n_scored, dtype=torch.float64, device=scores.device)
+        # one row per (probe, scored class), probe-major
+        scores = scores.detach() if n_scored == self.shape[1] else scores.detach()[:, :, self.scored]
+        scores_t = scores.transpose(1, 2).reshape(n_probes, n_scored, n_rows)
+        ap = torch.empty(n_probes, n_scored, dtype=torch.float64, device=scores.device)
         probes_per_chunk = max(1, _AP_CHUNK_ELEMENTS // (n_rows * n_scored))
         for start in range(0, n_probes, probes_per_chunk):
-            stop = min(start + probes_per_chunk, n_probes)
-            rows = slice(start * n_scored, stop * n_scored)
-            ap[rows] = _average_precision_coded(scores_t[rows], self.codes_t.repeat(stop - start, 1))
-        return ap.view(n_probes, n_scored).mean(dim=1)
+            chunk = scores_t[start:start + probes_per_chunk]
+            keys = _sorted_keys(chunk, self.codes_t)  # the class codes broadcast over the probes
+            ap[start:start + probes_per_chunk] = _average_precision_keys(
+                keys, has_ignored=self.has_ignored).view(-1, n_scored)
+        return ap.mean(dim=1)
 
 
 def batched_mean_average_precision(scores: Tensor, targets: Tensor) -> Tensor:
