@@ -271,12 +271,14 @@ class _StackedRun:
         self.reported = False
         self.stacked = _stack_heads(heads)
         n_inputs = len(train_x[0])
-        self.train_x = [torch.stack([x[i] for x in train_x]) for i in range(n_inputs)]  # [K, N, D_i]
-        self.val_x = [torch.stack([x[i] for x in val_x]) for i in range(n_inputs)]
+        # inputs stacked row-major, [N, K, D_i]: a row of all probes is one contiguous block, so a
+        # step's gather copies batch-size blocks (faster than K x batch-size rows of [K, N, D])
+        self.train_x = [torch.stack([x[i] for x in train_x], dim=1) for i in range(n_inputs)]
+        self.val_x = [torch.stack([x[i] for x in val_x], dim=1) for i in range(n_inputs)]
         # one buffer per input for the gathered rows of a step: reusing it spares an allocation of
-        # K x batch x D floats per step (page faults and zeroing for large K x D on the CPU)
+        # batch x K x D floats per step (page faults and zeroing for large K x D on the CPU)
         rows = min(data.recipe.batch_size, data.y_train.shape[0])
-        self.gathered = [x.new_empty(x.shape[0] * rows * x.shape[2]) for x in self.train_x]
+        self.gathered = [x.new_empty(rows * x.shape[1] * x.shape[2]) for x in self.train_x]
         self.active = list(range(len(heads)))  # positions (in ``heads``) of the stacked slices
         self.tracks = [_Track() for _ in heads]
         self.outcome: list[TrainResult | ProbeDivergedError | None] = [None] * len(heads)
@@ -284,10 +286,11 @@ class _StackedRun:
     # -- steps ---------------------------------------------------------------------------------
 
     def _gather(self, batch_idx: Tensor) -> list[Tensor]:
+        """The batch's rows of every input, as ``[K, batch, D_i]`` views for the stacked head."""
         out = []
         for x, buffer in zip(self.train_x, self.gathered):
-            view = buffer[: x.shape[0] * batch_idx.numel() * x.shape[2]].view(x.shape[0], batch_idx.numel(), x.shape[2])
-            out.append(torch.index_select(x, 1, batch_idx, out=view))
+            view = buffer[: batch_idx.numel() * x.shape[1] * x.shape[2]].view(batch_idx.numel(), *x.shape[1:])
+            out.append(torch.index_select(x, 0, batch_idx, out=view).transpose(0, 1))
         return out
 
     def _losses(self, logits: Tensor, batch_idx: Tensor, targets: _Targets) -> Tensor:
@@ -307,10 +310,10 @@ class _StackedRun:
     def _val_logits(self) -> Tensor:
         """Float32 validation logits ``[K, N_val, C]`` of the active probes, in row chunks."""
         self.stacked.eval()
-        n_probes, n_rows = self.val_x[0].shape[:2]
+        n_rows, n_probes = self.val_x[0].shape[:2]
         # rows per chunk so that a chunk of the whole batch is as large as one eval batch alone
         rows = max(1, self.data.recipe.eval_batch_size // n_probes)
-        chunks = [self.stacked(*[x[:, start:start + rows] for x in self.val_x]).float()
+        chunks = [self.stacked(*[x[start:start + rows].transpose(0, 1) for x in self.val_x]).float()
                   for start in range(0, n_rows, rows)]
         return torch.cat(chunks, dim=1)
 
@@ -498,14 +501,15 @@ class _Targets:
 
 
 def _compact(x: Tensor, kept: list[int]) -> Tensor:
-    """Move slices ``kept`` (increasing) of ``x`` to its front, in place; the first ``len(kept)`` slices.
+    """Move probes ``kept`` (increasing) of ``[N, K, D]`` inputs to the front of dimension 1, in place.
 
-    Safe in increasing order: slice ``j`` is written from ``kept[j] >= j``, which no earlier write touched.
+    Returns the view of the first ``len(kept)`` probes. Safe in increasing order: probe ``j`` is
+    written from ``kept[j] >= j``, which no earlier write touched.
     """
     for j, k in enumerate(kept):
         if j != k:
-            x[j].copy_(x[k])
-    return x[: len(kept)]
+            x[:, j].copy_(x[:, k])
+    return x[:, : len(kept)]
 
 
 def _slice_state(value: object, index: Tensor, n_stacked: int) -> object:
