@@ -322,6 +322,50 @@ def evaluate(
 # training
 
 
+@dataclass(frozen=True)
+class LossTargets:
+    """Training targets in the form the loss reads them, built once per training.
+
+    Multi-label: BCE-with-logits averaged over the non-ignored entries of the batch (target -1 is
+    masked out); single-label: cross-entropy averaged over the batch's rows.
+
+    Attributes:
+        task: "multilabel" or "singlelabel".
+        labels: multi-label float targets (ignored entries as 0), or single-label class indices.
+        weight: multi-label 0/1 weight of every entry (0 = ignored), None when nothing is ignored.
+    """
+
+    task: str
+    labels: Tensor
+    weight: Tensor | None
+
+    @classmethod
+    def of(cls, y_train: Tensor, task: str, dtype: torch.dtype) -> LossTargets:
+        """From prepared targets (:func:`_prepare_targets`)."""
+        if task != "multilabel":
+            return cls(task, y_train, None)
+        weight = (y_train != IGNORE_LABEL).to(dtype)
+        return cls(task, y_train.clamp(min=0).to(dtype), None if bool(weight.all()) else weight)
+
+    def loss(self, logits: Tensor, batch_idx: Tensor) -> Tensor:
+        """The batch's loss: a scalar for ``[B, C]`` logits, one per probe ``[K]`` for ``[K, B, C]``."""
+        stacked = logits.ndim == 3
+        if self.task != "multilabel":
+            labels = self.labels.index_select(0, batch_idx)
+            if not stacked:
+                return F.cross_entropy(logits, labels)
+            per_row = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="none")
+            return per_row.view(logits.shape[:2]).mean(dim=1)
+        target = self.labels.index_select(0, batch_idx).expand_as(logits)
+        if self.weight is None:
+            if not stacked:
+                return F.binary_cross_entropy_with_logits(logits, target)
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
+        weight = self.weight.index_select(0, batch_idx)
+        per_entry = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+        return (per_entry.sum(dim=(1, 2)) if stacked else per_entry.sum()) / weight.sum().clamp(min=1.0)
+
+
 def _make_optimizer(parameters: Iterable[Tensor], recipe: TrainRecipe) -> torch.optim.Optimizer:
     """The recipe's optimizer over ``parameters``; the fused kernel (one call per step) on CPU and CUDA.
 
@@ -458,12 +502,7 @@ def _train_loop(
     on_epoch: OnEpoch | None,
 ) -> TrainResult:
     """The epochs of :func:`train_head` on validated inputs already on ``dev``."""
-    multilabel = task == "multilabel"
-    dtype = _head_dtype(head)
-    # multi-label: float targets and the 0/1 weight of every entry (0 = ignored), built once
-    mask = (y_train != IGNORE_LABEL).to(dtype) if multilabel else y_train
-    y_float = y_train.clamp(min=0).to(dtype) if multilabel else y_train
-    has_ignored = multilabel and not bool(mask.all())
+    targets = LossTargets.of(y_train, task, _head_dtype(head))
     n_rows = y_train.shape[0]
 
     amp_dtype = autocast_dtype(dev) if recipe.amp else None
@@ -480,15 +519,7 @@ def _train_loop(
                 logits = head(*batch)
         else:
             logits = head(*batch)
-        logits = logits.float()
-        if not multilabel:
-            return F.cross_entropy(logits, y_train.index_select(0, batch_idx))
-        target = y_float.index_select(0, batch_idx)
-        if not has_ignored:
-            return F.binary_cross_entropy_with_logits(logits, target)
-        weight = mask.index_select(0, batch_idx)
-        per_entry = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        return (per_entry * weight).sum() / weight.sum().clamp(min=1.0)
+        return targets.loss(logits.float(), batch_idx)
 
     history: list[float] = []
     loss_history: list[float] = []
