@@ -63,7 +63,6 @@ from difffeat_tune.probe.metrics import (
     finite_slices,
 )
 from difffeat_tune.probe.train import (
-    LossTargets,
     ProbeDivergedError,
     Task,
     TrainRecipe,
@@ -73,6 +72,7 @@ from difffeat_tune.probe.train import (
     _check_task,
     _full_metrics,
     _head_dtype,
+    _LossTargets,
     _make_optimizer,
     _make_scheduler,
     _prepare_inputs,
@@ -313,7 +313,7 @@ class _StackedRun:
 
     def train(self) -> list[TrainResult | ProbeDivergedError]:
         data, recipe, dev = self.data, self.data.recipe, self.data.device
-        targets = LossTargets.of(data.y_train, data.task, _head_dtype(self.stacked))
+        targets = _LossTargets.of(data.y_train, data.task, _head_dtype(self.stacked))
         amp_dtype = autocast_dtype(dev) if recipe.amp else None
         optimizer = _make_optimizer(self.stacked.parameters(), recipe)
         scheduler = _make_scheduler(optimizer, recipe)

@@ -323,7 +323,7 @@ def evaluate(
 
 
 @dataclass(frozen=True)
-class LossTargets:
+class _LossTargets:
     """Training targets in the form the loss reads them, built once per training.
 
     Multi-label: BCE-with-logits averaged over the non-ignored entries of the batch (target -1 is
@@ -340,7 +340,7 @@ class LossTargets:
     weight: Tensor | None
 
     @classmethod
-    def of(cls, y_train: Tensor, task: str, dtype: torch.dtype) -> LossTargets:
+    def of(cls, y_train: Tensor, task: str, dtype: torch.dtype) -> _LossTargets:
         """From prepared targets (:func:`_prepare_targets`)."""
         if task != "multilabel":
             return cls(task, y_train, None)
@@ -502,7 +502,7 @@ def _train_loop(
     on_epoch: OnEpoch | None,
 ) -> TrainResult:
     """The epochs of :func:`train_head` on validated inputs already on ``dev``."""
-    targets = LossTargets.of(y_train, task, _head_dtype(head))
+    targets = _LossTargets.of(y_train, task, _head_dtype(head))
     n_rows = y_train.shape[0]
 
     amp_dtype = autocast_dtype(dev) if recipe.amp else None
