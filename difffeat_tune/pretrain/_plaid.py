@@ -83,7 +83,7 @@ class PlaidRecipe:
     embed_dim: int = 16
     gamma_0: float = -3.0
     gamma_1: float = 6.0
-    steps: int = 4000
+    steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-3
     side_lr: float = 1e-2
@@ -92,7 +92,7 @@ class PlaidRecipe:
     grad_clip: float = 1.0
     reconst_share: float = 0.125
     selfcond_share: float = 0.25
-    bias_warmup: int = 2000
+    bias_warmup: int = 5000
     seed: int = 0
     log_every: int = 100
 

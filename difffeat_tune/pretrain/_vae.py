@@ -31,7 +31,10 @@ class VAERecipe:
     """Architecture and training of the tiny autoencoder.
 
     Attributes:
-        block_out_channels: channels per level; 4 levels downsample by 8, as Stable Diffusion's.
+        block_out_channels: channels per level; n levels downsample by 2^(n-1). Three levels (by 4:
+            64 px images to 16 x 16 latents) keep the small shapes that Stable Diffusion's 8x
+            downsampling loses at 64 px (measured: L1 0.10 and blurred blobs with 4 levels and
+            16 channels, against 0.044 and recognisable shapes with 3 levels and 4 channels).
         latent_channels: latent channels (4, as Stable Diffusion's and DiT-XL/2's input).
         layers_per_block: ResNet layers per encoder level (decoder: one more).
         norm_num_groups: GroupNorm groups.
@@ -45,14 +48,14 @@ class VAERecipe:
         log_every: steps between two ``log`` calls.
     """
 
-    block_out_channels: tuple[int, ...] = (8, 16, 32, 32)
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
     latent_channels: int = 4
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 32
     crop: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 100
     kl_weight: float = 1e-6
     seed: int = 0

@@ -1,0 +1,32 @@
+"""Probes on stored features: heads, the training loops (one probe, or many as one computation),
+metrics, memory planning of batches, and the trial objective."""
+
+from __future__ import annotations
+
+from difffeat_tune.probe._batched import BATCHABLE_HEADS, BatchOnEpoch, train_heads
+from difffeat_tune.probe._memory import (
+    DEFAULT_MAX_BATCH_PROBES,
+    ProbeFootprint,
+    available_memory,
+    max_batch_probes,
+    probe_footprint,
+    split_batches,
+)
+from difffeat_tune.probe.train import ProbeDivergedError, TrainRecipe, TrainResult, evaluate, train_head
+
+__all__ = [
+    "BATCHABLE_HEADS",
+    "BatchOnEpoch",
+    "DEFAULT_MAX_BATCH_PROBES",
+    "ProbeDivergedError",
+    "ProbeFootprint",
+    "TrainRecipe",
+    "TrainResult",
+    "available_memory",
+    "evaluate",
+    "max_batch_probes",
+    "probe_footprint",
+    "split_batches",
+    "train_head",
+    "train_heads",
+]

@@ -54,6 +54,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy
@@ -165,6 +166,26 @@ class SingleLabelMetrics:
 # validation
 
 
+def finite_slices(x: Tensor) -> Tensor:
+    """Bool ``[K]``: whether each ``x[k]`` is entirely finite (no NaN, no Inf).
+
+    One sum per slice first (reads the data once, no temporary as large as the data): a sum is
+    non-finite whenever an element is, and otherwise only when finite values overflow, so the
+    exact element test runs only for the slices whose sum is not finite.
+    """
+    flat = x.detach().reshape(x.shape[0], -1)
+    finite = torch.isfinite(flat.sum(dim=1))
+    if not bool(finite.all()):
+        suspects = torch.nonzero(~finite).flatten()
+        finite[suspects] = torch.isfinite(flat[suspects]).all(dim=1)
+    return finite
+
+
+def all_finite(x: Tensor) -> bool:
+    """Whether every element of ``x`` is finite (see :func:`finite_slices`)."""
+    return bool(finite_slices(x.reshape(1, -1))[0]) if x.numel() else True
+
+
 def _check_scores(scores: Tensor, *, from_logits: bool | None) -> None:
     if not isinstance(scores, Tensor):
         raise ProbeInputError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
@@ -172,9 +193,8 @@ def _check_scores(scores: Tensor, *, from_logits: bool | None) -> None:
         raise ProbeInputError(f"scores must be a non-empty [N, C] matrix, got shape {tuple(scores.shape)}")
     if not scores.is_floating_point():
         raise ProbeInputError(f"scores must be floating point, got {scores.dtype}")
-    finite = torch.isfinite(scores)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    if not all_finite(scores):
+        bad = int((~torch.isfinite(scores)).sum())
         raise ProbeInputError(
             f"scores contain {bad} NaN/Inf value(s) (shape {tuple(scores.shape)})",
             "the probe probably diverged: lower the learning rate or check the features",
@@ -248,30 +268,91 @@ def singlelabel_class_indices(targets: Tensor, n_classes: int | None = None) -> 
 
 
 def _average_precision_sorted(scores: Tensor, targets: Tensor) -> Tensor:
-    """AP of every column, vectorised (one sort of the whole block); NaN where no positive.
+    """AP of every column of ``[N, C]`` scores; NaN where no positive (see :func:`_average_precision_rows`)."""
+    return _average_precision_rows(scores.detach().T.contiguous(), targets.T.contiguous())
 
-    For each column the entries are sorted by decreasing score; cumulative true and false
-    positives are counted (ignored entries count as neither); every positive contributes the
-    precision measured at the end of its tie group (the last entry with the same score), and the
-    sum is divided by the number of positives. This is sklearn's step-wise AP.
+
+def _average_precision_rows(scores_t: Tensor, targets_t: Tensor) -> Tensor:
+    """AP of every row of ``[M, N]`` scores against ``[M, N]`` targets; NaN where no positive."""
+    codes_t = _target_codes(targets_t)
+    return _average_precision_keys(_sorted_keys(scores_t, codes_t), has_ignored=bool((codes_t == 2).any()))
+
+
+def _target_codes(targets_t: Tensor) -> Tensor:
+    """int64 codes of targets for the sort keys' two low bits: 0 positive, 1 negative, 2 ignored."""
+    return (targets_t != 1).to(torch.int64) + (targets_t == IGNORE).to(torch.int64)
+
+
+def _descending_keys(scores_t: Tensor) -> Tensor:
+    """int64 keys, two low bits free, whose ascending order is the scores' descending order.
+
+    Equal scores get equal keys (``+ 0.0`` turns -0.0 into +0.0) and different scores different
+    keys: the float32 bits of ``-score`` made monotone as integers (a negative float's magnitude
+    bits are flipped). Exact for float32, bfloat16 and float16 scores.
     """
-    scores_t = scores.detach().T.contiguous()
-    targets_t = targets.T.contiguous()
-    n_rows = scores_t.shape[1]
-    sorted_scores, order = scores_t.sort(dim=1, descending=True)
-    positive = (targets_t == 1).gather(1, order).to(torch.float64)
-    negative = (targets_t == 0).gather(1, order).to(torch.float64)
-    tp = positive.cumsum(dim=1)
-    seen = tp + negative.cumsum(dim=1)
-    precision = tp / seen.clamp(min=1.0)
-    # index of the end of each entry's tie group: smallest group-end index >= the entry's index
-    group_end = torch.ones_like(sorted_scores, dtype=torch.bool)
-    group_end[:, :-1] = sorted_scores[:, 1:] != sorted_scores[:, :-1]
-    positions = torch.arange(n_rows, device=scores.device).expand_as(order)
-    end_index = torch.where(group_end, positions, torch.full_like(positions, n_rows - 1))
-    end_index = end_index.flip(1).cummin(dim=1).values.flip(1)
-    n_positive = positive.sum(dim=1)
-    ap = (positive * precision.gather(1, end_index)).sum(dim=1) / n_positive.clamp(min=1.0)
+    bits = ((-scores_t.float()) + 0.0).view(torch.int32)
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64) << 2
+
+
+def _sort_rows(keys: Tensor) -> Tensor:
+    """Each row of an int64 matrix sorted ascending (values only).
+
+    On the CPU numpy's sort of plain integers is an order of magnitude faster than torch's
+    value-and-index sort (SIMD sorting networks on recent x86 CPUs), and sorting the scores with
+    their targets packed into one key needs no index.
+    """
+    if keys.device.type == "cpu":
+        return torch.from_numpy(np.sort(keys.numpy(), axis=1))
+    return keys.sort(dim=1).values
+
+
+def _sorted_keys(scores_t: Tensor, codes_t: Tensor) -> Tensor:
+    """Each row's scores in decreasing order, with their target codes, as int64 keys ``score << 2 | code``.
+
+    ``scores_t`` is ``[..., N]`` (leading dimensions are flattened into rows) and ``codes_t``
+    (:func:`_target_codes`) broadcasts against it. For float64 scores (no spare bits) the score
+    part is the rank of the distinct value instead.
+    """
+    n_rows = scores_t.shape[-1]
+    if scores_t.dtype == torch.float64:
+        sorted_scores, order = scores_t.reshape(-1, n_rows).sort(dim=1, descending=True)
+        tie_group = torch.zeros_like(order)
+        tie_group[:, 1:] = (sorted_scores[:, 1:] != sorted_scores[:, :-1]).cumsum(dim=1)
+        return (tie_group << 2) | codes_t.expand_as(scores_t).reshape(-1, n_rows).gather(1, order)
+    return _sort_rows((_descending_keys(scores_t) | codes_t).reshape(-1, n_rows))
+
+
+def _average_precision_keys(keys: Tensor, *, has_ignored: bool) -> Tensor:
+    """AP of every row of sorted keys (:func:`_sorted_keys`), vectorised; NaN where no positive.
+
+    Along each row (decreasing score) true positives and counted entries (ignored entries count
+    as neither) are accumulated; every positive contributes the precision measured at the end of
+    its tie group (the last entry with the same score), and the sum is divided by the number of
+    positives. This is sklearn's step-wise AP. Without ignored entries every entry is counted,
+    so the counts are the positions themselves.
+    """
+    n_rows = keys.shape[1]
+    codes = keys & 3
+    positive = codes == 0
+    tp = positive.cumsum(dim=1, dtype=torch.float64)
+    if has_ignored:
+        precision = tp / (codes != 2).cumsum(dim=1, dtype=torch.float64).clamp(min=1.0)
+    else:
+        precision = tp / torch.arange(1, n_rows + 1, dtype=torch.float64, device=keys.device)
+    score_keys = keys >> 2
+    tied_rows = torch.nonzero((score_keys[:, 1:] == score_keys[:, :-1]).any(dim=1)).flatten()
+    if tied_rows.numel():
+        # every positive of a tie group gets the precision at the group's end (its last entry):
+        # index of that end = the smallest group-end index >= the entry's index. Only the rows
+        # with ties pay for it (float logits rarely tie; probabilities of a saturated sigmoid do)
+        tied = score_keys[tied_rows]
+        group_end = torch.ones_like(tied, dtype=torch.bool)
+        group_end[:, :-1] = tied[:, 1:] != tied[:, :-1]
+        positions = torch.arange(n_rows, device=keys.device).expand_as(tied)
+        end_index = torch.where(group_end, positions, n_rows - 1).flip(1).cummin(dim=1).values.flip(1)
+        precision[tied_rows] = precision[tied_rows].gather(1, end_index)
+    n_positive = tp[:, -1]
+    ap = torch.where(positive, precision, 0.0).sum(dim=1) / n_positive.clamp(min=1.0)
     return torch.where(n_positive > 0, ap, torch.full_like(ap, float("nan")))
 
 
@@ -337,6 +418,115 @@ def mean_average_precision(scores: Tensor, targets: Tensor, *, from_logits: bool
             "check the split's labels",
         )
     return float(ap[scored].mean())
+
+
+class MapScorer:
+    """mAP of many score matrices against one target matrix: the targets are checked and laid out once.
+
+    A probe is scored on the same validation targets after every epoch; checking them, finding the
+    scored classes and transposing them once per training instead of once per epoch is most of
+    what one epoch's mAP costs besides the sort. Calling the scorer on ``[K, N, C]`` scores ranks
+    the K x C (probe, class) columns in blocks of one sort each. Probe k's value is what
+    :func:`mean_average_precision` gives for ``scores[k]`` (same AP, ties, ignored entries and
+    excluded classes, which are logged when the scorer is built).
+
+    Args:
+        targets: ``[N, C]`` integer targets in {-1, 0, 1}.
+
+    Raises:
+        ProbeInputError: labels outside {-1, 0, 1}, or no class with a positive label.
+
+    Example:
+        >>> scorer = MapScorer(torch.tensor([[1], [0]]))
+        >>> scorer(torch.tensor([[[0.9], [0.1]], [[0.1], [0.9]]])).tolist()   # 2 probes, 2 rows, 1 class
+        [1.0, 0.5]
+    """
+
+    def __init__(self, targets: Tensor) -> None:
+        if not isinstance(targets, Tensor) or targets.ndim != 2:
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ProbeInputError(f"multi-label targets must be an [N, C] matrix, got {shape}")
+        targets = _check_multilabel_targets(targets, targets.shape)
+        self.shape = targets.shape
+        has_positive = (targets == 1).any(dim=0)
+        self.scored = torch.nonzero(has_positive).flatten()
+        _report_excluded(torch.nonzero(~has_positive).flatten().tolist(), self.shape[1])
+        if self.scored.numel() == 0:
+            raise ProbeInputError(
+                f"no class has a positive label in this split ({self.shape[1]} classes): mAP is undefined",
+                "check the split's labels",
+            )
+        self.codes_t = _target_codes(targets[:, self.scored].T)  # [scored classes, N], sort-key codes
+        self.has_ignored = bool((self.codes_t == 2).any())
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        """Float64 mAP ``[K]`` of ``[K, N, C]`` finite scores (logits or probabilities).
+
+        Raises:
+            ProbeInputError: a shape that does not match the targets, or NaN/Inf (naming the probes).
+        """
+        if not isinstance(scores, Tensor) or scores.ndim != 3 or scores.shape[0] == 0 or not scores.is_floating_point():
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ProbeInputError(f"batched scores must be a non-empty floating [K, N, C] tensor, got {shape}")
+        if scores.shape[1:] != self.shape:
+            raise ProbeInputError(f"scores shape {tuple(scores.shape[1:])} does not match targets shape "
+                                  f"{tuple(self.shape)}")
+        finite = finite_slices(scores)
+        if not bool(finite.all()):
+            raise ProbeInputError(
+                f"scores of probes {torch.nonzero(~finite).flatten().tolist()} contain NaN/Inf",
+                "the probe probably diverged: lower the learning rate or check the features",
+            )
+        n_probes, n_rows = scores.shape[:2]
+        n_scored = self.scored.numel()
+        # one row per (probe, scored class), probe-major
+        scores = scores.detach() if n_scored == self.shape[1] else scores.detach()[:, :, self.scored]
+        scores_t = scores.transpose(1, 2).reshape(n_probes, n_scored, n_rows)
+        ap = torch.empty(n_probes, n_scored, dtype=torch.float64, device=scores.device)
+        probes_per_chunk = max(1, _AP_CHUNK_ELEMENTS // (n_rows * n_scored))
+        for start in range(0, n_probes, probes_per_chunk):
+            chunk = scores_t[start:start + probes_per_chunk]
+            keys = _sorted_keys(chunk, self.codes_t)  # the class codes broadcast over the probes
+            ap[start:start + probes_per_chunk] = _average_precision_keys(
+                keys, has_ignored=self.has_ignored).view(-1, n_scored)
+        return ap.mean(dim=1)
+
+
+def batched_mean_average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """mAP of K probes scored against the same targets: ``MapScorer(targets)(scores)``.
+
+    Args:
+        scores: ``[K, N, C]`` finite scores (logits or probabilities: AP depends only on the order).
+        targets: ``[N, C]`` integer targets in {-1, 0, 1}, shared by the K probes.
+
+    Returns:
+        Float64 tensor ``[K]``; entry k equals ``mean_average_precision(scores[k], targets, ...)``.
+
+    Raises:
+        ProbeInputError: as :class:`MapScorer`.
+    """
+    if isinstance(targets, Tensor) and isinstance(scores, Tensor) and scores.ndim == 3 and targets.shape != scores.shape[1:]:
+        raise ProbeInputError(f"targets shape {tuple(targets.shape)} does not match scores shape {tuple(scores.shape[1:])}")
+    return MapScorer(targets)(scores)
+
+
+def batched_top1_accuracy(scores: Tensor, targets: Tensor) -> Tensor:
+    """Top-1 accuracy of K probes against the same class indices, as :func:`top_k_accuracy` with k = 1.
+
+    Args:
+        scores: ``[K, N, C]`` finite scores (C >= 2).
+        targets: class indices ``[N]`` (see :func:`singlelabel_class_indices`).
+
+    Returns:
+        Float32 tensor ``[K]`` (the fraction computed as torchmetrics does, in float32).
+    """
+    if scores.ndim != 3 or scores.shape[2] < 2:
+        raise ProbeInputError(f"batched single-label scores must be [K, N, C>=2], got {tuple(scores.shape)}")
+    indices = singlelabel_class_indices(targets, scores.shape[2])
+    if indices.shape[0] != scores.shape[1]:
+        raise ProbeInputError(f"targets have {indices.shape[0]} rows, scores have {scores.shape[1]}")
+    correct = (scores.argmax(dim=2) == indices).sum(dim=1)
+    return correct.float() / float(indices.shape[0])
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -27,10 +27,12 @@ import numpy as np
 import torch
 
 from difffeat_tune._device import resolve_device
-from difffeat_tune._errors import ConfigError
+from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune.config import TrialConfig
+from difffeat_tune.probe._batched import BATCHABLE_HEADS, BatchOnEpoch, train_heads
+from difffeat_tune.probe._memory import max_batch_probes, probe_footprint
 from difffeat_tune.probe.heads import build_head
-from difffeat_tune.probe.train import TrainRecipe, evaluate, predict_logits, train_head
+from difffeat_tune.probe.train import TrainRecipe, TrainResult, evaluate, predict_logits, train_head
 from difffeat_tune.store import FeatureView, Labels, check_aligned
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ Protocol = Literal["validation", "paper"]
 PROTOCOLS: tuple[str, ...] = ("validation", "paper")
 #: ``on_epoch(epoch, score) -> stop?``: reports each epoch's selection score (pruners hook in here).
 OnEpoch = Callable[[int, float], bool]
+#: Smallest standard deviation a feature is divided by (constant features stay finite).
+_MIN_STD = 1e-6
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class ObjectiveSettings:
         standardize: z-score each feature with training-split statistics before the head (a
             parameter-free normalisation, as linear-probe protocols commonly use; pooled
             diffusion features have very unequal scales across blocks).
-        cache_size: feature tensors kept on the device between trials of one worker.
+        cache_size: input tensors kept on the device between trials of one worker (one per feature
+            and role: training rows, selection rows, evaluation rows; standardised when ``standardize``).
         head_seed: seed of the head's initialisation.
     """
 
@@ -135,8 +140,12 @@ class Objective:
         self.view = view
         self.settings = settings or ObjectiveSettings()
         self.device = resolve_device(device)
+        # standardised inputs per (modality, (t, b), role), least recently used first
         self._cache: OrderedDict[tuple[object, ...], torch.Tensor] = OrderedDict()
+        # [2, D] training mean and std per feature: small, kept for the objective's lifetime
+        self._stats: dict[tuple[str, tuple[int, int]], torch.Tensor] = {}
         self._labels: dict[str, Labels] = {}
+        self._target_cache: dict[str, torch.Tensor] = {}
         splits = view.splits
         if "train" not in splits:
             raise ConfigError(f"data set {view.folder.name} has no 'train' split (has {', '.join(splits)})")
@@ -167,18 +176,54 @@ class Objective:
 
     # -- data ---------------------------------------------------------------------------------
 
-    def _features(self, modality: str, tb: tuple[int, int], split: str) -> torch.Tensor:
-        key = (modality, tb, split)
+    def _input(self, modality: str, tb: tuple[int, int], rows: _Rows) -> torch.Tensor:
+        """One feature for one role (train / selection / evaluation rows), standardised, on the device.
+
+        Cached (bounded LRU) in its final form, so a feature that several trials use (every fusion
+        trial reuses its modality's optimum) is read, indexed and standardised once. Roles that
+        read the same stored split (train and its hold-out) are built from one read.
+        """
+        key = (modality, tb, rows.name)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        raw = self._load(modality, tb, rows.split)
+        if self.settings.standardize and rows.split == self._train.split and (modality, tb) not in self._stats:
+            self._stats[(modality, tb)] = self._mean_std(raw, self._train)
+        for role in (self._train, self._select):
+            if role.split == rows.split and role.name != rows.name and (modality, tb, role.name) not in self._cache:
+                self._remember((modality, tb, role.name), self._standardised(modality, tb, raw, role))
+        values = self._standardised(modality, tb, raw, rows)
+        self._remember(key, values)
+        return values
+
+    def _load(self, modality: str, tb: tuple[int, int], split: str) -> torch.Tensor:
         feats = self.view.load(modality, tb[0], tb[1], split, device=self.device)
         check_aligned(f"{modality} features t={tb[0]} b={tb[1]} ({split})", feats.ids, f"labels ({split})",
                       self._split_labels(split).ids)
-        self._cache[key] = feats.values
+        return feats.values
+
+    def _standardised(self, modality: str, tb: tuple[int, int], raw: torch.Tensor, rows: _Rows) -> torch.Tensor:
+        values = self._rows_of(raw, rows)
+        if not self.settings.standardize:
+            return values
+        if (modality, tb) not in self._stats:
+            self._stats[(modality, tb)] = self._mean_std(self._load(modality, tb, self._train.split), self._train)
+        mean, std = self._stats[(modality, tb)]
+        return (values - mean) / std
+
+    def _rows_of(self, values: torch.Tensor, rows: _Rows) -> torch.Tensor:
+        return values if rows.index is None else values[torch.as_tensor(rows.index, device=self.device)]
+
+    def _mean_std(self, raw: torch.Tensor, train_rows: _Rows) -> torch.Tensor:
+        """``[2, D]``: mean and standard deviation of the training rows (the standardisation's statistics)."""
+        values = self._rows_of(raw, train_rows)
+        return torch.stack([values.mean(dim=0), values.std(dim=0).clamp_min(_MIN_STD)])
+
+    def _remember(self, key: tuple[object, ...], values: torch.Tensor) -> None:
+        self._cache[key] = values
         while len(self._cache) > self.settings.cache_size:
             self._cache.popitem(last=False)
-        return feats.values
 
     def _split_labels(self, split: str) -> Labels:
         if split not in self._labels:
@@ -186,59 +231,36 @@ class Objective:
         return self._labels[split]
 
     def _targets(self, rows: _Rows) -> torch.Tensor:
-        values = self._split_labels(rows.split).values
-        if rows.index is not None:
-            values = values[rows.index]
-        return torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
-
-    def _inputs(self, config: TrialConfig, rows: _Rows, train_rows: _Rows) -> tuple[torch.Tensor, ...]:
-        out = []
-        for modality, tb in (("image", config.image), ("text", config.text)):
-            if tb is None:
-                continue
-            values = self._features(modality, tb, rows.split)
+        if rows.name not in self._target_cache:
+            values = self._split_labels(rows.split).values
             if rows.index is not None:
-                values = values[torch.as_tensor(rows.index, device=self.device)]
-            if self.settings.standardize:
-                mean, std = self._stats(modality, tb, train_rows)
-                values = (values - mean) / std
-            out.append(values)
-        return tuple(out)
+                values = values[rows.index]
+            self._target_cache[rows.name] = torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+        return self._target_cache[rows.name]
 
-    def _stats(self, modality: str, tb: tuple[int, int], rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
-        key = ("stats", modality, tb, rows.name)
-        if key not in self._cache:
-            values = self._features(modality, tb, rows.split)
-            if rows.index is not None:
-                values = values[torch.as_tensor(rows.index, device=self.device)]
-            mean = values.mean(dim=0)
-            std = values.std(dim=0).clamp_min(1e-6)
-            self._cache[key] = torch.stack([mean, std])
-        mean_std = self._cache[key]
-        return mean_std[0], mean_std[1]
+    def _inputs(self, config: TrialConfig, rows: _Rows) -> tuple[torch.Tensor, ...]:
+        return tuple(self._input(modality, tb, rows)
+                     for modality, tb in (("image", config.image), ("text", config.text)) if tb is not None)
 
     # -- training -----------------------------------------------------------------------------
 
-    def _head(self, config: TrialConfig, inputs: tuple[torch.Tensor, ...], n_classes: int) -> torch.nn.Module:
+    def _head(self, config: TrialConfig, widths: tuple[int, ...], n_classes: int) -> torch.nn.Module:
         if config.modality == "fusion":
-            return build_head(str(config.fusion), image_dim=inputs[0].shape[1], text_dim=inputs[1].shape[1],
+            return build_head(str(config.fusion), image_dim=widths[0], text_dim=widths[1],
                               n_classes=n_classes, d_alg=config.d_alg, seed=self.settings.head_seed)
-        return build_head("linear", in_dim=inputs[0].shape[1], n_classes=n_classes, seed=self.settings.head_seed)
+        return build_head("linear", in_dim=widths[0], n_classes=n_classes, seed=self.settings.head_seed)
 
     def _fit(self, config: TrialConfig, score_rows: _Rows,
              on_epoch: OnEpoch | None) -> tuple[TrialResult, torch.nn.Module, tuple[torch.Tensor, ...]]:
         """Train ``config``'s head; the result, the trained head and the scored rows' inputs."""
         start = time.perf_counter()
-        train_x = self._inputs(config, self._train, self._train)
-        score_x = self._inputs(config, score_rows, self._train)
+        train_x = self._inputs(config, self._train)
+        score_x = self._inputs(config, score_rows)
         train_y, score_y = self._targets(self._train), self._targets(score_rows)
-        head = self._head(config, train_x, train_y.shape[1])
+        head = self._head(config, tuple(x.shape[1] for x in train_x), train_y.shape[1])
         result = train_head(head, train_x, train_y, score_x, score_y, task=self.view.task,
                             recipe=self.settings.recipe, device=self.device, on_epoch=on_epoch)
-        trial = TrialResult(config=config, score=float(result.score), metrics=dict(result.metrics.as_dict()),
-                            split=score_rows.name, epochs_run=result.epochs_run, history=list(result.history),
-                            seconds=time.perf_counter() - start, stopped_early=result.stopped_early)
-        return trial, head, score_x
+        return _trial_result(config, result, score_rows.name, time.perf_counter() - start), head, score_x
 
     def __call__(self, config: TrialConfig, on_epoch: OnEpoch | None = None) -> TrialResult:
         """Train ``config``'s head on train and score it on the selection split."""
@@ -263,6 +285,87 @@ class Objective:
         return Representation(features=features, logits=logits,
                               labels=np.asarray(self._split_labels(rows.split).values), result=result)
 
+    def run_many(self, configs: Sequence[TrialConfig], on_epoch: BatchOnEpoch | None = None, *,
+                 max_probes: int | None = None,
+                 memory_budget: int | None = None) -> list[TrialResult | DiffFeatError]:
+        """Train several configurations and score them on the selection split, as stacked computations.
+
+        Probes of the same head and widths train as one computation (:func:`train_heads`):
+        linear probes and the linear fusion heads; ``cross_attention`` configurations train one
+        at a time through the same call. Entry k equals ``self(configs[k], ...)`` up to float
+        rounding, with ``on_epoch(k, epoch, score)`` in place of ``on_epoch(epoch, score)``
+        (True stops configuration k only). Features come from the same cache as :meth:`__call__`.
+
+        Args:
+            configs: the configurations (e.g. the trials of one search phase).
+            on_epoch: ``on_epoch(k, epoch, score) -> stop?`` for configuration k.
+            max_probes: probes per batch (None: as many as fit; a K that does not fit is reduced).
+            memory_budget: bytes to plan batches against instead of the device's free memory.
+
+        Returns:
+            One entry per configuration: its :class:`TrialResult`, or the error it ran into (a
+            missing or corrupt shard, a diverged probe); the other configurations are unaffected.
+            ``seconds`` is the configuration's feature loading plus its share of the batch's time.
+
+        Example:
+            >>> results = objective.run_many([TrialConfig("image", image=(t, 12)) for t in (10, 30, 50)])  # doctest: +SKIP
+        """
+        out: list[TrialResult | DiffFeatError | None] = [None] * len(configs)
+        ready: list[tuple[int, torch.nn.Module, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], float]] = []
+        train_y, score_y = self._targets(self._train), self._targets(self._select)
+        for k, config in enumerate(configs):
+            start = time.perf_counter()
+            try:
+                train_x, score_x = self._inputs(config, self._train), self._inputs(config, self._select)
+            except DiffFeatError as exc:
+                logger.warning("configuration %s: %s", config.label(), exc)
+                out[k] = exc
+                continue
+            head = self._head(config, tuple(x.shape[1] for x in train_x), train_y.shape[1])
+            ready.append((k, head, train_x, score_x, time.perf_counter() - start))
+
+        def report(j: int, epoch: int, score: float) -> bool:
+            return bool(on_epoch(ready[j][0], epoch, score)) if on_epoch is not None else False
+
+        results = train_heads([r[1] for r in ready], [r[2] for r in ready], train_y, [r[3] for r in ready], score_y,
+                              task=self.view.task, recipe=self.settings.recipe, device=self.device,
+                              on_epoch=report if on_epoch is not None else None, max_probes=max_probes,
+                              memory_budget=memory_budget)
+        for (k, _head, _train_x, _score_x, load_seconds), result in zip(ready, results):
+            if isinstance(result, DiffFeatError):
+                out[k] = result
+            else:
+                out[k] = _trial_result(configs[k], result, self._select.name,
+                                       load_seconds + result.train_seconds + result.eval_seconds)
+        return out  # type: ignore[return-value]  # every entry was filled above
+
+    def batch_limit(self, config: TrialConfig, *, requested: int | None = None,
+                    memory_budget: int | None = None) -> int:
+        """How many trials like ``config`` :meth:`run_many` trains as one batch on this device.
+
+        The number of probes whose stacked features, parameters, gradients and optimizer state
+        fit in the device's free memory (or ``memory_budget`` bytes) with a margin; ``requested``
+        is reduced, with a logged warning, if it does not fit. 1 for heads that train alone.
+        """
+        widths = []
+        for modality, tb in (("image", config.image), ("text", config.text)):
+            if tb is not None:
+                width = self.view.extraction(modality).info.get("width")
+                widths.append(int(width) if width else self._input(modality, tb, self._train).shape[1])
+        n_classes = len(self.view.label_names)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            head = self._head(config, tuple(widths), n_classes)
+        if not isinstance(head, BATCHABLE_HEADS):
+            return 1
+        recipe = self.settings.recipe
+        footprint = probe_footprint(head, widths, n_train=self._n_rows(self._train),
+                                    n_val=self._n_rows(self._select), batch_size=recipe.batch_size,
+                                    eval_batch_size=recipe.eval_batch_size)
+        return max_batch_probes(footprint, device=self.device, requested=requested, budget=memory_budget)
+
+    def _n_rows(self, rows: _Rows) -> int:
+        return len(rows.index) if rows.index is not None else int(self.view.info["splits"][rows.split])
+
     def _eval_rows(self) -> _Rows:
         if self.eval_split is None:
             raise ConfigError(f"data set {self.view.folder.name} has no val or test split to evaluate on")
@@ -272,6 +375,12 @@ class Objective:
         """A copy with recipe fields changed (shares nothing mutable with this one)."""
         recipe = replace(self.settings.recipe, **changes)  # type: ignore[arg-type]
         return Objective(self.view, replace(self.settings, recipe=recipe), self.device)
+
+
+def _trial_result(config: TrialConfig, result: TrainResult, split: str, seconds: float) -> TrialResult:
+    return TrialResult(config=config, score=float(result.score), metrics=dict(result.metrics.as_dict()), split=split,
+                       epochs_run=result.epochs_run, history=list(result.history), seconds=seconds,
+                       stopped_early=result.stopped_early)
 
 
 __all__ = ["Objective", "ObjectiveSettings", "Representation", "TrialResult", "PROTOCOLS", "evaluate"]

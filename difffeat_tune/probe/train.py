@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,10 +34,11 @@ from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune.data._base import IGNORE
 from difffeat_tune.probe.metrics import (
+    MapScorer,
     MultiLabelMetrics,
     ProbeInputError,
     SingleLabelMetrics,
-    mean_average_precision,
+    all_finite,
     multilabel_metrics,
     singlelabel_class_indices,
     singlelabel_metrics,
@@ -181,9 +183,8 @@ def _check_inputs(split: str, inputs: tuple[Tensor, ...], targets: Tensor, n_inp
                 f"{split}: row counts differ: input shapes {shapes}, targets {tuple(targets.shape)}",
                 "features and labels of a split must be aligned row by row",
             )
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            rows = torch.nonzero(~finite.all(dim=1)).flatten()
+        if not all_finite(x):
+            rows = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten()
             raise ProbeInputError(
                 f"{name} (shape {tuple(x.shape)}) has NaN/Inf in {rows.numel()} row(s), first rows {rows[:5].tolist()}",
                 "re-extract these features or drop the rows",
@@ -265,10 +266,15 @@ def predict_logits(
         head.train(was_training)
 
 
-def _score_logits(logits: Tensor, targets: Tensor, task: str) -> float:
+def _epoch_scorer(targets: Tensor, task: str) -> Callable[[Tensor], float]:
+    """The per-epoch selection score (mAP or top-1) of ``[N, C]`` logits against fixed targets.
+
+    For mAP the targets are checked and laid out once (:class:`MapScorer`), not every epoch.
+    """
     if task == "multilabel":
-        return mean_average_precision(logits, targets, from_logits=True)
-    return top_k_accuracy(logits, targets, 1)
+        scorer = MapScorer(targets)
+        return lambda logits: float(scorer(logits.unsqueeze(0))[0])
+    return lambda logits: top_k_accuracy(logits, targets, 1)
 
 
 def _full_metrics(logits: Tensor, targets: Tensor, task: str) -> MultiLabelMetrics | SingleLabelMetrics:
@@ -278,7 +284,7 @@ def _full_metrics(logits: Tensor, targets: Tensor, task: str) -> MultiLabelMetri
 
 
 def _check_logits(logits: Tensor, where: str) -> None:
-    if not bool(torch.isfinite(logits).all()):
+    if not all_finite(logits):
         raise ProbeDivergedError(f"non-finite logits {where}", "lower the learning rate")
 
 
@@ -316,13 +322,57 @@ def evaluate(
 # training
 
 
-def _make_optimizer(head: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer; the fused kernel (one call per step) on CPU and CUDA.
+@dataclass(frozen=True)
+class _LossTargets:
+    """Training targets in the form the loss reads them, built once per training.
+
+    Multi-label: BCE-with-logits averaged over the non-ignored entries of the batch (target -1 is
+    masked out); single-label: cross-entropy averaged over the batch's rows.
+
+    Attributes:
+        task: "multilabel" or "singlelabel".
+        labels: multi-label float targets (ignored entries as 0), or single-label class indices.
+        weight: multi-label 0/1 weight of every entry (0 = ignored), None when nothing is ignored.
+    """
+
+    task: str
+    labels: Tensor
+    weight: Tensor | None
+
+    @classmethod
+    def of(cls, y_train: Tensor, task: str, dtype: torch.dtype) -> _LossTargets:
+        """From prepared targets (:func:`_prepare_targets`)."""
+        if task != "multilabel":
+            return cls(task, y_train, None)
+        weight = (y_train != IGNORE).to(dtype)
+        return cls(task, y_train.clamp(min=0).to(dtype), None if bool(weight.all()) else weight)
+
+    def loss(self, logits: Tensor, batch_idx: Tensor) -> Tensor:
+        """The batch's loss: a scalar for ``[B, C]`` logits, one per probe ``[K]`` for ``[K, B, C]``."""
+        stacked = logits.ndim == 3
+        if self.task != "multilabel":
+            labels = self.labels.index_select(0, batch_idx)
+            if not stacked:
+                return F.cross_entropy(logits, labels)
+            per_row = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="none")
+            return per_row.view(logits.shape[:2]).mean(dim=1)
+        target = self.labels.index_select(0, batch_idx).expand_as(logits)
+        if self.weight is None:
+            if not stacked:
+                return F.binary_cross_entropy_with_logits(logits, target)
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
+        weight = self.weight.index_select(0, batch_idx)
+        per_entry = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+        return (per_entry.sum(dim=(1, 2)) if stacked else per_entry.sum()) / weight.sum().clamp(min=1.0)
+
+
+def _make_optimizer(parameters: Iterable[Tensor], recipe: TrainRecipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``parameters``; the fused kernel (one call per step) on CPU and CUDA.
 
     For a probe of one or a few small layers the optimizer step costs as much as the forward
     and backward passes; the fused implementation is 2-3x cheaper than the default foreach one.
     """
-    params = [p for p in head.parameters() if p.requires_grad]
+    params = [p for p in parameters if p.requires_grad]
     device_types = {p.device.type for p in params}
     fused = True if params and device_types <= _FUSED_OPTIMIZER_DEVICES else None
     if recipe.optimizer == "adam":
@@ -382,6 +432,24 @@ def train_head(
     """
     _check_task(task)
     recipe = recipe if recipe is not None else TrainRecipe()
+    dev = resolve_device(device) if device is not None else _as_tuple(train_inputs)[0].device
+    train_x, val_x = _prepare_inputs(head, train_inputs, val_inputs, train_targets, val_targets, dev)
+    y_train, y_val = _prepare_split_targets(train_targets, val_targets, task, dev)
+    _check_output_width(head, train_x, train_targets, y_train, task)
+    _check_output_width(head, val_x, val_targets, y_val, task)
+    with cpu_threads(recipe, dev):
+        return _train_loop(head, train_x, y_train, val_x, y_val, task, recipe, dev, on_epoch)
+
+
+def _prepare_inputs(
+    head: nn.Module,
+    train_inputs: Tensor | Sequence[Tensor],
+    val_inputs: Tensor | Sequence[Tensor],
+    train_targets: Tensor,
+    val_targets: Tensor,
+    dev: torch.device,
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """Validated train and val inputs of ``head``, on ``dev`` in the head's dtype (the head moves there too)."""
     train_x = _as_tuple(train_inputs)
     val_x = _as_tuple(val_inputs)
     n_inputs = getattr(head, "n_inputs", None)
@@ -390,31 +458,36 @@ def train_head(
     if len(train_x) != len(val_x):
         raise ProbeInputError(f"train has {len(train_x)} input tensor(s), val has {len(val_x)}")
     _check_dims(train_x, val_x)
-
-    dev = resolve_device(device) if device is not None else train_x[0].device
     if any(x.device != dev for x in (*train_x, *val_x)):
         logger.info("copying probe features to %s (pass tensors already there to avoid the copy)", dev)
     head.to(dev)
     dtype = _head_dtype(head)
-    train_x = tuple(x.to(device=dev, dtype=dtype) for x in train_x)
-    val_x = tuple(x.to(device=dev, dtype=dtype) for x in val_x)
+    return (tuple(x.to(device=dev, dtype=dtype) for x in train_x),
+            tuple(x.to(device=dev, dtype=dtype) for x in val_x))
+
+
+def _prepare_split_targets(train_targets: Tensor, val_targets: Tensor, task: str,
+                           dev: torch.device) -> tuple[Tensor, Tensor]:
+    """Validated train and val targets on ``dev`` (see :func:`_prepare_targets`)."""
     y_train = _prepare_targets(train_targets, task, "train").to(dev)
     y_val = _prepare_targets(val_targets, task, "val").to(dev)
-
     if task == "multilabel" and y_train.shape[1] != y_val.shape[1]:
         raise ProbeInputError(f"train has {y_train.shape[1]} label columns, val has {y_val.shape[1]}")
+    return y_train, y_val
 
-    _check_output_width(head, train_x, train_targets, y_train, task)
-    _check_output_width(head, val_x, val_targets, y_val, task)
 
-    if recipe.cpu_threads is not None and dev.type == "cpu":
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(recipe.cpu_threads)
-        try:
-            return _train_loop(head, train_x, y_train, val_x, y_val, task, recipe, dev, on_epoch)
-        finally:
-            torch.set_num_threads(previous_threads)
-    return _train_loop(head, train_x, y_train, val_x, y_val, task, recipe, dev, on_epoch)
+@contextmanager
+def cpu_threads(recipe: TrainRecipe, dev: torch.device) -> Iterator[None]:
+    """Apply ``recipe.cpu_threads`` while training on the CPU; torch's setting is restored afterwards."""
+    if recipe.cpu_threads is None or dev.type != "cpu":
+        yield
+        return
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.cpu_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def _train_loop(
@@ -429,19 +502,15 @@ def _train_loop(
     on_epoch: OnEpoch | None,
 ) -> TrainResult:
     """The epochs of :func:`train_head` on validated inputs already on ``dev``."""
-    multilabel = task == "multilabel"
-    dtype = _head_dtype(head)
-    # multi-label: float targets and the 0/1 weight of every entry (0 = ignored), built once
-    mask = (y_train != IGNORE).to(dtype) if multilabel else y_train
-    y_float = y_train.clamp(min=0).to(dtype) if multilabel else y_train
-    has_ignored = multilabel and not bool(mask.all())
+    targets = _LossTargets.of(y_train, task, _head_dtype(head))
     n_rows = y_train.shape[0]
 
     amp_dtype = autocast_dtype(dev) if recipe.amp else None
-    optimizer = _make_optimizer(head, recipe)
+    optimizer = _make_optimizer(head.parameters(), recipe)
     scheduler = _make_scheduler(optimizer, recipe)
     generator = torch.Generator(device=dev)
     generator.manual_seed(recipe.seed)
+    score_of = _epoch_scorer(y_val, task)
 
     def loss_of(batch_idx: Tensor) -> Tensor:
         batch = [x.index_select(0, batch_idx) for x in train_x]
@@ -450,15 +519,7 @@ def _train_loop(
                 logits = head(*batch)
         else:
             logits = head(*batch)
-        logits = logits.float()
-        if not multilabel:
-            return F.cross_entropy(logits, y_train.index_select(0, batch_idx))
-        target = y_float.index_select(0, batch_idx)
-        if not has_ignored:
-            return F.binary_cross_entropy_with_logits(logits, target)
-        weight = mask.index_select(0, batch_idx)
-        per_entry = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        return (per_entry * weight).sum() / weight.sum().clamp(min=1.0)
+        return targets.loss(logits.float(), batch_idx)
 
     history: list[float] = []
     loss_history: list[float] = []
@@ -490,7 +551,7 @@ def _train_loop(
         start = time.perf_counter()
         logits_val = predict_logits(head, val_x, batch_size=recipe.eval_batch_size)
         _check_logits(logits_val, f"on validation at epoch {epoch}")
-        score = _score_logits(logits_val, y_val, task)
+        score = score_of(logits_val)
         eval_seconds += time.perf_counter() - start
         history.append(score)
         logger.debug("epoch %d/%d loss %.5f val %.4f", epoch, recipe.epochs, epoch_loss, score)

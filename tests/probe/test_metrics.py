@@ -17,7 +17,11 @@ from difffeat_tune.probe.metrics import (
     MultiLabelMetrics,
     ProbeInputError,
     SingleLabelMetrics,
+    all_finite,
     average_precision_per_class,
+    batched_mean_average_precision,
+    batched_top1_accuracy,
+    finite_slices,
     mean_average_precision,
     multilabel_metrics,
     ordered_metrics,
@@ -204,6 +208,75 @@ def test_input_errors() -> None:
     with pytest.raises(ProbeInputError, match="no class has a positive"):
         multilabel_metrics(torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.long), from_logits=False)
     assert issubclass(ProbeInputError, DataError) and issubclass(ProbeInputError, DiffFeatError)
+
+
+def test_batched_map_equals_each_probes_map_with_ties_ignores_and_an_excluded_class() -> None:
+    probs, targets = _fixed_data()
+    targets = targets.clone()
+    targets[:, 3] = torch.where(targets[:, 3] == 1, torch.zeros_like(targets[:, 3]), targets[:, 3])  # no positive
+    g = torch.Generator().manual_seed(3)
+    # probe 0: the tied probabilities; the others: coarse logits with ties, one of them reversed
+    scores = torch.stack([probs, *(torch.randint(-4, 5, (N_ROWS, N_CLASSES), generator=g).float() for _ in range(3))])
+    scores[3] = -scores[2]
+    got = batched_mean_average_precision(scores, targets)
+    assert got.dtype == torch.float64 and got.shape == (4,)
+    for k in range(4):
+        assert float(got[k]) == pytest.approx(mean_average_precision(scores[k], targets, from_logits=True), abs=1e-12)
+
+
+def test_ap_is_the_same_in_every_score_dtype_and_signed_zeros_tie() -> None:
+    probs, targets = _fixed_data()
+    ap = average_precision_per_class(probs, targets, from_logits=False)
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):  # multiples of 1/8: exact in each
+        torch.testing.assert_close(average_precision_per_class(probs.to(dtype), targets, from_logits=False), ap,
+                                   atol=1e-15, rtol=0)
+    scores = torch.tensor([[0.0], [-0.0], [0.0], [-0.0], [1.0]])
+    labels = torch.tensor([[1], [0], [0], [1], [0]])
+    # one tie group of four zeros after a negative: both positives get precision 2/5
+    assert float(average_precision_per_class(scores, labels, from_logits=True)[0]) == pytest.approx(0.4)
+
+
+def test_batched_map_blocks_give_the_same_values_as_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    probs, targets = _fixed_data()
+    scores = torch.stack([probs, probs.flip(0), 1 - probs])
+    whole = batched_mean_average_precision(scores, targets)
+    import difffeat_tune.probe.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_AP_CHUNK_ELEMENTS", 2 * N_ROWS)  # one probe per sort
+    torch.testing.assert_close(batched_mean_average_precision(scores, targets), whole, atol=0, rtol=0)
+
+
+def test_batched_map_input_errors() -> None:
+    probs, targets = _fixed_data()
+    scores = torch.stack([probs, probs])
+    scores[1, 5, 2] = float("nan")
+    with pytest.raises(ProbeInputError, match=r"probes \[1\]"):
+        batched_mean_average_precision(scores, targets)
+    with pytest.raises(ProbeInputError, match=r"\[K, N, C\]"):
+        batched_mean_average_precision(probs, targets)
+    with pytest.raises(ProbeInputError, match="does not match"):
+        batched_mean_average_precision(torch.stack([probs]), targets[:, :3])
+    with pytest.raises(ProbeInputError, match="no class has a positive"):
+        batched_mean_average_precision(torch.stack([probs]), torch.zeros_like(targets))
+
+
+def test_batched_top1_equals_each_probes_top1() -> None:
+    g = torch.Generator().manual_seed(12)
+    scores = torch.randn(3, 40, 7, generator=g)
+    labels = torch.randint(0, 7, (40,), generator=g)
+    got = batched_top1_accuracy(scores, labels)
+    assert got.tolist() == [top_k_accuracy(scores[k], labels, 1) for k in range(3)]
+    one_hot = torch.nn.functional.one_hot(labels, 7).to(torch.int8)
+    assert torch.equal(batched_top1_accuracy(scores, one_hot), got)
+
+
+def test_finite_checks_find_nan_and_inf_and_are_not_fooled_by_overflowing_sums() -> None:
+    x = torch.zeros(4, 3, 5)
+    x[1, 2, 3] = float("nan")
+    x[2, 0, 0] = float("-inf")
+    x[3] = 3e38  # finite values whose sum overflows to inf
+    assert finite_slices(x).tolist() == [True, False, False, True]
+    assert all_finite(x[3]) and not all_finite(x) and all_finite(torch.empty(0, 3))
 
 
 def test_top_k_accuracy_matches_sklearn() -> None:

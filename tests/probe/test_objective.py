@@ -5,6 +5,7 @@ import torch
 
 from difffeat_tune._errors import ConfigError, StoreError
 from difffeat_tune.config import TrialConfig
+from difffeat_tune.probe import DEFAULT_MAX_BATCH_PROBES
 from difffeat_tune.probe.objective import Objective, ObjectiveSettings
 from difffeat_tune.probe.train import TrainRecipe
 from tests.conftest import IMAGE_PEAK, TEXT_PEAK
@@ -133,3 +134,64 @@ def test_representation_logits_score_as_the_evaluation_metrics(synthetic_view) -
     rep = objective.representation(TrialConfig("text", text=(0, 12)))
     targets = torch.from_numpy(rep.labels.astype("int64"))
     assert mean_average_precision(rep.logits, targets, from_logits=True) == pytest.approx(rep.result.metrics["map"])
+
+
+def _phase_configs() -> list[TrialConfig]:
+    """A mixed request: image and text probes (different stores), linear fusion heads, cross attention."""
+    return [TrialConfig("image", image=(t, b)) for t, b in ((10, 4), IMAGE_PEAK, (50, 12))] + [
+        TrialConfig("text", text=TEXT_PEAK),
+        TrialConfig("fusion", image=IMAGE_PEAK, text=TEXT_PEAK, fusion="linear_add", d_alg=8),
+        TrialConfig("fusion", image=(10, 4), text=TEXT_PEAK, fusion="linear_add", d_alg=8),
+        TrialConfig("fusion", image=IMAGE_PEAK, text=(0, 8), fusion="cross_attention", d_alg=8),
+    ]
+
+
+def test_run_many_equals_one_call_per_configuration(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    settings = ObjectiveSettings(recipe=TrainRecipe(epochs=4, batch_size=32, cpu_threads=1))
+    configs = _phase_configs()
+    calls: list[tuple[int, int]] = []
+    objective = Objective(synthetic_view, settings, "cpu")
+    many = objective.run_many(configs, lambda k, e, s: calls.append((k, e)) is None and k == 1 and e >= 2)
+    alone = Objective(synthetic_view, settings, "cpu")
+    for k, config in enumerate(configs):
+        single = alone(config, on_epoch=(lambda e, s: e >= 2) if k == 1 else None)
+        result = many[k]
+        assert not isinstance(result, Exception)
+        assert result.config == config and result.split == single.split == "val"
+        assert result.history == pytest.approx(single.history, abs=1e-6)
+        assert result.metrics == pytest.approx(single.metrics, abs=1e-6)
+        assert result.epochs_run == single.epochs_run and result.stopped_early == single.stopped_early
+        assert result.seconds > 0
+        assert [e for j, e in calls if j == k] == list(range(1, single.epochs_run + 1))
+    assert many[1].stopped_early and many[1].epochs_run == 2
+
+
+def test_run_many_reports_a_missing_shard_in_place_and_trains_the_others(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=2, batch_size=32)), "cpu")
+    results = objective.run_many([TrialConfig("image", image=IMAGE_PEAK), TrialConfig("image", image=(20, 8)),
+                                  TrialConfig("image", image=(10, 8))])
+    assert isinstance(results[1], StoreError) and "t=20, block 8" in results[1].message
+    assert [r.epochs_run for r in (results[0], results[2])] == [2, 2]  # type: ignore[union-attr]
+
+
+def test_standardised_inputs_are_cached_per_role_and_shared_by_later_trials(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=1)), "cpu")
+    objective.run_many([TrialConfig("image", image=IMAGE_PEAK), TrialConfig("text", text=TEXT_PEAK)])
+    train = objective._cache[("image", IMAGE_PEAK, "train")]
+    torch.testing.assert_close(train.mean(dim=0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(train.std(dim=0), torch.ones(16), atol=1e-5, rtol=0)
+    objective(TrialConfig("fusion", image=IMAGE_PEAK, text=TEXT_PEAK, fusion="linear_add", d_alg=8))
+    assert objective._cache[("image", IMAGE_PEAK, "train")] is train
+
+
+def test_batch_limit_follows_the_memory_budget(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    objective = Objective(synthetic_view, FAST, "cpu")
+    image = TrialConfig("image", image=IMAGE_PEAK)
+    assert objective.batch_limit(TrialConfig("fusion", image=IMAGE_PEAK, text=TEXT_PEAK,
+                                             fusion="cross_attention", d_alg=8)) == 1
+    assert objective.batch_limit(image, requested=6) == 6
+    roomy = objective.batch_limit(image, memory_budget=2**22)
+    assert 1 < roomy < DEFAULT_MAX_BATCH_PROBES
+    assert objective.batch_limit(image, requested=roomy + 5, memory_budget=2**22) == roomy
+    assert objective.batch_limit(image, memory_budget=2**40) == DEFAULT_MAX_BATCH_PROBES
+    assert objective.batch_limit(image, memory_budget=2**20) == 1
