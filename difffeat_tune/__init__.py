@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from difffeat_tune.search._suggest import suggest_config
     from difffeat_tune.search.compare import Comparison
     from difffeat_tune.search.runner import SearchSummary, run_search, summarize
-    from difffeat_tune.settings import Settings
+    from difffeat_tune.search._settings import Settings
     from difffeat_tune.space import SearchSpace, load_space
     from difffeat_tune.store import FeatureStore, FeatureView
 

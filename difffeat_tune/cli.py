@@ -29,7 +29,7 @@ from difffeat_tune._errors import ConfigError, DiffFeatError
 if TYPE_CHECKING:
     from difffeat_tune.features import PreparedFeatures
     from difffeat_tune.search.runner import SearchSummary
-    from difffeat_tune.settings import Settings
+    from difffeat_tune.search._settings import Settings
 
 app = typer.Typer(help="Find the best diffusion-feature configuration (Diff-Feat) for multi-label classification.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -64,7 +64,7 @@ RunsOpt = Annotated[Path, typer.Option(help="Runs folder (SQLite studies, compar
 StudyOpt = Annotated[Optional[str], typer.Option(help="Study name (default: <dataset>-<sampler>); reuse it to resume.")]
 WorkersOpt = Annotated[int, typer.Option(help="Trial loops in this process (threads); more processes may share --storage.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="Torch threads of this process (default: cores // workers).")]
-BatchTrialsOpt = Annotated[Optional[int], typer.Option(help="Probes trained together as one computation (default: automatic).")]
+BatchTrialsOpt = Annotated[Optional[int], typer.Option(help="Probes trained together as one computation (default: automatic; 1 with a pruner).")]
 FusionOpt = Annotated[str, typer.Option(help="Fusion method(s), comma-separated, or 'all'.")]
 NeighbourhoodOpt = Annotated[str, typer.Option(help="Heuristic neighbourhood: cross, box or radius.")]
 RadiusOpt = Annotated[int, typer.Option(help="Neighbourhood radius in grid steps.")]
@@ -122,7 +122,7 @@ def _settings(**options: Any) -> Settings:
     from difffeat_tune.features import BackboneSettings, DataSettings, StoreSettings
     from difffeat_tune.probe.objective import ObjectiveSettings
     from difffeat_tune.search._options import SearchOptions
-    from difffeat_tune.settings import Settings
+    from difffeat_tune.search._settings import Settings
 
     get = options.get
     _check_paths(features=get("features"), runs=get("runs"))
@@ -424,8 +424,9 @@ def _print_summary(summary: SearchSummary, storage: str) -> None:
     for failure in summary.failures:
         out.print(f"[red]failed[/] {escape(failure['config'])}: {escape(failure['error'])}")
     if summary.failures:
-        out.print(escape("Repair damaged features with `difffeat-tune extract --verify` (same options), then "
-                         "run the same command again: failed configurations are retried."))
+        out.print(escape("Repair the features these errors name: `difffeat-tune extract --verify` (same options) "
+                         "rebuilds damaged shards; for NaN/Inf values, delete the shard it names and run the same "
+                         "extract again. Then run this command again: failed configurations are retried."))
     out.print(f"Browse it: [bold]{escape(f'difffeat-tune dashboard --storage {storage}')}[/]", soft_wrap=True)
 
 

@@ -4,18 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 from difffeat_tune._defaults import DEFAULT_FUSION
 from difffeat_tune._errors import ConfigError
-from difffeat_tune.probe.heads import DEFAULT_D_ALG, FUSION_METHODS
+
+#: The probe heads by name -> ``"module:Class"`` (imported when built): the one table to extend
+#: with a new head (its class, with ``from_widths`` and ``n_inputs``, and a line here). "linear"
+#: is the unimodal probe; every other head is a fusion method, in the paper's order.
+HEAD_TABLE: Mapping[str, str] = MappingProxyType({
+    "linear": "difffeat_tune.probe.heads:LinearProbe",
+    "simple_concat": "difffeat_tune.probe.heads:SimpleConcat",
+    "linear_concat": "difffeat_tune.probe.heads:LinearConcat",
+    "linear_add": "difffeat_tune.probe.heads:LinearAdd",
+    "cross_attention": "difffeat_tune.probe.heads:CrossAttention",
+})
+#: Name of the unimodal head.
+UNIMODAL_HEAD = "linear"
+#: The fusion methods (heads on an image and a text feature); linear addition is the paper's choice.
+FUSION_METHODS: tuple[str, ...] = tuple(name for name in HEAD_TABLE if name != UNIMODAL_HEAD)
+#: Shared fusion width (the paper: 512 by default, 2048 for large label spaces).
+DEFAULT_D_ALG = 512
 
 TrialModality = Literal["image", "text", "fusion"]
 TRIAL_MODALITIES: tuple[TrialModality, ...] = ("image", "text", "fusion")
-#: Diffusion timesteps are integers in [0, T) on the DDPM grid, T = 1000, for every backbone.
-NUM_TIMESTEPS = 1000
 
-__all__ = ["DEFAULT_D_ALG", "DEFAULT_FUSION", "FUSION_METHODS", "NUM_TIMESTEPS", "TRIAL_MODALITIES", "TrialConfig",
+__all__ = ["DEFAULT_D_ALG", "DEFAULT_FUSION", "FUSION_METHODS", "HEAD_TABLE", "TRIAL_MODALITIES", "TrialConfig",
+           "UNIMODAL_HEAD",
            "TrialModality"]
 
 #: Optuna parameter names (also the Ray Tune config keys).

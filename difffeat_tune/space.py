@@ -33,8 +33,9 @@ from pathlib import Path
 
 from difffeat_tune._defaults import DEFAULT_SPACE
 from difffeat_tune._errors import ConfigError
+from difffeat_tune.backbones._base import NUM_TIMESTEPS
 from difffeat_tune.config import (
-    DEFAULT_D_ALG, FUSION_METHODS, NUM_TIMESTEPS, P_FUSION, P_IMAGE_B, P_IMAGE_T, P_MODALITY, P_TEXT_B, P_TEXT_T,
+    DEFAULT_D_ALG, FUSION_METHODS, P_FUSION, P_IMAGE_B, P_IMAGE_T, P_MODALITY, P_TEXT_B, P_TEXT_T,
     TrialConfig,
 )
 

@@ -109,6 +109,36 @@ def write_synthetic_store(root: Path, *, n_train: int = 240, n_val: int = 80, n_
     return store.view("synthetic")
 
 
+def write_nan_block(path: Path, block: int) -> Path:
+    """Overwrite one block column of the feature shard ``path`` with NaN, as a faulty extraction would.
+
+    The manifest records the new file's checksum: the store takes the shard as intact (it is not
+    disk damage, which the store rebuilds by itself), and loading that block fails on the NaN.
+    """
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    name = f"b{block:02d}"
+    column = table.column(name)
+    values = pa.array(np.full(table.num_rows * column.type.list_size, np.nan, dtype=np.float32)).cast(
+        column.type.value_type)
+    table = table.set_column(table.schema.get_field_index(name), name,
+                             pa.FixedSizeListArray.from_arrays(values, column.type.list_size))
+    pq.write_table(table, path)
+    folder, split, t, part = path.parents[2], path.parent.name, path.parents[1].name, path.stem
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest[split][str(int(t[1:]))][str(int(part.split("-")[1]))]
+    stat = path.stat()
+    entry.update(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    manifest_path.write_text(json.dumps(manifest))
+    return path
+
+
 @pytest.fixture
 def synthetic_view(tmp_path: Path):  # type: ignore[no-untyped-def]
     return write_synthetic_store(tmp_path / "features")

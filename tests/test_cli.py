@@ -30,23 +30,29 @@ batch_size = 16
 WORDS = ["circle", "square", "star"]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A manifest with 24 / 8 / 8 rows of images, captions and labels, and a small space."""
-    root = tmp_path_factory.mktemp("project")
-    rng = np.random.default_rng(0)
+def write_manifest(root: Path, *, seed: int, captions: bool = True, size: tuple[int, int] = (48, 40)) -> Path:
+    """A manifest data set in ``root``: 24 / 8 / 8 rows of random images, labels and (optionally) captions."""
+    rng = np.random.default_rng(seed)
     (root / "images").mkdir()
     rows = []
     for split, n in (("train", 24), ("val", 8), ("test", 8)):
         for i in range(n):
             labels = [w for w in WORDS if rng.random() < 0.5] or [WORDS[i % 3]]
             name = f"images/{split}-{i}.png"
-            Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(root / name)
-            rows.append({"id": f"{split}-{i}", "file_name": name, "text": f"a photo with a {' and a '.join(labels)}",
-                         "labels": labels, "split": split})
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / name)
+            row = {"id": f"{split}-{i}", "file_name": name, "labels": labels, "split": split}
+            if captions:
+                row["text"] = f"a photo with a {' and a '.join(labels)}"
+            rows.append(row)
     (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (root / "space.toml").write_text(SPACE)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manifest with 24 / 8 / 8 rows of images, captions and labels, and a small space."""
+    return write_manifest(tmp_path_factory.mktemp("project"), seed=0)
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import optuna
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import write_nan_block
 from tests.test_cli import SPACE, _common, run_cli
 from tests.test_cli import project  # noqa: F401 - the fixture
 
@@ -91,38 +90,47 @@ def test_a_space_key_error_keeps_the_section_name(tmp_path: Path, capsys, monkey
     assert "unknown key(s) width in [fusion]" in " ".join(err.split())  # user text is not read as markup
 
 
-def _poison(view_folder: Path, t: int, block: int) -> Path:
-    """NaN in one block column of the train shard of image t: a corrupt shard for those configurations."""
-    path = next(view_folder.glob(f"image/*/t{t:04d}/train/part-00000.parquet"))
-    table = pq.read_table(path)
-    name = f"b{block:02d}"
-    width = table.column(name).type.list_size
-    values = pa.array(np.full(table.num_rows * width, np.nan, dtype=np.float16))
-    table = table.set_column(table.schema.get_field_index(name), name, pa.FixedSizeListArray.from_arrays(values, width))
-    pq.write_table(table, path)
-    return path
+def _shard(view_folder: Path, t: int) -> Path:
+    return next(view_folder.glob(f"image/*/t{t:04d}/train/part-00000.parquet"))
 
 
-def test_a_damaged_shard_fails_its_trials_with_one_line_each_and_the_summary_says_how_to_repair(
+def test_a_damaged_shard_is_rebuilt_before_the_search_and_no_trial_fails(
         project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     common = [*_common(project, tmp_path), "--runs", str(tmp_path / "runs")]
     code, out, err = run_cli(["extract", *common[:-2], "--json"], capsys, monkeypatch)
     assert code == 0, err
-    dataset_folder = Path(json.loads(out)["extractions"][0]["folder"]).parents[1]
-    shard = _poison(dataset_folder, 10, 8)
+    shard = _shard(Path(json.loads(out)["extractions"][0]["folder"]).parents[1], 10)
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[: len(intact) // 2])  # a truncated copy: disk damage
+    code, out, err = run_cli(["run", "heuristic", *common, "--no-report", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    logged = " ".join(err.split())
+    assert "damaged feature shard" in logged and "it will be rebuilt" in logged
+    assert "fail" not in json.loads(out)["trials"]
+    assert pq.read_table(shard).num_rows > 0  # rewritten whole
+
+
+def test_a_shard_with_nan_fails_its_trials_with_one_line_each_and_the_summary_says_how_to_repair(
+        project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    common = [*_common(project, tmp_path), "--runs", str(tmp_path / "runs")]
+    code, out, err = run_cli(["extract", *common[:-2], "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    shard = write_nan_block(_shard(Path(json.loads(out)["extractions"][0]["folder"]).parents[1], 10), 8)
     code, out, err = run_cli(["run", "heuristic", *common, "--no-report"], capsys, monkeypatch)
     assert code == 0, err
     assert "Traceback" not in err
     logged = " ".join(err.split())
     assert logged.count("(image t=10 b=8) failed: StoreError:") == 2  # tried twice (max_failures=2), one line each
-    assert "is damaged" in logged
+    assert "NaN/Inf at row 0" in logged
     text = " ".join(out.split())
-    assert "failed image t=10 b=8" in text and "extract --verify" in text
+    assert "failed image t=10 b=8" in text and "extract --verify" in text and "delete the shard it names" in text
     storage = f"sqlite:///{tmp_path / 'runs' / 'studies.db'}"
-    study = optuna.load_study(study_name="metadata-heuristic", storage=storage)
+    study = optuna.load_study(study_name=f"{project.name}-heuristic", storage=storage)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 2 and all(t.user_attrs["error"].startswith("StoreError: ") for t in failed)
     assert str(shard) in failed[0].user_attrs["error"]
+    assert {t.user_attrs["config"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE} >= {
+        "image t=10 b=12"}  # the same shard's other blocks are fine
 
 
 def test_rerunning_a_finished_study_adds_no_trial(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,9 @@ from torch import nn
 from difffeat_tune._errors import BackboneError, DataError
 from difffeat_tune.data._base import Split
 
+#: Diffusion timesteps are integers in [0, T) on the DDPM grid, T = 1000, for every backbone.
+NUM_TIMESTEPS = 1000
+
 Modality = Literal["image", "text"]
 MODALITIES: tuple[Modality, ...] = ("image", "text")
 

@@ -55,8 +55,7 @@ from tokenizers import Tokenizer
 
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError, ConfigError, DataError
-from difffeat_tune.config import NUM_TIMESTEPS
-from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
+from difffeat_tune.backbones._base import NUM_TIMESTEPS, Backbone, Encoded, seeded_normal, weights_digest
 from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
 from difffeat_tune.backbones._hooks import capture_blocks, masked_mean_pool
 from difffeat_tune.backbones._plaid_files import (

@@ -67,7 +67,7 @@ class DiTRecipe:
     heads: int = 4
     layers: int = 28
     patch: int = 4
-    steps: int = 8000
+    steps: int = 6000
     batch_size: int = 64
     lr: float = 8e-4
     warmup: int = 200

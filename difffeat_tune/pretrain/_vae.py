@@ -52,7 +52,7 @@ class VAERecipe:
     latent_channels: int = 4
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    steps: int = 4000
+    steps: int = 2500
     batch_size: int = 32
     crop: int = 32
     lr: float = 2e-3

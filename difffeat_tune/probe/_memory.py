@@ -188,4 +188,8 @@ def split_batches(n_probes: int, per_batch: int) -> list[range]:
 
 
 def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB"
+    """Bytes in the largest binary unit that keeps them at 1 or more (tiny probes are KiB, not 0.00 GiB)."""
+    for power, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n_bytes >= 2**power:
+            return f"{n_bytes / 2**power:.2f} {unit}"
+    return f"{n_bytes:.0f} bytes"

@@ -26,20 +26,17 @@ head reduces exactly to linear addition (image projection + projected text value
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difffeat_tune._errors import ConfigError
+from difffeat_tune.config import DEFAULT_D_ALG, FUSION_METHODS, HEAD_TABLE, UNIMODAL_HEAD
 
-#: Name of the unimodal head.
-UNIMODAL_HEAD = "linear"
-#: Shared fusion width (the paper: 512 by default, 2048 for large label spaces).
-DEFAULT_D_ALG = 512
 #: Number of learned tokens each pooled feature is expanded into by :class:`CrossAttention`.
 DEFAULT_CROSS_ATTENTION_TOKENS = 4
 #: Epsilon of the l2 normalisation in :class:`SimpleConcat`.
@@ -218,19 +215,18 @@ class CrossAttention(_FusionHead):
         return (q_tokens + self.out(attended)).mean(dim=1)
 
 
-#: The heads by name, in the paper's order of fusion methods (linear_add is its choice): the one
-#: table to extend with a new head (its class, with ``from_widths``, and a line here).
-HEADS: Mapping[str, type[LinearProbe] | type[_FusionHead]] = MappingProxyType({
-    UNIMODAL_HEAD: LinearProbe,
-    "simple_concat": SimpleConcat,
-    "linear_concat": LinearConcat,
-    "linear_add": LinearAdd,
-    "cross_attention": CrossAttention,
-})
-#: Every name :func:`build_head` accepts.
-HEAD_KINDS: tuple[str, ...] = tuple(HEADS)
-#: The fusion methods (heads on two features).
-FUSION_METHODS: tuple[str, ...] = tuple(k for k, cls in HEADS.items() if cls.n_inputs == 2)
+#: Every name :func:`build_head` accepts (the table :data:`~difffeat_tune.config.HEAD_TABLE`).
+HEAD_KINDS: tuple[str, ...] = tuple(HEAD_TABLE)
+
+
+def head_class(kind: str) -> type[LinearProbe] | type[_FusionHead]:
+    """The class of head ``kind`` (:class:`ConfigError` listing the names otherwise)."""
+    entry = HEAD_TABLE.get(kind)
+    if entry is None:
+        raise ConfigError(f"unknown head kind {kind!r}", f"valid names: {', '.join(HEAD_KINDS)}")
+    module, _, name = entry.partition(":")
+    found: type[LinearProbe] | type[_FusionHead] = getattr(importlib.import_module(module), name)
+    return found
 
 
 def build_head(
@@ -244,7 +240,7 @@ def build_head(
     n_tokens: int = DEFAULT_CROSS_ATTENTION_TOKENS,
     seed: int | None = None,
 ) -> nn.Module:
-    """Build a probe head by name (see :data:`HEADS`).
+    """Build a probe head by name (see :data:`~difffeat_tune.config.HEAD_TABLE`).
 
     Args:
         kind: ``"linear"`` (unimodal) or one of :data:`FUSION_METHODS`.
@@ -263,10 +259,8 @@ def build_head(
     Raises:
         ConfigError: unknown kind (the message lists the valid names) or a missing/invalid width.
     """
-    head_class = HEADS.get(kind)
-    if head_class is None:
-        raise ConfigError(f"unknown head kind {kind!r}", f"valid names: {', '.join(HEAD_KINDS)}")
-    if head_class.n_inputs == 1:
+    cls = head_class(kind)
+    if cls.n_inputs == 1:
         if in_dim is None:
             raise ConfigError(f"head {kind!r} needs in_dim (the feature width)")
         widths: tuple[int, ...] = (in_dim,)
@@ -275,7 +269,11 @@ def build_head(
     else:
         widths = (image_dim, text_dim)
     if seed is None:
-        return head_class.from_widths(widths, n_classes, d_alg=d_alg, n_tokens=n_tokens)
+        return cls.from_widths(widths, n_classes, d_alg=d_alg, n_tokens=n_tokens)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return head_class.from_widths(widths, n_classes, d_alg=d_alg, n_tokens=n_tokens)
+        return cls.from_widths(widths, n_classes, d_alg=d_alg, n_tokens=n_tokens)
+
+
+__all__ = ["DEFAULT_CROSS_ATTENTION_TOKENS", "DEFAULT_D_ALG", "FUSION_METHODS", "HEAD_KINDS", "UNIMODAL_HEAD",
+           "CrossAttention", "LinearAdd", "LinearConcat", "LinearProbe", "SimpleConcat", "build_head", "head_class"]

@@ -318,7 +318,7 @@ class Objective:
             try:
                 train_x, score_x = self._inputs(config, self._train), self._inputs(config, self._select)
             except DiffFeatError as exc:
-                logger.warning("configuration %s: %s", config.label(), exc)
+                logger.debug("configuration %s: %s", config.label(), exc)  # the caller reports it
                 out[k] = exc
                 continue
             head = self._head(config, tuple(x.shape[1] for x in train_x), train_y.shape[1])

@@ -16,16 +16,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from difffeat_tune._errors import ConfigError
-from difffeat_tune.config import DEFAULT_D_ALG, P_MODALITY, TRIAL_MODALITIES, TrialConfig
+from difffeat_tune.config import (
+    DEFAULT_D_ALG,
+    P_MODALITY,
+    TRIAL_MODALITIES,
+    TrialConfig,
+)
 from difffeat_tune.probe.metrics import METRIC_NAMES
+from difffeat_tune.search._attrs import HISTORY, SURPLUS
 from difffeat_tune.space import SearchSpace, load_space
 
 logger = logging.getLogger(__name__)
 
 #: Suffixes ``compare`` gives the two studies of one search (``<base>-heuristic``, ``<base>-grid``).
 HEURISTIC_SUFFIX, GRID_SUFFIX = "-heuristic", "-grid"
-#: Trial user attribute of the heuristic's surplus trials.
-A_SURPLUS = "surplus"
 #: Keys of the metrics (the flat trial attributes the report reads).
 METRIC_KEYS = frozenset(key for key, _ in METRIC_NAMES)
 
@@ -111,7 +115,7 @@ class StudyData:
         d_alg = space.d_alg if space is not None else DEFAULT_D_ALG
         trials = study.get_trials(deepcopy=False)
         records = [r for r in (_record(t, d_alg) for t in trials) if r is not None]
-        surplus = sum(1 for t in trials if t.user_attrs.get(A_SURPLUS))
+        surplus = sum(1 for t in trials if t.user_attrs.get(SURPLUS))
         return cls(name=study_name, attrs=attrs, trials=tuple(records), space=space, surplus=surplus, study=study)
 
     @property
@@ -196,7 +200,7 @@ def _record(trial: FrozenTrial, d_alg: int) -> TrialRecord | None:
         config=config,
         value=float(trial.value) if trial.state == TrialState.COMPLETE and trial.value is not None else None,
         metrics={k: float(v) for k, v in attrs.items() if k in METRIC_KEYS and isinstance(v, (int, float))},
-        curve=tuple(sorted((int(step), float(v)) for step, v in trial.intermediate_values.items())),
+        curve=_curve(trial),
         epochs=int(attrs.get("epochs_run", 0) or 0),
         seconds=float(attrs.get("seconds", 0.0) or 0.0),
     )
@@ -204,3 +208,12 @@ def _record(trial: FrozenTrial, d_alg: int) -> TrialRecord | None:
 
 def _describe(storage: str | optuna.storages.BaseStorage) -> str:
     return storage if isinstance(storage, str) else type(storage).__name__
+
+
+def _curve(trial: optuna.trial.FrozenTrial) -> tuple[tuple[int, float], ...]:
+    """Per-epoch selection scores: the intermediate values (reported for a pruner), else the
+    ``history`` attribute a trial records when no pruner reads them."""
+    if trial.intermediate_values:
+        return tuple(sorted((int(step), float(v)) for step, v in trial.intermediate_values.items()))
+    history = trial.user_attrs.get(HISTORY)
+    return tuple((epoch, float(v)) for epoch, v in enumerate(history or (), start=1))

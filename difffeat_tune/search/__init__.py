@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from difffeat_tune.search._samplers import PRUNERS, SAMPLERS, GridSearchSampler, PlanState, make_sampler, plan_state
     from difffeat_tune.search._suggest import suggest_config
     from difffeat_tune.search.compare import Comparison
-    from difffeat_tune.search.runner import SearchRun, SearchSummary, run_search, summarize
+    from difffeat_tune.search._run import SearchRun
+    from difffeat_tune.search.runner import SearchSummary, run_search, summarize
 
 _LAZY: dict[str, str] = {
     "HeuristicSampler": "difffeat_tune.search._heuristic",
@@ -31,7 +32,7 @@ _LAZY: dict[str, str] = {
     "plan_state": "difffeat_tune.search._samplers",
     "suggest_config": "difffeat_tune.search._suggest",
     "Comparison": "difffeat_tune.search.compare",
-    "SearchRun": "difffeat_tune.search.runner",
+    "SearchRun": "difffeat_tune.search._run",
     "SearchSummary": "difffeat_tune.search.runner",
     "run_search": "difffeat_tune.search.runner",
     "summarize": "difffeat_tune.search.runner",

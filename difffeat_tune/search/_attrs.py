@@ -7,6 +7,9 @@ Trial user attributes (shown in optuna-dashboard):
 * one attribute per metric (``map``, ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1`` for
   multi-label, ``top1``, ``top5`` for single-label, plus ``n_classes_scored`` and
   ``n_classes_excluded``), ``epochs_run``, ``seconds``, ``split`` once it finished;
+* the per-epoch selection scores: the trial's intermediate values when a pruner reads them
+  (reported every epoch), else one ``history`` attribute written at the end (one write instead
+  of one per epoch);
 * ``error`` on a FAILED trial: the reason, one line;
 * ``surplus`` on a heuristic trial that got no configuration.
 
@@ -30,6 +33,7 @@ CONFIG = "config"
 EPOCHS = "epochs_run"
 SECONDS = "seconds"
 SPLIT = "split"
+HISTORY = "history"
 ERROR = "error"
 SURPLUS = "surplus"
 

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
@@ -25,8 +25,16 @@ from optuna.trial import TrialState
 
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import (
-    DEFAULT_FUSION, P_FUSION, P_IMAGE_B, P_IMAGE_T, P_MODALITY, P_TEXT_B, P_TEXT_T, TrialConfig,
+    DEFAULT_FUSION,
+    P_FUSION,
+    P_IMAGE_B,
+    P_IMAGE_T,
+    P_MODALITY,
+    P_TEXT_B,
+    P_TEXT_T,
+    TrialConfig,
 )
+from difffeat_tune.search import _attrs as A
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -205,7 +213,8 @@ class HeuristicSampler(BaseSampler):
     - ``"fusion"``: once both unimodal phases are finished, the neighbourhood (see
       :func:`grid_neighbourhood`) of each modality's best COMPLETE configuration, crossed with
       each fusion method. The best is the highest trial value; equal values go to the lowest
-      trial number. With the paper's space and optima (image t=50 b=12, text t=0 b=24) the
+      trial number. Neighbours that were given up (below) are left out: their features could not
+      be read, so their fusions would fail too. With the paper's space and optima (image t=50 b=12, text t=0 b=24) the
       cross gives 5 x 3 = 15 fusion trials: 30 + 20 + 15 = 65 trials in all.
 
     A configuration is finished when a trial of it ended COMPLETE or PRUNED, or when trials of it
@@ -300,8 +309,15 @@ class HeuristicSampler(BaseSampler):
         poll_interval: Seconds between storage polls while waiting.
         wait_timeout: Seconds a trial may wait for a configuration; ``None`` waits as long as
             needed. On expiry the trial is set FAIL (it ran nothing) and :exc:`TimeoutError` is
-            raised out of ``study.ask`` / ``study.optimize``.
+            raised out of ``study.ask`` / ``study.optimize``. ``0`` never waits: a trial that finds
+            nothing pending is a surplus trial at once (for engines that wait outside the sampler,
+            as this package's do).
         seed: Seed of the jitter added to polling (the plan itself is deterministic).
+        beat_claims: Record the trial's heartbeat as soon as it keeps a claim, in ask-and-tell
+            too. For callers that beat their asked trials from a thread of their own (both of this
+            package's engines do): a worker that dies between the claim and its first beat then
+            leaves a claim that goes stale, not one held for ever. ``study.optimize`` beats
+            claims whatever this says.
     """
 
     def __init__(
@@ -315,6 +331,7 @@ class HeuristicSampler(BaseSampler):
         poll_interval: float = 0.5,
         wait_timeout: float | None = None,
         seed: int | None = None,
+        beat_claims: bool = False,
     ) -> None:
         if fusion_methods is None:
             fusion_methods = (DEFAULT_FUSION,) if DEFAULT_FUSION in space.fusion_methods else space.fusion_methods[:1]
@@ -343,6 +360,7 @@ class HeuristicSampler(BaseSampler):
         self._poll_interval = float(poll_interval)
         self._wait_timeout = wait_timeout
         self._rng = random.Random(seed)
+        self._beat_claims = beat_claims
         # Claims this process kept, by trial id: a read cache of the storage (which stays the
         # source of truth), so that each suggestion does not re-read the trial.
         self._kept: dict[int, dict[str, Any]] = {}
@@ -479,10 +497,11 @@ class HeuristicSampler(BaseSampler):
                     return
                 storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, None)
                 continue
-            if survey.exhausted or not survey.running_planned:
+            if survey.exhausted or not survey.running_planned or self._wait_timeout == 0:
                 reason = ("the plan is exhausted" if survey.exhausted else
                           "nothing to evaluate now (the unfinished configurations are enqueued or do not match "
-                          "the enqueued parameters)")
+                          "the enqueued parameters)" if not survey.running_planned else
+                          "nothing pending now (other trials run the unfinished configurations; wait_timeout=0)")
                 self._mark_surplus(study, trial, reason)
                 return
             waited = time.monotonic() - started
@@ -520,28 +539,28 @@ class HeuristicSampler(BaseSampler):
         if not written:
             storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, config.to_params())
         self._kept[trial._trial_id] = config.to_params()
-        storage.set_trial_user_attr(trial._trial_id, "phase", config.modality)
-        storage.set_trial_user_attr(trial._trial_id, "modality", config.modality)
-        storage.set_trial_user_attr(trial._trial_id, "config", config.label())
+        storage.set_trial_user_attr(trial._trial_id, A.PHASE, config.modality)
+        storage.set_trial_user_attr(trial._trial_id, A.MODALITY, config.modality)
+        storage.set_trial_user_attr(trial._trial_id, A.CONFIG, config.label())
         # optimize() starts the heartbeat thread only after ask() returns: beat now, so a worker
-        # dying in between leaves a claim that goes stale. Not in ask-and-tell, which has no
-        # heartbeat thread (the claim would go stale while the trial runs).
+        # dying in between leaves a claim that goes stale. Not in plain ask-and-tell, which has no
+        # heartbeat thread (the claim would go stale while the trial runs), unless the caller beats.
         in_optimize = getattr(getattr(study, "_thread_local", None), "in_optimize_loop", False)
-        if in_optimize and _heartbeat_interval(storage) is not None:
+        if (in_optimize or self._beat_claims) and _heartbeat_interval(storage) is not None:
             storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
 
     def _mark_surplus(self, study: Study, trial: FrozenTrial, reason: str) -> None:
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, None)
         storage.set_trial_system_attr(trial._trial_id, SURPLUS_ATTR, reason)
-        storage.set_trial_user_attr(trial._trial_id, "surplus", True)
+        storage.set_trial_user_attr(trial._trial_id, A.SURPLUS, True)
         _logger.info("trial %d is surplus: %s", trial.number, reason)
 
     @staticmethod
     def _abort(study: Study, trial: FrozenTrial, error: Exception) -> None:
         """Fail the trial (so it is not left RUNNING with nothing to run) and raise ``error``."""
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, "error", str(error).splitlines()[0])
+            study._storage.set_trial_user_attr(trial._trial_id, A.ERROR, A.first_line(error))
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except Exception:  # noqa: BLE001 - the error below is the one to report
             _logger.debug("could not fail trial %d", trial.number, exc_info=True)
@@ -595,10 +614,15 @@ class HeuristicSampler(BaseSampler):
         if all(survey.finished(c) for m in UNIMODAL for c in unimodal[m]):
             survey.fusion = []
             if best["image"] is not None and best["text"] is not None:
+                given_up = {c for m in UNIMODAL for c in unimodal[m]
+                            if c not in done and failures[c] >= self._max_failures}
                 for m in UNIMODAL:
                     optimum = best[m][0]  # type: ignore[index]
-                    survey.candidates[m] = grid_neighbourhood(space.axes(m), getattr(optimum, m),
-                                                              self._neighbourhood, self._radius)
+                    # A given-up configuration's features cannot be read: its fusions would fail too.
+                    survey.candidates[m] = [
+                        p for p in grid_neighbourhood(space.axes(m), getattr(optimum, m), self._neighbourhood,
+                                                      self._radius)
+                        if replace(optimum, **{m: p}) not in given_up]
                 survey.fusion = [TrialConfig("fusion", image=i, text=x, fusion=f, d_alg=space.d_alg)
                                  for i in survey.candidates["image"] for x in survey.candidates["text"]
                                  for f in self._fusion_methods]

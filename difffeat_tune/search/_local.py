@@ -1,9 +1,15 @@
 """The local engine: trials run in this process, asked and told by ``workers`` trial loops.
 
 Each loop reads where the plan stands (:func:`~difffeat_tune.search._samplers.plan_state`) and
-asks trials only while configurations are pending, up to a batch of ``batch_trials`` of them,
-trains their probes, and tells each trial its own result (COMPLETE, PRUNED by the study's pruner,
-or FAIL with its ``error``). While nothing is pending and the plan is not finished (the
+asks trials only while configurations are pending, up to a batch of ``batch_trials`` of them
+(automatic: the pending configurations of the phase, at most
+:data:`~difffeat_tune.probe._memory.DEFAULT_MAX_BATCH_PROBES`, in batches that fit in memory;
+one at a time when the study has a pruner, which compares a trial with finished ones),
+trains their probes as one computation
+(:meth:`~difffeat_tune.probe.objective.Objective.run_many`), and tells each trial its own result
+(COMPLETE, PRUNED by the study's pruner, or FAIL with its ``error``). Each trial keeps its
+per-epoch scores: as intermediate values reported every epoch when the study has a pruner, else
+in one ``history`` attribute. While nothing is pending and the plan is not finished (the
 heuristic's phase barrier, or the last trials of other workers), it waits, failing the trials of
 dead workers (:func:`~difffeat_tune.search._heartbeat.fail_stale`) so that their configurations
 are retried. A finished study asks nothing, so running it again adds no trial.
@@ -22,11 +28,12 @@ import optuna
 from optuna.trial import TrialState
 
 from difffeat_tune.config import TrialConfig
+from difffeat_tune.probe._memory import DEFAULT_MAX_BATCH_PROBES
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._heartbeat import Heartbeat, fail_stale
 from difffeat_tune.search._samplers import plan_state
 from difffeat_tune.search._suggest import suggest_config
-from difffeat_tune.search.runner import SearchRun, record_config
+from difffeat_tune.search._run import SearchRun, record_config
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +94,9 @@ def run_local(run: SearchRun) -> None:
 
 def _loop(run: SearchRun, budget: _Budget, heartbeat: Heartbeat) -> None:
     settings = run.settings
-    batch_size = settings.search.batch_trials or 1
+    # A pruner compares a trial with the finished ones at the same epoch; the trials of one batch
+    # finish together, so they could never prune each other: with a pruner, one trial at a time.
+    batch_size = settings.search.batch_trials or (1 if _has_pruner(run.study) else DEFAULT_MAX_BATCH_PROBES)
     while not budget.spent:
         state = plan_state(run.study, settings.space, settings.search)
         if state.finished:
@@ -110,53 +119,57 @@ def _ask(run: SearchRun, wanted: int, heartbeat: Heartbeat) -> list[_Asked]:
                 trial = run.study.ask()
         except TimeoutError:  # another worker took the last pending configuration
             break
+        heartbeat.add(trial._trial_id)  # at once: a worker dying from here on leaves a trial that goes stale
         try:
             config = suggest_config(trial, run.settings.space)
         except optuna.TrialPruned:  # nothing left for this trial (a race with another worker)
+            heartbeat.discard(trial._trial_id)
             _tell(run, trial, TrialState.PRUNED)
             break
         record_config(trial, config)
-        heartbeat.add(trial._trial_id)
         asked.append(_Asked(trial, config))
     return asked
 
 
 def _train(run: SearchRun, asked: Sequence[_Asked], heartbeat: Heartbeat) -> None:
-    pending = list(asked)
+    """Train the asked trials' probes together, then tell each trial its own result."""
+    reports = _has_pruner(run.study)
+
+    def on_epoch(k: int, epoch: int, score: float) -> bool:
+        trial = asked[k].trial
+        trial.report(score, epoch)  # a storage write: only when a pruner reads it
+        return trial.should_prune()
+
     try:
-        while pending:
-            item = pending.pop(0)
-            _train_one(run, item)
-            heartbeat.discard(item.trial._trial_id)
-    except BaseException:  # interrupted: the trials not yet told fail, so their configurations are retried
-        for item in pending:
+        results = run.objective.run_many([item.config for item in asked], on_epoch if reports else None,
+                                         max_probes=run.settings.search.batch_trials)
+    except BaseException:  # interrupted: the trials fail, so their configurations are retried
+        for item in asked:
             heartbeat.discard(item.trial._trial_id)
             A.record_error(run.study, item.trial._trial_id, "stopped before it finished")
             _tell(run, item.trial, TrialState.FAIL)
         raise
+    for item, result in zip(asked, results):
+        heartbeat.discard(item.trial._trial_id)
+        trial = item.trial
+        if isinstance(result, Exception):  # every error of a configuration is recorded, not raised
+            logger.warning("trial %d (%s) failed: %s", trial.number, item.config.label(), A.first_line(result))
+            A.record_error(run.study, trial._trial_id, result)
+            _tell(run, trial, TrialState.FAIL)
+            continue
+        attrs = A.result_attrs(result.metrics, result.epochs_run, result.seconds, result.split)
+        if not reports:
+            attrs[A.HISTORY] = [round(float(v), 6) for v in result.history]
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if result.stopped_early:
+            _tell(run, trial, TrialState.PRUNED)
+        else:
+            _tell(run, trial, TrialState.COMPLETE, result.score)
 
 
-def _train_one(run: SearchRun, item: _Asked) -> None:
-    trial = item.trial
-
-    def on_epoch(epoch: int, score: float) -> bool:
-        trial.report(score, epoch)
-        return trial.should_prune()
-
-    try:
-        result = run.objective(item.config, on_epoch)
-    except Exception as exc:  # noqa: BLE001 - every error of a configuration is recorded, not raised
-        logger.warning("trial %d (%s) failed: %s", trial.number, item.config.label(), A.first_line(exc))
-        logger.debug("trial %d traceback", trial.number, exc_info=True)
-        A.record_error(run.study, trial._trial_id, exc)
-        _tell(run, trial, TrialState.FAIL)
-        return
-    for key, value in A.result_attrs(result.metrics, result.epochs_run, result.seconds, result.split).items():
-        trial.set_user_attr(key, value)
-    if result.stopped_early:
-        _tell(run, trial, TrialState.PRUNED)
-    else:
-        _tell(run, trial, TrialState.COMPLETE, result.score)
+def _has_pruner(study: optuna.Study) -> bool:
+    return not isinstance(study.pruner, optuna.pruners.NopPruner)
 
 
 def _tell(run: SearchRun, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:

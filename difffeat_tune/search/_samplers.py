@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import optuna
 from optuna.trial import TrialState
@@ -27,8 +27,18 @@ from difffeat_tune._errors import ConfigError
 from difffeat_tune.search._heuristic import HeuristicSampler
 
 if TYPE_CHECKING:
-    from difffeat_tune.search._options import SearchOptions
     from difffeat_tune.space import SearchSpace
+
+
+class SearchOptions(Protocol):
+    """What samplers read of :class:`~difffeat_tune.search._options.SearchOptions`."""
+
+    sampler: str
+    fusion_methods: tuple[str, ...]
+    neighbourhood: str
+    radius: int
+    max_failures: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,7 @@ def _build_heuristic(space: SearchSpace, options: SearchOptions) -> optuna.sampl
     return HeuristicSampler(space, fusion_methods=options.fusion_methods or None,
                             neighbourhood=options.neighbourhood,  # type: ignore[arg-type]
                             radius=options.radius, max_failures=options.max_failures, seed=options.seed,
-                            wait_timeout=0)
+                            wait_timeout=0, beat_claims=True)  # the engines beat their trials (Heartbeat)
 
 
 def _build_grid(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:

@@ -52,7 +52,7 @@ from difffeat_tune.search._heartbeat import Heartbeat, fail_stale
 from difffeat_tune.search._options import SearchOptions
 from difffeat_tune.search._samplers import plan_state
 from difffeat_tune.search._suggest import suggest_config
-from difffeat_tune.search.runner import SearchRun, record_config
+from difffeat_tune.search._run import SearchRun, record_config
 from difffeat_tune.space import SearchSpace
 from difffeat_tune.store import FeatureStore, FeatureView
 
@@ -311,15 +311,16 @@ class DiffFeatSearch(OptunaSearch):
         except TimeoutError:  # another process took the last pending configuration: wait
             self._next_read = now + self._poll_interval
             return None
+        self._beating().add(ot_trial._trial_id)  # at once: a driver dying from here on leaves a stale trial
         try:
             config = suggest_config(ot_trial, self._search_space)
         except optuna.TrialPruned:  # a surplus trial (nothing left for it): close it, check again
+            self._beating().discard(ot_trial._trial_id)
             self._tell(ot_trial, None, TrialState.PRUNED)
             return None
         record_config(ot_trial, config)
         self._ot_trials[trial_id] = ot_trial
         self._asked += 1
-        self._beating().add(ot_trial._trial_id)
         params = config.to_params()
         return {k: params.get(k) for k in _PARAMS}  # absent axes are None in the Tune config
 

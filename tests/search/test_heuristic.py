@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
@@ -415,6 +416,34 @@ def test_failing_config_is_retried_up_to_max_failures_then_skipped(tmp_path: Pat
     status = plan_status(study)
     assert status.given_up == (broken,) and status.failures == 3 and status.exhausted
     assert len(_completed(study, space)) == MEDIUM_PLAN - 1
+
+
+def test_a_given_up_neighbour_of_the_optimum_is_left_out_of_the_fusion_phase(tmp_path: Path) -> None:
+    space = _space(tmp_path, "medium")
+    broken = TrialConfig("image", image=(30, 4), d_alg=64)  # in the cross around the image peak (30, 8)
+    study = _study(HeuristicSampler(space))
+    study.optimize(make_objective(space, fail={broken: 99}), catch=(RuntimeError,))
+
+    assert [_config(t, space) for t in study.get_trials(states=(TrialState.FAIL,))] == [broken] * 2
+    status = plan_status(study)
+    assert status.given_up == (broken,) and status.exhausted
+    assert (30, 4) not in status.image_candidates and len(status.image_candidates) == 4
+    fusions = [c for c in _completed(study, space) if c.modality == "fusion"]
+    assert fusions and all(c.image != (30, 4) for c in fusions)
+    assert len(fusions) == 4 * 3  # 4 image neighbours x the 3 of the text corner optimum
+
+
+def test_beat_claims_records_the_heartbeat_of_a_claim_in_ask_and_tell(tmp_path: Path) -> None:
+    space = _space(tmp_path, "tiny")
+    storage = _sqlite(tmp_path, heartbeat=True)
+    for beat in (False, True):
+        study = _study(HeuristicSampler(space, beat_claims=beat), storage, name=f"beat-{beat}")
+        trial = study.ask()
+        assert storage.get_trial(trial._trial_id).user_attrs["config"]  # claimed
+        with storage.scoped_session() as session:  # a trial without a heartbeat row never goes stale
+            rows = session.execute(sqlalchemy.text("SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = :id"),
+                                   {"id": trial._trial_id}).scalar_one()
+        assert rows == int(beat)
 
 
 def test_config_that_fails_once_is_retried_and_completes(tmp_path: Path) -> None:

@@ -11,10 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import optuna
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from optuna.trial import TrialState
 
@@ -31,8 +28,7 @@ from difffeat_tune.search.ray_engine import DiffFeatSearch, ViewLocation, Worker
 from difffeat_tune.search.runner import open_storage, open_study  # noqa: E402
 from difffeat_tune.settings import Settings  # noqa: E402
 from difffeat_tune.space import load_space  # noqa: E402
-from difffeat_tune.store import block_column  # noqa: E402
-from tests.conftest import IMAGE_PEAK, TEXT_PEAK, run_study, write_synthetic_store  # noqa: E402
+from tests.conftest import IMAGE_PEAK, TEXT_PEAK, run_study, write_nan_block, write_synthetic_store  # noqa: E402
 
 #: Few epochs at a higher learning rate: the probes still peak at IMAGE_PEAK and TEXT_PEAK.
 RECIPE = {"epochs": 4, "batch_size": 32, "lr": 1e-2}
@@ -127,16 +123,8 @@ def test_ray_heuristic_runs_the_local_plan_and_finds_the_same_best(
 
 
 def _poison_block(view, modality: str, t: int, block: int, split: str) -> Path:  # type: ignore[no-untyped-def]
-    """Overwrite one block's column of a stored shard with NaN (a corrupt shard for one configuration)."""
-    path = view.extraction(modality).part_path(t, split, 0)
-    table = pq.read_table(path)
-    name = block_column(block)
-    width = table.column(name).type.list_size
-    values = pa.array(np.full(table.num_rows * width, np.nan, dtype=np.float32))
-    table = table.set_column(table.schema.get_field_index(name), name,
-                             pa.FixedSizeListArray.from_arrays(values, width))
-    pq.write_table(table, path)
-    return path
+    """NaN in one block's column of a stored shard (a faulty shard for one configuration)."""
+    return write_nan_block(view.extraction(modality).part_path(t, split, 0), block)
 
 
 @pytest.mark.slow

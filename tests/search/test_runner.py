@@ -113,3 +113,37 @@ def test_dashboard_serves_studies_trials_params_and_user_attrs(tmp_path: Path, s
     attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
     assert attrs["phase"] == "image" and "metrics" not in attrs
     assert 0 <= float(attrs["map"]) <= 1  # flat, sortable columns in the dashboard
+
+
+def test_trials_trained_in_batches_equal_trials_trained_one_at_a_time(tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path}/s.db"
+    one = run_study(synthetic_view, small_space, url, "one", batch_trials=1, epochs=4, evaluate_best=False)
+    many = run_study(synthetic_view, small_space, url, "many", epochs=4, evaluate_best=False)  # automatic batches
+    assert one.trials == many.trials and set(one.trials) == {"complete"}  # the same plan, all of it run
+    assert one.best_config == many.best_config and one.best_score == pytest.approx(many.best_score, abs=1e-5)
+
+    def values(name: str) -> dict[str, float]:
+        return {t.user_attrs["config"]: t.value for t in optuna.load_study(study_name=name, storage=url).trials}
+
+    alone, together = values("one"), values("many")
+    assert alone.keys() == together.keys()
+    assert all(together[k] == pytest.approx(v, abs=1e-5) for k, v in alone.items())
+    # Without a pruner the per-epoch scores are one attribute per trial, not a write per epoch.
+    trial = optuna.load_study(study_name="many", storage=url).trials[0]
+    assert not trial.intermediate_values and len(trial.user_attrs["history"]) == 4
+
+
+def test_an_explicit_batch_size_that_does_not_fit_is_reduced_with_a_warning(  # type: ignore[no-untyped-def]
+        tmp_path: Path, synthetic_view, small_space, caplog) -> None:
+    from difffeat_tune.probe.objective import Objective, ObjectiveSettings
+    from difffeat_tune.probe.train import TrainRecipe
+    from difffeat_tune.config import TrialConfig
+
+    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=1, batch_size=32)), "cpu")
+    config = TrialConfig("image", image=(30, 8))
+    one_probe = objective.batch_limit(config, requested=1, memory_budget=10**9)
+    assert one_probe == 1
+    with caplog.at_level("WARNING"):
+        reduced = objective.batch_limit(config, requested=1000, memory_budget=10**7)
+    assert 1 < reduced < 1000 and f"reduced to {reduced}" in caplog.text
+    assert "MiB" in caplog.text  # sizes in a unit that shows them

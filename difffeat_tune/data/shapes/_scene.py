@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from difffeat_tune._errors import DataError
-from difffeat_tune.data.shapes._captions import _Words
+from difffeat_tune.data.shapes._words import _Words
 from difffeat_tune.data.shapes._config import RGB, ShapesConfig
 from difffeat_tune.data.shapes._geometry import _UNIT_SHAPES
 
