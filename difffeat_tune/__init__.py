@@ -75,7 +75,7 @@ _LAZY: dict[str, str] = {
     "SearchSummary": "difffeat_tune.search.runner",
     "run_search": "difffeat_tune.search.runner",
     "summarize": "difffeat_tune.search.runner",
-    "Settings": "difffeat_tune.settings",
+    "Settings": "difffeat_tune.search._settings",
     "SearchSpace": "difffeat_tune.space",
     "load_space": "difffeat_tune.space",
     "FeatureStore": "difffeat_tune.store",

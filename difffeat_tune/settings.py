@@ -4,7 +4,7 @@ The tree is defined in :mod:`difffeat_tune.search._settings` (it composes the se
 with the data, backbone, store and probe settings); this module is where users import it.
 
 Example:
-    >>> from difffeat_tune.search._settings import Settings
+    >>> from difffeat_tune.settings import Settings
     >>> settings = Settings.create(space="embedded", epochs=10, sampler="grid")
     >>> settings.probe.recipe.epochs, settings.search.sampler
     (10, 'grid')

@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage (smoke test)")
+    parser.add_argument("--stage", choices=("image", "text"), action="append",
+                        help="train only this backbone (repeatable; default both); the other folder in --out is kept")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -46,10 +48,11 @@ def main() -> None:
         shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
         print(f"[{time.perf_counter() - start:7.1f} s] {stage:6s} {step:6d}  {shown}", flush=True)
 
-    record = train_tiny_backbones(args.out, recipe, log=log, workers=args.threads)
+    record = train_tiny_backbones(args.out, recipe, log=log, workers=args.threads,
+                                  stages=tuple(args.stage or ("image", "text")))
     record["total_seconds"] = time.perf_counter() - start
     record["threads"] = args.threads
-    atomic_write_json(args.out / "train_tiny.json", record)
+    atomic_write_json(args.out / f"train_tiny{'-' + '-'.join(args.stage) if args.stage else ''}.json", record)
     print(json.dumps({k: v for k, v in record.items() if k in ("seconds", "total_seconds")}, indent=1))
 
 

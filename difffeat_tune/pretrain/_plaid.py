@@ -83,7 +83,7 @@ class PlaidRecipe:
     embed_dim: int = 16
     gamma_0: float = -3.0
     gamma_1: float = 6.0
-    steps: int = 5000
+    steps: int = 4000
     batch_size: int = 64
     lr: float = 2e-3
     side_lr: float = 1e-2
@@ -92,7 +92,7 @@ class PlaidRecipe:
     grad_clip: float = 1.0
     reconst_share: float = 0.125
     selfcond_share: float = 0.25
-    bias_warmup: int = 5000
+    bias_warmup: int = 3000
     seed: int = 0
     log_every: int = 100
 
@@ -167,7 +167,7 @@ def plaid_loss(modules: PlaidModules, tokens: torch.Tensor, recipe: PlaidRecipe,
     def variance_gradient(grad: torch.Tensor) -> torch.Tensor:
         # The schedule minimises E[loss^2]: its per-row gradient times 2 * the row's loss.
         scaled = grad.clone()
-        scaled[n_reconst:] *= 2.0 * loss_rows["diffusion"][n_reconst:].detach()
+        scaled[n_reconst:] *= 2.0 * loss_rows["diffusion"][n_reconst:]
         return scaled
 
     for tensor in (g_tilde, g_tilde_prime):
@@ -200,7 +200,9 @@ def plaid_loss(modules: PlaidModules, tokens: torch.Tensor, recipe: PlaidRecipe,
                               reduction="none").view(n_reconst, length).mean(dim=1).double()
     diffusion = (x_embed - x_hat).pow(2).mean(dim=1).double().sum(dim=1)
     diffusion = -0.5 * snr_prime * diffusion
-    loss_rows["diffusion"] = diffusion
+    # Detached: a hook that held the graph's own tensor would make a cycle through autograd's
+    # nodes that Python cannot collect (the whole graph of every step would leak).
+    loss_rows["diffusion"] = diffusion.detach()
     alpha_1, sigma_1 = (v.sqrt() for v in alpha_sigma_squared(gamma_1))
     prior = _gaussian_kl(alpha_1.float() * x_embed, sigma_1.float().expand_as(x_embed)).sum(dim=2).mean()
     loss = reconst.mean() + diffusion[n_reconst:].mean() + prior

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from difffeat_tune._errors import ConfigError
 from difffeat_tune._io import atomic_write_json
 from difffeat_tune.backbones.plaid import PAD_ID, save_plaid, train_tokenizer
 from difffeat_tune.data.shapes import ShapesCorpus, generate_corpus
@@ -160,8 +161,13 @@ def _in_child(stage: Callable[..., dict[str, object]], results: object, *args: o
         results.put((stage.__name__, exc))  # type: ignore[attr-defined]
 
 
+#: The stages by name: each writes one backbone folder.
+STAGES: dict[str, Callable[[Path, ShapesCorpus, TinyRecipe, StageLog], dict[str, object]]] = {
+    "image": _image_stage, "text": _text_stage}
+
+
 def train_tiny_backbones(out: str | Path, recipe: TinyRecipe | None = None, *, log: StageLog | None = None,
-                         workers: int = 2) -> dict[str, object]:
+                         workers: int = 2, stages: tuple[str, ...] = ("image", "text")) -> dict[str, object]:
     """Train the tiny backbones and write them under ``out`` (see the module docstring).
 
     With ``workers`` >= 2 (and ``fork`` available) the image stages (autoencoder, DiT) and the
@@ -174,6 +180,8 @@ def train_tiny_backbones(out: str | Path, recipe: TinyRecipe | None = None, *, l
         recipe: the recipe (default ``TinyRecipe()``, the shipped weights').
         log: progress callback (called in the stages' processes).
         workers: processes generating the corpus and running the stages.
+        stages: which backbones to train (``"image"``, ``"text"``); the others' folders in
+            ``out`` are kept, and the digests cover every backbone folder ``out`` holds.
 
     Returns:
         A record of the run: the recipe, the seconds of each stage, the last losses and the digests.
@@ -191,26 +199,30 @@ def train_tiny_backbones(out: str | Path, recipe: TinyRecipe | None = None, *, l
     seconds["corpus"] = time.perf_counter() - start
     log("corpus", len(corpus.pixels), {"seconds": seconds["corpus"]})
 
-    stages = (_image_stage, _text_stage)
-    if workers >= 2 and "fork" in multiprocessing.get_all_start_methods():
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown or not stages:
+        raise ConfigError(f"unknown or no stage(s) {unknown or list(stages)}", f"use some of {', '.join(STAGES)}")
+    chosen = [STAGES[name] for name in stages]
+    if workers >= 2 and len(chosen) >= 2 and "fork" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("fork")  # the children share the corpus, nothing is copied
         results = context.SimpleQueue()
         children = [context.Process(target=_in_child, args=(stage, results, out, corpus, recipe, log))
-                    for stage in stages]
+                    for stage in chosen]
         for child in children:
             child.start()
         done = dict(results.get() for _ in children)
         for child in children:
             child.join()
     else:
-        done = {stage.__name__: stage(out, corpus, recipe, log) for stage in stages}
+        done = {stage.__name__: stage(out, corpus, recipe, log) for stage in chosen}
     for name, result in done.items():
         if isinstance(result, BaseException):
             raise RuntimeError(f"tiny backbone training failed in {name}") from result
         seconds.update(result["seconds"])  # type: ignore[arg-type]
         losses.update(result["losses"])  # type: ignore[arg-type]
 
-    record["digests"] = {name: file_digests(out / name) for name in (DIT_FOLDER, PLAID_FOLDER)}
+    record["digests"] = {name: file_digests(out / name) for name in (DIT_FOLDER, PLAID_FOLDER)
+                         if (out / name).is_dir()}
     atomic_write_json(out / DIGESTS, record["digests"])
     return record
 

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune.probe._memory import check_probe_count, max_batch_probes, probe_footprint, split_batches
-from difffeat_tune.probe.heads import LinearAdd, LinearConcat, LinearProbe, SimpleConcat
+from difffeat_tune.probe.heads import HEAD_KINDS, head_class
 from difffeat_tune.probe.metrics import (
     MapScorer,
     ProbeInputError,
@@ -85,8 +85,9 @@ logger = logging.getLogger(__name__)
 
 #: ``on_epoch(k, epoch, score) -> stop?`` for probe k (its index in the list given to :func:`train_heads`).
 BatchOnEpoch = Callable[[int, int, float], bool]
-#: Head classes trained as one stacked computation; any other head trains alone.
-BATCHABLE_HEADS: tuple[type[nn.Module], ...] = (LinearProbe, SimpleConcat, LinearConcat, LinearAdd)
+#: Head classes trained as one stacked computation (their ``batchable``); any other head trains alone.
+BATCHABLE_HEADS: tuple[type[nn.Module], ...] = tuple(
+    cls for cls in map(head_class, HEAD_KINDS) if cls.batchable)
 
 
 def train_heads(

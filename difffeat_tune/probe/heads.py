@@ -58,6 +58,9 @@ class LinearProbe(nn.Module):
     """
 
     n_inputs = 1
+    #: Trains stacked with others of its shape (``train_heads``): its layers are ``nn.Linear`` and
+    #: its forward works on ``[K, batch, width]`` inputs.
+    batchable = True
 
     def __init__(self, in_dim: int, n_classes: int) -> None:
         super().__init__()
@@ -82,6 +85,8 @@ class _FusionHead(nn.Module):
     """Common base: two inputs (image ``[B, Di]``, text ``[B, Dt]``)."""
 
     n_inputs = 2
+    #: See :attr:`LinearProbe.batchable`; the linear fusion heads set it.
+    batchable = False
 
     def __init__(self, image_dim: int, text_dim: int, n_classes: int) -> None:
         super().__init__()
@@ -113,6 +118,8 @@ class _FusionHead(nn.Module):
 class SimpleConcat(_FusionHead):
     """l2-normalise each feature, concatenate, linear: ``W [x/|x|; y/|y|] + b``."""
 
+    batchable = True
+
     def __init__(self, image_dim: int, text_dim: int, n_classes: int) -> None:
         super().__init__(image_dim, text_dim, n_classes)
         self.classifier = nn.Linear(image_dim + text_dim, n_classes)
@@ -129,6 +136,8 @@ class SimpleConcat(_FusionHead):
 class LinearConcat(_FusionHead):
     """Project each feature to ``d_alg``, concatenate, linear: ``W [P x; Q y] + b``."""
 
+    batchable = True
+
     def __init__(self, image_dim: int, text_dim: int, n_classes: int, d_alg: int = DEFAULT_D_ALG) -> None:
         super().__init__(image_dim, text_dim, n_classes)
         _check_positive(d_alg=d_alg)
@@ -143,6 +152,8 @@ class LinearConcat(_FusionHead):
 
 class LinearAdd(_FusionHead):
     """Project each feature to ``d_alg``, add, linear: ``W (P x + Q y) + b`` (the paper's choice)."""
+
+    batchable = True
 
     def __init__(self, image_dim: int, text_dim: int, n_classes: int, d_alg: int = DEFAULT_D_ALG) -> None:
         super().__init__(image_dim, text_dim, n_classes)

@@ -18,7 +18,7 @@ CLI builds its settings with :meth:`Settings.create`, and the study records
 :meth:`Settings.record`.
 
 Example:
-    >>> from difffeat_tune.search._settings import Settings
+    >>> from difffeat_tune.settings import Settings
     >>> settings = Settings.create(space="embedded", epochs=10, sampler="grid")
     >>> settings.probe.recipe.epochs, settings.search.sampler
     (10, 'grid')
