@@ -17,7 +17,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 from PIL import Image
@@ -27,6 +26,7 @@ from difffeat_tune._errors import BackboneError
 from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
 from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
 from difffeat_tune.backbones._hooks import capture_blocks, mean_pool
+from difffeat_tune.backbones._image import center_crop_pixels
 from difffeat_tune.data._base import Split
 
 logger = logging.getLogger(__name__)
@@ -103,15 +103,7 @@ class DiTBackbone(Backbone):
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Resize the shorter side to the model's resolution, centre-crop, scale to [-1, 1] (CHW)."""
-        size = self.resolution
-        w, h = image.size
-        scale = size / min(w, h)
-        resized = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        left = (resized.width - size) // 2
-        top = (resized.height - size) // 2
-        cropped = resized.crop((left, top, left + size, top + size))
-        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32)).permute(2, 0, 1)
-        return pixels / 127.5 - 1.0
+        return center_crop_pixels(image, self.resolution)
 
     def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
         self.check_split(split)

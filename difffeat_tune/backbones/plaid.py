@@ -397,11 +397,7 @@ class PlaidBackbone(Backbone):
         Raises:
             BackboneError: a timestep or block is out of range, or no block is requested.
         """
-        self.validate(timesteps, blocks)
-        wanted = sorted(set(blocks))
-        if not wanted:
-            raise BackboneError("no blocks requested", f"ask for blocks in 1..{self.num_blocks}")
-        ts = list(dict.fromkeys(timesteps))
+        ts, wanted = self.request(timesteps, blocks)
         tokens, mask = self._batch_tensors(batch)
         size = tokens.shape[0]
         if size == 0:

@@ -133,34 +133,33 @@ class SimpleConcat(_FusionHead):
         return torch.cat([F.normalize(image, dim=-1, eps=L2_EPS), F.normalize(text, dim=-1, eps=L2_EPS)], dim=-1)
 
 
-class LinearConcat(_FusionHead):
-    """Project each feature to ``d_alg``, concatenate, linear: ``W [P x; Q y] + b``."""
+class _Projected(_FusionHead):
+    """Common base: each feature projected to ``d_alg`` (``P``, ``Q``), a linear classifier on their fusion."""
 
     batchable = True
+    #: Width of the fused vector, in multiples of ``d_alg``.
+    fused_widths = 1
 
     def __init__(self, image_dim: int, text_dim: int, n_classes: int, d_alg: int = DEFAULT_D_ALG) -> None:
         super().__init__(image_dim, text_dim, n_classes)
         _check_positive(d_alg=d_alg)
         self.image_proj = nn.Linear(image_dim, d_alg)
         self.text_proj = nn.Linear(text_dim, d_alg)
-        self.classifier = nn.Linear(2 * d_alg, n_classes)
+        self.classifier = nn.Linear(self.fused_widths * d_alg, n_classes)
+
+
+class LinearConcat(_Projected):
+    """Project each feature to ``d_alg``, concatenate, linear: ``W [P x; Q y] + b``."""
+
+    fused_widths = 2
 
     def fuse(self, image: Tensor, text: Tensor) -> Tensor:
         """``[P x; Q y]``."""
         return torch.cat([self.image_proj(image), self.text_proj(text)], dim=-1)
 
 
-class LinearAdd(_FusionHead):
+class LinearAdd(_Projected):
     """Project each feature to ``d_alg``, add, linear: ``W (P x + Q y) + b`` (the paper's choice)."""
-
-    batchable = True
-
-    def __init__(self, image_dim: int, text_dim: int, n_classes: int, d_alg: int = DEFAULT_D_ALG) -> None:
-        super().__init__(image_dim, text_dim, n_classes)
-        _check_positive(d_alg=d_alg)
-        self.image_proj = nn.Linear(image_dim, d_alg)
-        self.text_proj = nn.Linear(text_dim, d_alg)
-        self.classifier = nn.Linear(d_alg, n_classes)
 
     def fuse(self, image: Tensor, text: Tensor) -> Tensor:
         """``P x + Q y``."""

@@ -5,9 +5,11 @@ to behave like MS-COCO for the Diff-Feat method, at toy scale:
 
 - 64 x 64 RGB images holding 1 to :attr:`ShapesConfig.max_labels` categories of simple shapes
   (1 to :attr:`ShapesConfig.max_objects` objects in all) on varied backgrounds, at random
-  positions, sizes and rotations. Colour depends only loosely on the category, so the shape
-  matters; some objects are small, partly hidden or barely contrast with the background, so the
-  image alone is informative but incomplete.
+  positions, sizes and rotations. Each category favours two colours, the first its own (an
+  object takes one of them with probability :attr:`ShapesConfig.colour_affinity`), so colour
+  says something of what an object is and its shape says the rest; some objects are small,
+  partly hidden or barely contrast with the background, so the image alone is informative but
+  incomplete.
 - Long-tailed category frequencies: a few frequent categories and several present in under 2%
   of the images; every category has at least :attr:`ShapesConfig.min_positives` positives in
   every split.
