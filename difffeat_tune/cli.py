@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -344,11 +345,31 @@ def _run(settings: Settings, quiet: bool, *, report: bool = True) -> SearchSumma
     return summary
 
 
-def _report(settings: Settings, study_name: str, objective: object, quiet: bool) -> None:
-    """Write the study's report (figures, page, dashboard note) and say where it is."""
-    from difffeat_tune.report import write_report
+def _report_is_current(storage_url: str, study_name: str, page: Path) -> bool:
+    """Whether ``page`` was written after the study's last change (a re-run of a finished study)."""
+    import optuna
 
-    written = write_report(settings.search.storage_url(), study_name, settings.search.runs / "reports" / study_name,
+    if not page.is_file():
+        return False
+    trials = optuna.load_study(study_name=study_name, storage=storage_url).get_trials(deepcopy=False)
+    changes = [t.datetime_complete or t.datetime_start for t in trials]
+    if any(t.datetime_complete is None for t in trials) or None in changes:
+        return False
+    written = datetime.fromtimestamp(page.stat().st_mtime)  # local time, as Optuna's datetimes
+    return all(change < written for change in changes)  # type: ignore[operator]
+
+
+def _report(settings: Settings, study_name: str, objective: object, quiet: bool) -> None:
+    """Write the study's report (figures, page, dashboard note) and say where it is; keep an up-to-date one."""
+    from difffeat_tune.report import write_report
+    from difffeat_tune.report._write import PAGE_NAME
+
+    folder = settings.search.runs / "reports" / study_name
+    if _report_is_current(settings.search.storage_url(), study_name, folder / PAGE_NAME):
+        if not quiet:
+            console.print(escape(f"Report: {folder / PAGE_NAME} (up to date; `difffeat-tune report` redraws it)"))
+        return
+    written = write_report(settings.search.storage_url(), study_name, folder,
                            device=settings.device, objective=objective, space=settings.space)  # type: ignore[arg-type]
     if not quiet:
         console.print(escape(f"Report: {written.html} ({len(written.figures)} figures, {written.seconds:.1f} s)"))

@@ -117,6 +117,10 @@ def test_run_heuristic_prints_the_best_configuration_and_the_dashboard_line(proj
     assert [c for c in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1") if c in header] == \
         ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
     assert header.index("mAP") < header.index("CP") < header.index("OF1")
+    written = report.stat().st_mtime_ns
+    code, out, err = run_cli(["run", "heuristic", *common], capsys, monkeypatch)  # the study is finished
+    assert code == 0, err
+    assert "(up to date;" in " ".join(err.split()) and report.stat().st_mtime_ns == written  # not drawn again
 
 
 @pytest.mark.slow

@@ -57,7 +57,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from difffeat_tune._errors import DataError
 from difffeat_tune.data._base import IGNORE
@@ -625,6 +624,9 @@ def top_k_accuracy(scores: Tensor, targets: Tensor, k: int) -> float:
     indices = singlelabel_class_indices(targets, n_classes)
     if indices.shape[0] != scores.shape[0]:
         raise ProbeInputError(f"targets have {indices.shape[0]} rows, scores have {scores.shape[0]}")
+    # Imported here: torchmetrics loads its whole functional API (2.5 s), needed only by single-label tasks.
+    from torchmetrics.functional.classification import multiclass_accuracy
+
     value = multiclass_accuracy(
         scores.detach(), indices, num_classes=n_classes, top_k=min(k, n_classes), average="micro"
     )

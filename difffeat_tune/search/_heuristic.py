@@ -313,11 +313,11 @@ class HeuristicSampler(BaseSampler):
             nothing pending is a surplus trial at once (for engines that wait outside the sampler,
             as this package's do).
         seed: Seed of the jitter added to polling (the plan itself is deterministic).
-        beat_claims: Record the trial's heartbeat as soon as it keeps a claim, in ask-and-tell
-            too. For callers that beat their asked trials from a thread of their own (both of this
-            package's engines do): a worker that dies between the claim and its first beat then
-            leaves a claim that goes stale, not one held for ever. ``study.optimize`` beats
-            claims whatever this says.
+        beat_claims: Record the trial's heartbeat before it claims a configuration, in
+            ask-and-tell too. For callers that beat their asked trials from a thread of their own
+            and do not let the sampler wait (``wait_timeout=0``), as both of this package's
+            engines do: a worker that dies before its first beat then leaves a claim that goes
+            stale, not one held for ever. ``study.optimize`` beats claims whatever this says.
     """
 
     def __init__(
@@ -389,6 +389,9 @@ class HeuristicSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._check_study(study, trial)
+        if self._beat_claims and _heartbeat_interval(study._storage) is not None:
+            # Before any claim is written: a worker that dies from here on leaves a trial that goes stale.
+            study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         attrs = trial.system_attrs
         # A copy made by RetryHeartbeatStaleTrialCallback carries the failed trial's claim: keep it.
         inherited = _config_from(attrs.get(CLAIM_ATTR), self._space.d_alg)
@@ -544,9 +547,9 @@ class HeuristicSampler(BaseSampler):
         storage.set_trial_user_attr(trial._trial_id, A.CONFIG, config.label())
         # optimize() starts the heartbeat thread only after ask() returns: beat now, so a worker
         # dying in between leaves a claim that goes stale. Not in plain ask-and-tell, which has no
-        # heartbeat thread (the claim would go stale while the trial runs), unless the caller beats.
+        # heartbeat thread (the claim would go stale while the trial runs); see beat_claims.
         in_optimize = getattr(getattr(study, "_thread_local", None), "in_optimize_loop", False)
-        if (in_optimize or self._beat_claims) and _heartbeat_interval(storage) is not None:
+        if in_optimize and _heartbeat_interval(storage) is not None:
             storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
 
     def _mark_surplus(self, study: Study, trial: FrozenTrial, reason: str) -> None:
