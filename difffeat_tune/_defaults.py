@@ -13,6 +13,8 @@ DEFAULT_DATASET = "shapes"
 DEFAULT_SPACE = "embedded"
 #: The local runs folder: SQLite studies, comparisons, reports, Ray results.
 DEFAULT_RUNS = Path("runs")
+#: The report's page in its folder (``<runs>/reports/<study>/``).
+REPORT_PAGE = "index.html"
 #: The feature store, inside the runs folder.
 DEFAULT_FEATURES = DEFAULT_RUNS / "features"
 #: The backbone name that selects the tiny backbones shipped with the package.

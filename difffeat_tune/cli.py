@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from difffeat_tune._defaults import (
     DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DTYPE, DEFAULT_FEATURES, DEFAULT_FUSION, DEFAULT_HOST,
-    DEFAULT_PORT, DEFAULT_RUNS, DEFAULT_SPACE, TINY,
+    DEFAULT_PORT, DEFAULT_RUNS, DEFAULT_SPACE, REPORT_PAGE, TINY,
 )
 from difffeat_tune._errors import ConfigError, DiffFeatError
 
@@ -36,8 +36,11 @@ app = typer.Typer(help="Find the best diffusion-feature configuration (Diff-Feat
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 run_app = typer.Typer(help="Run a search study (resumes when the study already exists).", no_args_is_help=True)
 app.add_typer(run_app, name="run")
+#: Width of the results on stdout when it is not a terminal (a file, a pipe, `make`'s log): wide
+#: enough that a configuration fits its table cell; a terminal uses its own width.
+PIPED_WIDTH = 160
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 # -- options shared by the commands (Typer reads the help from the Annotated metadata) ---------------
@@ -333,6 +336,11 @@ def _run(settings: Settings, quiet: bool, *, report: bool = True) -> SearchSumma
     from difffeat_tune.search.runner import parse_storage_url, run_search
 
     parse_storage_url(settings.search.storage_url())  # a malformed URL or a missing driver, before any extraction
+    finished = _finished_summary(settings, report=report)
+    if finished is not None:
+        if report and not quiet:
+            _say_report_is_current(settings.search.runs / "reports" / finished.study_name / REPORT_PAGE)
+        return finished
     prepared = _prepare(settings, quiet)
     settings = settings.with_space(prepared.space)
     configure_threads(settings.search.workers, settings.search.threads)
@@ -343,6 +351,46 @@ def _run(settings: Settings, quiet: bool, *, report: bool = True) -> SearchSumma
     if report:
         _report(settings, summary.study_name, objective, quiet)
     return summary
+
+
+def _finished_summary(settings: Settings, *, report: bool) -> SearchSummary | None:
+    """The summary of a study with nothing left to do, read without loading backbones or features.
+
+    A finished plan, the best configuration already evaluated (when asked) and, unless
+    ``report`` is off, a report newer than the study's last trial: a re-run then only reads the
+    storage. Anything else (or no such study yet) returns ``None``: the full path runs.
+    """
+    import optuna
+
+    from difffeat_tune.features import data_modalities
+    from difffeat_tune.search import _attrs as A
+    from difffeat_tune.search._samplers import plan_state
+    from difffeat_tune.search._storage import open_storage
+    from difffeat_tune.search.runner import summarize
+
+    dataset = settings.data.load()
+    settings = settings.with_space(settings.space.restricted_to(data_modalities(dataset)))
+    search = settings.search
+    name = search.study_name or f"{dataset.name}-{search.sampler}"
+    storage = open_storage(search.storage_url())
+    if name not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    study = optuna.load_study(study_name=name, storage=storage)
+    if not plan_state(study, settings.space, search).finished:
+        return None
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    if search.evaluate_best and study.user_attrs.get(A.EVAL_TRIAL) != best.number:
+        return None
+    if report and not _report_is_current(search.storage_url(), name, search.runs / "reports" / name / REPORT_PAGE):
+        return None
+    return summarize(study)
+
+
+def _say_report_is_current(page: Path) -> None:
+    console.print(escape(f"Report: {page} (up to date; `difffeat-tune report` redraws it)"))
 
 
 def _report_is_current(storage_url: str, study_name: str, page: Path) -> bool:
@@ -362,12 +410,11 @@ def _report_is_current(storage_url: str, study_name: str, page: Path) -> bool:
 def _report(settings: Settings, study_name: str, objective: object, quiet: bool) -> None:
     """Write the study's report (figures, page, dashboard note) and say where it is; keep an up-to-date one."""
     from difffeat_tune.report import write_report
-    from difffeat_tune.report._write import PAGE_NAME
 
     folder = settings.search.runs / "reports" / study_name
-    if _report_is_current(settings.search.storage_url(), study_name, folder / PAGE_NAME):
+    if _report_is_current(settings.search.storage_url(), study_name, folder / REPORT_PAGE):
         if not quiet:
-            console.print(escape(f"Report: {folder / PAGE_NAME} (up to date; `difffeat-tune report` redraws it)"))
+            _say_report_is_current(folder / REPORT_PAGE)
         return
     written = write_report(settings.search.storage_url(), study_name, folder,
                            device=settings.device, objective=objective, space=settings.space)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import optuna
 import plotly.graph_objects as go
 import torch
 
+from difffeat_tune._defaults import REPORT_PAGE
 from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune.probe.objective import Objective
 from difffeat_tune.report import _figures as figs
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: Reports go to ``runs/reports/<study>/`` unless told otherwise.
 DEFAULT_REPORTS = DEFAULT_RUNS / "reports"
 #: The page's file name in the report folder, and the suffix of each figure's plotly JSON file.
-PAGE_NAME, PLOTLY_SUFFIX = "index.html", ".plotly.json"
+PAGE_NAME, PLOTLY_SUFFIX = REPORT_PAGE, ".plotly.json"
 #: Prefix of the graph-object ids the report saves in a study (re-running a report replaces them).
 GRAPH_ID_PREFIX = "difffeat-"
 #: What the report lacks without the feature analysis (its key in :attr:`Report.skipped`).
