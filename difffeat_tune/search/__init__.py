@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from difffeat_tune.search._suggest import suggest_config
     from difffeat_tune.search.compare import Comparison
     from difffeat_tune.search._run import SearchRun
+    from difffeat_tune.search._storage import HeartbeatPolicy, open_storage
     from difffeat_tune.search.runner import SearchSummary, run_search, summarize
 
 _LAZY: dict[str, str] = {
@@ -33,6 +34,8 @@ _LAZY: dict[str, str] = {
     "suggest_config": "difffeat_tune.search._suggest",
     "Comparison": "difffeat_tune.search.compare",
     "SearchRun": "difffeat_tune.search._run",
+    "HeartbeatPolicy": "difffeat_tune.search._storage",
+    "open_storage": "difffeat_tune.search._storage",
     "SearchSummary": "difffeat_tune.search.runner",
     "run_search": "difffeat_tune.search.runner",
     "summarize": "difffeat_tune.search.runner",
