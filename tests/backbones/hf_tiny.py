@@ -6,13 +6,10 @@ folders, which ``AutoTokenizer`` reads exactly as it reads a real checkpoint's t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 #: Every word of ``tests.conftest.make_split``'s captions; digits are split one by one.
@@ -73,20 +70,3 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1)
 
 
-@contextmanager
-def count_calls(blocks: nn.ModuleList) -> Iterator[list[int]]:
-    """Count how often each block runs (forward pre-hooks); yields the counts, one per block."""
-    counts = [0] * len(blocks)
-
-    def make(i: int):  # type: ignore[no-untyped-def]
-        def hook(_module: nn.Module, _args: object) -> None:
-            counts[i] += 1
-
-        return hook
-
-    handles = [block.register_forward_pre_hook(make(i)) for i, block in enumerate(blocks)]
-    try:
-        yield counts
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -28,7 +28,8 @@ from difffeat_tune.backbones.clip import (
     load_text_tower,
     load_vision_tower,
 )
-from tests.backbones.hf_tiny import count_calls, masked_mean, save_tokenizer
+from tests.backbones.hf_tiny import masked_mean, save_tokenizer
+from tests.backbones.tiny_parts import count_calls
 from tests.conftest import make_split
 
 TOWER = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64}

@@ -11,7 +11,7 @@ from transformers import BitImageProcessor, Dinov2Config, Dinov2Model, Dinov2Wit
 from difffeat_tune._errors import BackboneError
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones.dinov2 import FAMILY, load_dinov2
-from tests.backbones.hf_tiny import count_calls
+from tests.backbones.tiny_parts import count_calls
 from tests.conftest import make_split
 
 SIZE = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "image_size": 28, "patch_size": 14}

@@ -11,7 +11,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, BertConfig
 from difffeat_tune._errors import BackboneError, ConfigError
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones.masked_lm import FAMILY, MaskedDiffusionBackbone, load_masked_lm
-from tests.backbones.hf_tiny import count_calls, masked_mean, save_tokenizer
+from tests.backbones.hf_tiny import masked_mean, save_tokenizer
+from tests.backbones.tiny_parts import count_calls
 from tests.conftest import make_split
 
 # A checkpoint's own model code, as MDLM and LLaDA folders ship it (modeling_*.py + config.json

@@ -12,7 +12,8 @@ from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaMode
 from difffeat_tune._errors import BackboneError
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones.text_encoders import BERT_FAMILY, DEFAULT_BERT, T5_FAMILY, load_bert
-from tests.backbones.hf_tiny import count_calls, masked_mean, save_tokenizer
+from tests.backbones.hf_tiny import masked_mean, save_tokenizer
+from tests.backbones.tiny_parts import count_calls
 from tests.conftest import make_split
 
 LAYERS = 4
