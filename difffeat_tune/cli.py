@@ -28,6 +28,8 @@ from difffeat_tune._defaults import (
 from difffeat_tune._errors import ConfigError, DiffFeatError
 
 if TYPE_CHECKING:
+    import optuna
+
     from difffeat_tune.features import PreparedFeatures
     from difffeat_tune.search.runner import SearchSummary
     from difffeat_tune.search._settings import Settings
@@ -384,7 +386,7 @@ def _finished_summary(settings: Settings, *, report: bool) -> SearchSummary | No
         return None
     if search.evaluate_best and study.user_attrs.get(A.EVAL_TRIAL) != best.number:
         return None
-    if report and not _report_is_current(search.storage_url(), name, search.runs / "reports" / name / REPORT_PAGE):
+    if report and not _report_is_current(study, search.runs / "reports" / name / REPORT_PAGE):
         return None
     return summarize(study)
 
@@ -393,13 +395,11 @@ def _say_report_is_current(page: Path) -> None:
     console.print(escape(f"Report: {page} (up to date; `difffeat-tune report` redraws it)"))
 
 
-def _report_is_current(storage_url: str, study_name: str, page: Path) -> bool:
+def _report_is_current(study: optuna.Study, page: Path) -> bool:
     """Whether ``page`` was written after the study's last change (a re-run of a finished study)."""
-    import optuna
-
     if not page.is_file():
         return False
-    trials = optuna.load_study(study_name=study_name, storage=storage_url).get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False)
     changes = [t.datetime_complete or t.datetime_start for t in trials]
     if any(t.datetime_complete is None for t in trials) or None in changes:
         return False
@@ -412,7 +412,10 @@ def _report(settings: Settings, study_name: str, objective: object, quiet: bool)
     from difffeat_tune.report import write_report
 
     folder = settings.search.runs / "reports" / study_name
-    if _report_is_current(settings.search.storage_url(), study_name, folder / REPORT_PAGE):
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=settings.search.storage_url())
+    if _report_is_current(study, folder / REPORT_PAGE):
         if not quiet:
             _say_report_is_current(folder / REPORT_PAGE)
         return

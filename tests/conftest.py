@@ -139,6 +139,17 @@ def write_nan_block(path: Path, block: int) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """Torch on one intra-op thread for a module's tests, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def synthetic_view(tmp_path: Path):  # type: ignore[no-untyped-def]
     return write_synthetic_store(tmp_path / "features")

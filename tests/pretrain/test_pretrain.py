@@ -22,12 +22,8 @@ from difffeat_tune.pretrain._tiny import tokenize_padded
 from difffeat_tune.pretrain._vae import to_unit_range
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Tiny models gain nothing from intra-op threads, which thrash on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
