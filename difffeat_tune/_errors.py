@@ -28,7 +28,21 @@ class StoreError(DiffFeatError):
 
 
 class ConfigError(DiffFeatError):
-    """A configuration, search space or command-line value is invalid."""
+    """A configuration, search space or command-line value is invalid.
+
+    ``field`` names the setting at fault as the message spells it (``TrainRecipe.epochs``), so
+    that the command line can name its own option instead (:meth:`named`).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.field = field
+
+    def named(self, label: str) -> ConfigError:
+        """The same error with its field called ``label`` (e.g. ``--epochs``)."""
+        if self.field is None:
+            return self
+        return ConfigError(self.message.replace(self.field, label), self.hint, field=label)
 
 
 class StorageError(DiffFeatError):

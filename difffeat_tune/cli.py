@@ -26,6 +26,7 @@ from difffeat_tune._defaults import (
     DEFAULT_PORT, DEFAULT_RUNS, DEFAULT_SPACE, REPORT_PAGE, TINY,
 )
 from difffeat_tune._errors import ConfigError, DiffFeatError
+from difffeat_tune._paths import local_folder
 
 if TYPE_CHECKING:
     import optuna
@@ -76,6 +77,7 @@ NeighbourhoodOpt = Annotated[str, typer.Option(help="Heuristic neighbourhood: cr
 RadiusOpt = Annotated[int, typer.Option(help="Neighbourhood radius in grid steps.")]
 PrunerOpt = Annotated[str, typer.Option(help="none, median or halving (over probe epochs).")]
 EpochsOpt = Annotated[Optional[int], typer.Option(help="Probe epochs (default: the space's, else 40).")]
+MemoryBudgetOpt = Annotated[Optional[str], typer.Option(help="Memory the search's probes may hold on the device (cached features and the batches trained), e.g. 8GiB, 6GB, 512MiB (default: 60% of the free memory).")]
 ProtocolOpt = Annotated[str, typer.Option(help="'validation' (select on val, report test) or 'paper' (select on the evaluation split).")]
 NTrialsOpt = Annotated[Optional[int], typer.Option(help="Stop after this many new trials (resume later).")]
 GridSeedOpt = Annotated[int, typer.Option(help="Seed of the grid order.")]
@@ -93,6 +95,25 @@ def _ints(text: Optional[str], option: str) -> tuple[int, ...] | None:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
 
 
+#: Units of ``--memory-budget``: decimal (GB) and binary (GiB, and the bare G) multiples of a byte.
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30, "t": 2**40, "tib": 2**40}
+
+
+def _bytes(text: Optional[str], option: str) -> int | None:
+    """A size such as ``8GiB``, ``6GB``, ``512MiB`` or ``1000000`` in bytes."""
+    if text is None:
+        return None
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = match[2].lower() if match else ""
+    if match is None or unit not in _UNITS or float(match[1]) <= 0:
+        raise typer.BadParameter(f"{text!r} is not a size: give a positive number with a unit, e.g. 8GiB, 6GB or "
+                                 "512MiB", param_hint=option)
+    return int(float(match[1]) * _UNITS[unit])
+
+
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
@@ -108,10 +129,11 @@ def _check_paths(**paths: Optional[Path]) -> None:
     """One-line errors for output folders that are files, cannot be created or cannot be written."""
     import tempfile
 
-    for option, path in paths.items():
-        if path is None:
+    for option, given in paths.items():
+        if given is None:
             continue
         flag = f"--{option.replace('_', '-')}"
+        path = local_folder(given, flag)  # before anything is created: never a folder named "s3:"
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{flag} {path} is a file, not a folder", f"give {flag} a folder")
         try:
@@ -123,8 +145,29 @@ def _check_paths(**paths: Optional[Path]) -> None:
                               f"give {flag} a folder you can write to") from None
 
 
+#: The command-line option of each setting that an error may name (``ConfigError.field``).
+OPTION_OF_FIELD = {
+    "TrainRecipe.epochs": "--epochs", "StoreSettings.batch_size": "--batch-size",
+    "ObjectiveSettings.memory_budget": "--memory-budget",
+    "SearchOptions.radius": "--radius", "SearchOptions.workers": "--workers", "SearchOptions.threads": "--threads",
+    "SearchOptions.batch_trials": "--batch-trials", "SearchOptions.n_trials": "--n-trials",
+    "BackboneSettings.resolution": "--resolution", "BackboneSettings.token_length": "--token-length",
+    "BackboneSettings.inversion_step": "--inversion-step",
+}
+
+
 def _settings(**options: Any) -> Settings:
-    """The settings of a command from its options (every command goes through here)."""
+    """The settings of a command from its options (every command goes through here); an invalid
+    value is named by its option (``--epochs``), not by the Python field behind it."""
+    try:
+        return _build_settings(**options)
+    except ConfigError as exc:
+        if exc.field in OPTION_OF_FIELD:
+            raise exc.named(OPTION_OF_FIELD[exc.field]) from None
+        raise
+
+
+def _build_settings(**options: Any) -> Settings:
     from difffeat_tune.features import BackboneSettings, DataSettings, StoreSettings
     from difffeat_tune.probe.objective import ObjectiveSettings
     from difffeat_tune.search._options import SearchOptions
@@ -146,7 +189,9 @@ def _settings(**options: Any) -> Settings:
         engine=get("engine", "local"), ray_address=get("ray_address"), storage=get("storage"),
         study_name=get("study_name"), runs=get("runs", DEFAULT_RUNS))
     return Settings.create(space=get("space", DEFAULT_SPACE), data=data, backbones=backbones, store=store,
-                           probe=ObjectiveSettings(protocol=get("protocol", "validation")), search=search,
+                           probe=ObjectiveSettings(protocol=get("protocol", "validation"),
+                                                   memory_budget=_bytes(get("memory_budget"), "--memory-budget")),
+                           search=search,
                            device=get("device", "auto"), fusion=get("fusion", DEFAULT_FUSION),
                            epochs=get("epochs"))
 
@@ -292,6 +337,7 @@ def _search_command(kind: str) -> Callable[..., None]:
         pruner: PrunerOpt = "none",
         epochs: EpochsOpt = None,
         protocol: ProtocolOpt = "validation",
+        memory_budget: MemoryBudgetOpt = None,
         n_trials: NTrialsOpt = None,
         seed: GridSeedOpt = 0,
         engine: EngineOpt = "local",
@@ -369,11 +415,13 @@ def _finished_summary(settings: Settings, *, report: bool) -> SearchSummary | No
     from difffeat_tune.search._samplers import plan_state
     from difffeat_tune.search._storage import open_storage
     from difffeat_tune.search.runner import summarize
+    from difffeat_tune.store import FeatureStore
 
     dataset = settings.data.load()
     settings = settings.with_space(settings.space.restricted_to(data_modalities(dataset)))
     search = settings.search
-    name = search.study_name or f"{dataset.name}-{search.sampler}"
+    name = search.study_name_for(FeatureStore(settings.store.features).dataset_dir(dataset.name,
+                                                                                   dataset.fingerprint()).name)
     storage = open_storage(search.storage_url())
     if name not in {s.study_name for s in storage.get_all_studies()}:
         return None
@@ -386,7 +434,7 @@ def _finished_summary(settings: Settings, *, report: bool) -> SearchSummary | No
         return None
     if search.evaluate_best and study.user_attrs.get(A.EVAL_TRIAL) != best.number:
         return None
-    if report and not _report_is_current(study, search.runs / "reports" / name / REPORT_PAGE):
+    if report and not _report_is_current(storage, study, search.runs / "reports" / name / REPORT_PAGE):
         return None
     return summarize(study)
 
@@ -395,31 +443,46 @@ def _say_report_is_current(page: Path) -> None:
     console.print(escape(f"Report: {page} (up to date; `difffeat-tune report` redraws it)"))
 
 
-def _report_is_current(study: optuna.Study, page: Path) -> bool:
-    """Whether ``page`` was written after the study's last change (a re-run of a finished study)."""
+def _report_is_current(storage: optuna.storages.BaseStorage, study: optuna.Study, page: Path) -> bool:
+    """Whether ``page`` was written after the last change of every study it draws: the study, and
+    the other study of a ``compare`` pair when the storage holds it (its comparison figure)."""
+    import optuna
+
+    from difffeat_tune.search._options import companion_name
+
     if not page.is_file():
         return False
-    trials = study.get_trials(deepcopy=False)
-    changes = [t.datetime_complete or t.datetime_start for t in trials]
-    if any(t.datetime_complete is None for t in trials) or None in changes:
-        return False
+    studies = [study]
+    other = companion_name(study.study_name)
+    if other is not None and other in {s.study_name for s in storage.get_all_studies()}:
+        studies.append(optuna.load_study(study_name=other, storage=storage))
     written = datetime.fromtimestamp(page.stat().st_mtime)  # local time, as Optuna's datetimes
-    return all(change < written for change in changes)  # type: ignore[operator]
+    for each in studies:
+        trials = each.get_trials(deepcopy=False)
+        changes = [t.datetime_complete or t.datetime_start for t in trials]
+        if any(t.datetime_complete is None for t in trials) or None in changes:
+            return False
+        if not all(change < written for change in changes):  # type: ignore[operator]
+            return False
+    return True
 
 
 def _report(settings: Settings, study_name: str, objective: object, quiet: bool) -> None:
     """Write the study's report (figures, page, dashboard note) and say where it is; keep an up-to-date one."""
     from difffeat_tune.report import write_report
 
-    folder = settings.search.runs / "reports" / study_name
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=settings.search.storage_url())
-    if _report_is_current(study, folder / REPORT_PAGE):
+    from difffeat_tune.search._storage import open_storage
+
+    folder = settings.search.runs / "reports" / study_name
+    storage = open_storage(settings.search.storage_url(), heartbeat=False)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    if _report_is_current(storage, study, folder / REPORT_PAGE):
         if not quiet:
             _say_report_is_current(folder / REPORT_PAGE)
         return
-    written = write_report(settings.search.storage_url(), study_name, folder,
+    written = write_report(storage, study_name, folder,
                            device=settings.device, objective=objective, space=settings.space)  # type: ignore[arg-type]
     if not quiet:
         console.print(escape(f"Report: {written.html} ({len(written.figures)} figures, {written.seconds:.1f} s)"))
@@ -432,6 +495,7 @@ def _compare(settings: Settings, quiet: bool, *, report: bool = True):  # type: 
 
     from difffeat_tune._device import configure_threads
     from difffeat_tune.probe.objective import Objective
+    from difffeat_tune.search._options import study_name
     from difffeat_tune.search.compare import Comparison
     from difffeat_tune.search.runner import open_storage, parse_storage_url, run_search
 
@@ -439,12 +503,12 @@ def _compare(settings: Settings, quiet: bool, *, report: bool = True):  # type: 
     prepared = _prepare(settings, quiet)
     settings = settings.with_space(prepared.space)
     configure_threads(settings.search.workers, settings.search.threads)
-    base = settings.search.study_name or prepared.view.folder.name.rsplit("-", 1)[0]
+    base = settings.search.study_base(prepared.view.folder.name)
     objective = Objective(prepared.view, settings.probe, device=settings.device)
     summaries = {}
     for sampler in ("heuristic", "grid"):
-        each = replace(settings, search=replace(settings.search, sampler=sampler, study_name=f"{base}-{sampler}"))
-        with _trial_progress(quiet, f"{sampler} search ({base}-{sampler})") as callback:
+        each = replace(settings, search=replace(settings.search, sampler=sampler, study_name=study_name(base, sampler)))
+        with _trial_progress(quiet, f"{sampler} search ({study_name(base, sampler)})") as callback:
             summaries[sampler] = run_search(each, prepared.view, callbacks=[callback], objective=objective)
     comparison = Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"])
     paths = comparison.save(settings.search.runs, base, open_storage(settings.search.storage_url(), heartbeat=False))
@@ -457,9 +521,7 @@ def _compare(settings: Settings, quiet: bool, *, report: bool = True):  # type: 
         for row in comparison.rows():
             table.add_row(*(escape(cell) for cell in row))
         out.print(table)
-        regret = comparison.regret
-        out.print(escape(f"Regret of the heuristic: {'-' if regret is None else f'{100 * regret:.2f}'} points on "
-                         f"{comparison.heuristic.selection_split}. Saved {', '.join(str(p) for p in paths)} and a "
+        out.print(escape(f"{comparison.regret_sentence()} Saved {', '.join(str(p) for p in paths)} and a "
                          "note on both studies."))
     if report:  # the heuristic's report holds the comparison (the grid's landscape with the heuristic's pairs)
         _report(settings, f"{base}-heuristic", objective, quiet)
@@ -491,7 +553,8 @@ def _print_summary(summary: SearchSummary, storage: str) -> None:
     trials = ", ".join(f"{k} {v}" for k, v in sorted(summary.trials.items()))
     phases = ", ".join(f"{k} {v}" for k, v in sorted(summary.phases.items()))
     out.print(escape(f"trials: {trials} ({phases}); probe epochs {summary.probe_epochs}; "
-                     f"wall time {summary.wall_seconds:.1f} s (first trial start to last trial end)"))
+                     f"search time {summary.search_seconds:.1f} s (while trials ran; pauses between runs "
+                     "not counted)"))
     for failure in summary.failures:
         out.print(f"[red]failed[/] {escape(failure['config'])}: {escape(failure['error'])}")
     if summary.failures:
@@ -522,12 +585,12 @@ def report(
     """Write a study's figures (A(t, b), fusion grid, best of each modality, t-SNE...) as HTML, PNG, PDF and into the dashboard."""
     _setup_logging(verbose)
     from difffeat_tune.report import write_report
-    from difffeat_tune.search._storage import default_storage
+    from difffeat_tune.search._storage import default_storage, open_storage
 
-    if storage is None:
-        _check_paths(runs=runs)
-    url = storage or default_storage(runs)
-    written = write_report(url, study_name, out_dir or runs / "reports" / study_name, device=device,
+    url = storage or default_storage(local_folder(runs, "--runs"))
+    opened = open_storage(url, heartbeat=False, create=False)  # first: a missing database is not created
+    _check_paths(out_dir=out_dir or runs / "reports" / study_name)
+    written = write_report(opened, study_name, out_dir or runs / "reports" / study_name, device=device,
                            features=not no_features)
     if as_json:
         out.print_json(json.dumps(written.as_dict(), default=str))
@@ -549,14 +612,14 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = DEFAULT_PORT,
 ) -> None:
     """Start optuna-dashboard on the study storage."""
-    from difffeat_tune.dashboard import serve_dashboard
-    from difffeat_tune.search._storage import default_storage
+    from difffeat_tune.dashboard import check_address, serve_dashboard
+    from difffeat_tune.search._storage import default_storage, open_storage
 
-    if storage is None:
-        _check_paths(runs=runs)
-    url = storage or default_storage(runs)
+    check_address(host, port)
+    url = storage or default_storage(local_folder(runs, "--runs"))
+    opened = open_storage(url, heartbeat=False, create=False)  # a read-only command creates no database
     console.print(f"optuna-dashboard on [bold]http://{host}:{port}[/] for {escape(url)} (Ctrl-C to stop)")
-    serve_dashboard(url, host=host, port=port)
+    serve_dashboard(opened, host=host, port=port)
 
 
 @app.command()
@@ -572,10 +635,11 @@ def backbones(as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(title="backbone families (--image-backbone / --text-backbone family:source; 'tiny' for the shipped ones)")
-    for col in ("family", "modality", "what it is", "t means", "blocks"):
+    for col in ("family", "modality", "what it is", "t means", "blocks", "default source"):
         table.add_column(col)
     for row in rows:
-        table.add_row(*(escape(str(row[k])) for k in ("family", "modality", "summary", "timestep", "blocks")))
+        table.add_row(*(escape(str(row[k])) for k in ("family", "modality", "summary", "timestep", "blocks")),
+                      escape(str(row["default"] or "- (give family:SOURCE)")))
     out.print(table)
 
 

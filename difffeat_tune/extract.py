@@ -73,6 +73,14 @@ def _check_captions(dataset_name: str, split: Split) -> None:
                             "give every row a caption, or drop the row")
 
 
+def _check_images(plan: Sequence[tuple[Split, int, int, range, dict[int, list[int]]]]) -> None:
+    """Read the header of every image the plan will decode, before anything is written."""
+    for split, _, _, rows, _ in plan:
+        check = getattr(split.images, "check", None)  # files can be unreadable; in-memory arrays cannot
+        if check is not None:
+            check(rows)
+
+
 def extract(
     dataset: Dataset,
     backbone: Backbone,
@@ -117,9 +125,8 @@ def extract(
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     check_request(dataset, backbone, timesteps, blocks, splits)
     key = ExtractionKey(backbone.modality, backbone.name, backbone.fingerprint(), backbone.settings(), dtype)
-    store.write_dataset(dataset)
     ext = store.extraction(dataset, key, rows_per_part=rows_per_part, width=backbone.width,
-                           num_blocks=backbone.num_blocks)
+                           num_blocks=backbone.num_blocks, create=False)
     per_pass = timesteps_per_pass or len(timesteps)
     report = ExtractReport(modality=backbone.modality, folder=str(ext.folder))
 
@@ -135,6 +142,11 @@ def extract(
             report.parts_skipped += len(timesteps) - len(missing)  # (t, split, part) units already complete
             if missing:
                 plan.append((split, part, n_parts, rows, missing))
+    if plan and backbone.modality == "image":
+        _check_images(plan)
+    if plan:  # the data set's labels and the extraction's folder appear only once there is work to do
+        store.write_dataset(dataset)
+        ext.create()
     if on_total is not None:
         on_total(sum(len(rows) * len(missing) for _, _, _, rows, missing in plan))
 

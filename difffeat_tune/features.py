@@ -17,6 +17,7 @@ from difffeat_tune._defaults import (
     DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DTYPE, DEFAULT_FEATURES, DEFAULT_SPACE, TINY,
 )
 from difffeat_tune._errors import ConfigError
+from difffeat_tune._paths import local_folder
 from difffeat_tune.backbones._base import MODALITIES, Backbone
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._registry import load_backbone
@@ -42,6 +43,10 @@ class DataSettings:
     dataset: str = DEFAULT_DATASET
     root: Path | None = None
     options: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.root is not None:
+            object.__setattr__(self, "root", local_folder(self.root, "DataSettings.root"))
 
     def load(self) -> Dataset:
         """Load the data set (a missing ``root`` is named as ``--root`` in the error)."""
@@ -79,12 +84,11 @@ class BackboneSettings:
     resolution: int | None = None
 
     def __post_init__(self) -> None:
-        if self.resolution is not None and self.resolution < 1:
-            raise ConfigError(f"resolution must be positive, got {self.resolution}")
-        if self.token_length is not None and self.token_length < 1:
-            raise ConfigError(f"token length must be positive, got {self.token_length}")
-        if self.inversion_step is not None and self.inversion_step < 1:
-            raise ConfigError(f"inversion step must be positive, got {self.inversion_step}")
+        for name in ("resolution", "token_length", "inversion_step"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"BackboneSettings.{name} must be positive, got {value}",
+                                  field=f"BackboneSettings.{name}")
 
     def name(self, modality: str) -> str:
         return self.image if modality == "image" else self.text
@@ -117,11 +121,12 @@ class StoreSettings:
     splits: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "features", Path(self.features))
+        object.__setattr__(self, "features", local_folder(self.features, "StoreSettings.features"))
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown feature dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if self.batch_size < 1:
-            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
+            raise ConfigError(f"StoreSettings.batch_size must be positive, got {self.batch_size}",
+                              field="StoreSettings.batch_size")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import torch
 from difffeat_tune._defaults import DEFAULT_DTYPE
 from difffeat_tune._errors import StoreError
 from difffeat_tune._io import atomic_write, atomic_write_json
+from difffeat_tune._paths import local_folder
 from difffeat_tune._version import __version__
 from difffeat_tune.data._base import Dataset, Task
 
@@ -140,7 +141,8 @@ class Extraction:
     """One extraction folder: the parts of every (t, split) for one backbone and key."""
 
     def __init__(self, folder: Path, key: ExtractionKey | None = None, *, rows_per_part: int | None = None,
-                 width: int | None = None, num_blocks: int | None = None, dataset_fingerprint: str = "") -> None:
+                 width: int | None = None, num_blocks: int | None = None, dataset_fingerprint: str = "",
+                 create: bool = True) -> None:
         self.folder = folder
         info_path = folder / "extraction.json"
         if key is not None and not info_path.exists():
@@ -152,7 +154,8 @@ class Extraction:
                 "dataset_fingerprint": dataset_fingerprint,
                 "package_version": __version__,
             }
-            atomic_write_json(info_path, self.info)
+            if create:
+                self.create()
         else:
             self.info = _read_json(info_path)
             if key is not None and self.info.get("key") != key.digest:
@@ -160,6 +163,11 @@ class Extraction:
                                  f"delete {folder} or choose another store root")
         self._manifest_path = folder / "manifest.json"
         self.manifest: dict = _read_json(self._manifest_path) if self._manifest_path.exists() else {}
+
+    def create(self) -> None:
+        """Write the folder's ``extraction.json`` (what makes it an extraction), unless it is there."""
+        if not (self.folder / "extraction.json").exists():
+            atomic_write_json(self.folder / "extraction.json", self.info)
 
     @property
     def modality(self) -> str:
@@ -330,7 +338,10 @@ class Extraction:
                                  f"delete {path} and re-run the extraction")
             ids.extend(table.column("id").to_pylist())
             chunks.append(values)
-        tensor = torch.from_numpy(np.concatenate(chunks)).to(device=device, dtype=dtype)
+        values = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        if not values.flags.writeable:  # a view of Arrow's (memory-mapped) buffer: the tensor gets its own copy
+            values = values.copy()
+        tensor = torch.from_numpy(values).to(device=device, dtype=dtype)
         return Features(ids=tuple(ids), values=tensor)
 
 
@@ -348,7 +359,7 @@ class FeatureStore:
     _extractions: dict[Path, Extraction] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root)
+        self.root = local_folder(self.root, "feature store")
 
     def dataset_dir(self, name: str, fingerprint: str) -> Path:
         return self.root / f"{_slug(name)}-{fingerprint}"
@@ -374,11 +385,12 @@ class FeatureStore:
         return folder
 
     def extraction(self, dataset: Dataset, key: ExtractionKey, *, rows_per_part: int | None = None,
-                   width: int | None = None, num_blocks: int | None = None) -> Extraction:
-        """The folder of ``key``'s features of ``dataset``, created if new."""
+                   width: int | None = None, num_blocks: int | None = None, create: bool = True) -> Extraction:
+        """The folder of ``key``'s features of ``dataset``, created if new (``create=False``: on
+        :meth:`Extraction.create`, once there is something to write)."""
         folder = self.dataset_dir(dataset.name, dataset.fingerprint()) / key.modality / key.folder_name
         return Extraction(folder, key, rows_per_part=rows_per_part, width=width, num_blocks=num_blocks,
-                          dataset_fingerprint=dataset.fingerprint())
+                          dataset_fingerprint=dataset.fingerprint(), create=create)
 
     def datasets(self) -> list[Path]:
         """Data-set folders in the store."""
@@ -462,8 +474,9 @@ class FeatureView:
                              f"run `difffeat-tune extract` with the {modality} backbone")
         return ext
 
-    def load(self, modality: str, t: int, block: int, split: str, device: torch.device | str = "cpu") -> Features:
-        return self.extraction(modality).load(t, block, split, device)
+    def load(self, modality: str, t: int, block: int, split: str, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> Features:
+        return self.extraction(modality).load(t, block, split, device, dtype)
 
     def labels(self, split: str) -> Labels:
         path = self.folder / "labels" / f"{split}.parquet"

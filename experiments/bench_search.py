@@ -72,7 +72,7 @@ def main() -> None:
             for kind in ("heuristic", "grid"):
                 a, b = getattr(plain, kind), getattr(pruned, kind)
                 print(f"{args.pruner} pruner, {kind}: probe epochs {b.probe_epochs}/{a.probe_epochs} "
-                      f"({b.probe_epochs / max(1, a.probe_epochs):.2f}), wall {b.wall_seconds:.1f}/{a.wall_seconds:.1f} s, "
+                      f"({b.probe_epochs / max(1, a.probe_epochs):.2f}), search time {b.search_seconds:.1f}/{a.search_seconds:.1f} s, "
                       f"best val {100 * (b.best_score or 0):.2f} vs {100 * (a.best_score or 0):.2f}")
 
 if __name__ == "__main__":

@@ -70,11 +70,12 @@ IMAGE_PEAK, TEXT_PEAK = (30, 8), (0, 12)
 
 
 def write_synthetic_store(root: Path, *, n_train: int = 240, n_val: int = 80, n_test: int = 80,
-                          n_classes: int = 6, dim: int = 16, seed: int = 0):  # type: ignore[no-untyped-def]
+                          n_classes: int = 6, dim: int = 16, seed: int = 0,
+                          dtype: str = "float32"):  # type: ignore[no-untyped-def]
     """A real feature store whose features carry label signal peaked at IMAGE_PEAK / TEXT_PEAK.
 
     Image features see classes 0-3 and text features classes 2-5, so fusion beats either alone.
-    Returns the store's view.
+    ``dtype`` is the stored dtype. Returns the store's view.
     """
     from difffeat_tune.store import ExtractionKey, FeatureStore
 
@@ -92,7 +93,7 @@ def write_synthetic_store(root: Path, *, n_train: int = 240, n_val: int = 80, n_
     grids = {"image": ((10, 30, 50), (4, 8, 12)), "text": ((0, 10), (8, 12))}
     peaks = {"image": IMAGE_PEAK, "text": TEXT_PEAK}
     for modality in ("image", "text"):
-        key = ExtractionKey(modality, f"synthetic-{modality}", "f" * 16, {"seed": seed}, "float32")
+        key = ExtractionKey(modality, f"synthetic-{modality}", "f" * 16, {"seed": seed}, dtype)
         ext = store.extraction(dataset, key, width=dim, num_blocks=28)
         ts, bs = grids[modality]
         pt, pb = peaks[modality]

@@ -50,7 +50,7 @@ def test_an_output_folder_that_is_a_file_or_unwritable_is_one_line_naming_the_op
 @pytest.mark.parametrize(("option", "message"), [
     ("--space", "does not exist"), ("--dataset", "no such file or folder"), ("--root", "does not exist"),
     ("--tokenizer", "tokenizer file missing"), ("--text-backbone", "not an existing folder"),
-    ("--image-backbone", "cannot load DiT weights"),
+    ("--image-backbone", "does not exist"),
 ])
 @pytest.mark.parametrize("command", ["extract", "run heuristic", "compare"])
 def test_a_missing_input_is_one_line_naming_it(command: str, option: str, message: str, project: Path,  # type: ignore[no-untyped-def]

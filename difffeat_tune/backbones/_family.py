@@ -10,12 +10,17 @@ reads the fields that apply to it.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from difffeat_tune.backbones._base import Backbone, Modality
+
+
+#: What t means for the encoder baselines (no diffusion).
+ENCODER_TIMESTEP = "fixed at 0 (encoder baseline, no diffusion); any other t is an error"
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ class BackboneFamily:
         summary: one line for ``difffeat-tune backbones``.
         timestep: what a timestep t in [0, 1000) means for this family.
         blocks: which modules are the blocks b = 1..N, and N for the usual checkpoints.
-        load: ``load(source, options) -> Backbone``.
+        loader: ``"module:function"`` of its ``load(source, options) -> Backbone``, imported on
+            the first :meth:`load` (so that listing the families imports no model library).
         default_source: the source used when only the family is named (or ``None``: required).
     """
 
@@ -64,5 +70,20 @@ class BackboneFamily:
     summary: str
     timestep: str
     blocks: str
-    load: Callable[[str, LoadOptions], Backbone]
+    loader: str
     default_source: str | None = None
+
+    def load(self, source: str, options: LoadOptions) -> Backbone:
+        """Load ``source`` with the family's loader (its module is imported now)."""
+        module, _, attribute = self.loader.partition(":")
+        load: Callable[[str, LoadOptions], Backbone] = getattr(importlib.import_module(module), attribute)
+        return load(source, options)
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether ``source`` is written as a filesystem path rather than a hub id (``org/name``).
+
+    A path starts with ``/``, ``.`` or ``~``, holds a backslash, or has more than one ``/``: a hub
+    id has exactly one. Used to say "folder does not exist" instead of a hub download error.
+    """
+    return source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1

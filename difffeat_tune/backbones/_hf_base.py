@@ -27,8 +27,6 @@ from difffeat_tune.backbones._hf_load import (
 )
 
 NUM_TIMESTEPS = 1000
-#: What t means for every encoder baseline (``BackboneFamily.timestep``).
-ENCODER_TIMESTEP = "fixed at 0 (encoder baseline, no diffusion); any other t is an error"
 
 
 class TransformersBackbone(Backbone):

@@ -33,6 +33,7 @@ from transformers.utils import logging as hf_logging
 from difffeat_tune._device import autocast_dtype
 from difffeat_tune._errors import BackboneError
 from difffeat_tune.backbones._base import weights_digest
+from difffeat_tune.backbones._family import looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def resolve_checkpoint(source: str, family: str, example: str | None = None) -> 
     if path.exists():
         raise BackboneError(f"{family} checkpoint {path} is a file, not a folder",
                             "pass the folder that holds config.json and the weights")
-    if source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1:
+    if looks_like_path(source):
         checkpoint = Checkpoint(source, str(path), True, family, hub_example)
         raise BackboneError(f"{family} checkpoint folder {path} does not exist", checkpoint.hint())
     return Checkpoint(source, source, False, family, source)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, TypeVar
 
 import torch
@@ -30,7 +30,7 @@ from torch import nn
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
 from difffeat_tune.backbones._conditioning import Conditioning, pipeline_conditioning
-from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
+from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._hooks import Select, capture_blocks, first_output, mean_pool
 from difffeat_tune.backbones._image import PREPROCESS, VAE_LATENT, center_crop_pixels, vae_factor, vae_latents
 from difffeat_tune.backbones._noising import DDPMNoising, Noising
@@ -242,12 +242,11 @@ class LatentDiffusionBackbone(Backbone):
         return {t: {b: pooled[b][i * n : (i + 1) * n] for b in blocks} for i, t in enumerate(timesteps)}
 
 
-def image_family(cls: type[LatentDiffusionBackbone], *, summary: str, timestep: str, blocks: str) -> BackboneFamily:
-    """The :class:`~difffeat_tune.backbones._family.BackboneFamily` of a diffusers image backbone class."""
+def latent_loader(cls: type[LatentDiffusionBackbone]) -> Callable[[str, LoadOptions], Backbone]:
+    """The family loader (``FAMILY_TABLE``) of a diffusers image backbone class."""
 
     def load(source: str, options: LoadOptions) -> Backbone:
         return cls.load(source, vae=options.vae, device=options.device, noise_seed=options.noise_seed,
                         resolution=options.resolution)
 
-    return BackboneFamily(name=cls.family, modality="image", summary=summary, timestep=timestep, blocks=blocks,
-                          load=load, default_source=cls.default_source)
+    return load

@@ -30,13 +30,12 @@ import torch
 from transformers import CLIPTextModel, CLIPVisionModel, SiglipTextModel, SiglipVisionModel
 
 from difffeat_tune.backbones import _hf_text, _hf_vision
-from difffeat_tune.backbones._family import BackboneFamily
-from difffeat_tune.backbones._hf_base import ENCODER_TIMESTEP
 from difffeat_tune.backbones._hf_text import TextEncoderBackbone, load_text_encoder
+from difffeat_tune.backbones._registry import default_source, family
 from difffeat_tune.backbones._hf_vision import DEFAULT_POOLING, VisionEncoderBackbone, VisionPooling, load_vision_encoder
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-DEFAULT_SIGLIP = "google/siglip-base-patch16-224"
+DEFAULT_CLIP = default_source("image", "clip")
+DEFAULT_SIGLIP = default_source("image", "siglip")
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,6 @@ class TwoTowers:
         text: ``from_pretrained`` of the text tower class.
         prefix_tokens: tokens before the patch tokens in the vision tower (class token).
         text_attention_mask: whether the text tower gets the padding mask.
-        vision_blocks, text_blocks: block counts of the released checkpoints (for listings).
     """
 
     name: str
@@ -59,16 +57,12 @@ class TwoTowers:
     text: Callable[..., Any]
     prefix_tokens: int
     text_attention_mask: bool
-    vision_blocks: str
-    text_blocks: str
 
 
 CLIP = TwoTowers("clip", DEFAULT_CLIP, CLIPVisionModel.from_pretrained, CLIPTextModel.from_pretrained,
-                 prefix_tokens=1, text_attention_mask=True, vision_blocks="ViT-B 12, ViT-L 24",
-                 text_blocks="12 in the released CLIPs")
+                 prefix_tokens=1, text_attention_mask=True)
 SIGLIP = TwoTowers("siglip", DEFAULT_SIGLIP, SiglipVisionModel.from_pretrained, SiglipTextModel.from_pretrained,
-                   prefix_tokens=0, text_attention_mask=False, vision_blocks="base 12, so400m 27",
-                   text_blocks="base 12, so400m 27")
+                   prefix_tokens=0, text_attention_mask=False)
 TOWERS = {towers.name: towers for towers in (CLIP, SIGLIP)}
 
 
@@ -94,24 +88,10 @@ def load_text_tower(source: str | None = None, *, towers: TwoTowers = CLIP, devi
                              token_length=token_length, use_attention_mask=towers.text_attention_mask)
 
 
-def _families(towers: TwoTowers) -> tuple[BackboneFamily, BackboneFamily]:
-    label = "CLIP" if towers is CLIP else "SigLIP"
-    image = BackboneFamily(
-        name=towers.name, modality="image", timestep=ENCODER_TIMESTEP,
-        load=_hf_vision.family_loader(partial(load_vision_tower, towers=towers)),
-        summary=f"{label} vision tower (baseline), through transformers; mean of the patch tokens",
-        blocks=f"the vision encoder's layers (encoder.layers): {towers.vision_blocks}",
-        default_source=towers.default_source,
-    )
-    text = BackboneFamily(
-        name=towers.name, modality="text", timestep=ENCODER_TIMESTEP,
-        load=_hf_text.family_loader(partial(load_text_tower, towers=towers)),
-        summary=f"{label} text tower (baseline), through transformers; mean of the caption's tokens",
-        blocks=f"the text encoder's layers (encoder.layers): {towers.text_blocks}",
-        default_source=towers.default_source,
-    )
-    return image, text
-
-
-CLIP_IMAGE_FAMILY, CLIP_TEXT_FAMILY = _families(CLIP)
-SIGLIP_IMAGE_FAMILY, SIGLIP_TEXT_FAMILY = _families(SIGLIP)
+#: The four families' loaders (``FAMILY_TABLE``).
+load_clip_image = _hf_vision.family_loader(partial(load_vision_tower, towers=CLIP))
+load_clip_text = _hf_text.family_loader(partial(load_text_tower, towers=CLIP))
+load_siglip_image = _hf_vision.family_loader(partial(load_vision_tower, towers=SIGLIP))
+load_siglip_text = _hf_text.family_loader(partial(load_text_tower, towers=SIGLIP))
+CLIP_IMAGE_FAMILY, CLIP_TEXT_FAMILY = family("image", "clip"), family("text", "clip")
+SIGLIP_IMAGE_FAMILY, SIGLIP_TEXT_FAMILY = family("image", "siglip"), family("text", "siglip")

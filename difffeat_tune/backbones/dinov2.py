@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoModel
 
-from difffeat_tune.backbones._family import BackboneFamily
-from difffeat_tune.backbones._hf_base import ENCODER_TIMESTEP
+from difffeat_tune.backbones._registry import default_source, family
 from difffeat_tune.backbones._hf_vision import (
     DEFAULT_POOLING,
     VisionEncoderBackbone,
@@ -27,7 +26,7 @@ from difffeat_tune.backbones._hf_vision import (
 )
 
 FAMILY_NAME = "dinov2"
-DEFAULT_DINOV2 = "facebook/dinov2-base"
+DEFAULT_DINOV2 = default_source("image", "dinov2")
 
 
 def load_dinov2(source: str = DEFAULT_DINOV2, *, device: str | torch.device | None = None,
@@ -42,12 +41,6 @@ def prefix_tokens(config: Any) -> int:
     return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
 
 
-FAMILY = BackboneFamily(
-    name=FAMILY_NAME,
-    modality="image",
-    summary="DINOv2 (baseline), through transformers; mean of the patch tokens",
-    timestep=ENCODER_TIMESTEP,
-    blocks="the encoder's layers (encoder.layer): small/base 12, large 24, giant 40",
-    load=family_loader(load_dinov2),
-    default_source=DEFAULT_DINOV2,
-)
+#: The family's loader (``FAMILY_TABLE``).
+load_family = family_loader(load_dinov2)
+FAMILY = family("image", FAMILY_NAME)

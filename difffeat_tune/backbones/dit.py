@@ -24,15 +24,16 @@ from PIL import Image
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError
 from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
-from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
+from difffeat_tune.backbones._family import LoadOptions, looks_like_path
 from difffeat_tune.backbones._hooks import capture_blocks, mean_pool
 from difffeat_tune.backbones._image import center_crop_pixels
+from difffeat_tune.backbones._registry import default_source, family
 from difffeat_tune.data._base import Split
 
 logger = logging.getLogger(__name__)
 
 #: The paper's image backbone on the Hugging Face hub (a DiTPipeline folder).
-DEFAULT_DIT = "facebook/DiT-XL-2-256"
+DEFAULT_DIT = default_source("image", "dit")
 
 _SUBFOLDERS = ("transformer", "vae", "scheduler")
 
@@ -174,6 +175,10 @@ def load_dit(
                 f"`huggingface-cli download {DEFAULT_DIT} --local-dir {local}`",
             )
         source_str = str(local)
+    elif looks_like_path(source_str):
+        raise BackboneError(f"DiT folder {local} does not exist",
+                            "pass an existing DiTPipeline folder (transformer/, vae/, scheduler/), e.g. the result of "
+                            f"`huggingface-cli download {DEFAULT_DIT} --local-dir DIR`, or a hub id such as {DEFAULT_DIT}")
     try:
         transformer = DiTTransformer2DModel.from_pretrained(source_str, subfolder="transformer")
         autoencoder = (
@@ -232,17 +237,10 @@ def build_tiny_dit(folder: Path, *, seed: int = 0, width: int = 64, heads: int =
     return folder
 
 
-def _load_family(source: str, options: LoadOptions) -> DiTBackbone:
+def load_family(source: str, options: LoadOptions) -> DiTBackbone:
+    """The family's loader (``FAMILY_TABLE``): :func:`load_dit` with the load options."""
     return load_dit(source, vae=options.vae, device=options.device, noise_seed=options.noise_seed)
 
 
 #: The DiT family (``dit:SOURCE``; a plain image backbone id or folder means this family).
-FAMILY = BackboneFamily(
-    name="dit",
-    modality="image",
-    summary="DiT (diffusers DiTTransformer2DModel + AutoencoderKL), e.g. facebook/DiT-XL-2-256",
-    timestep="DDPM timestep of the pipeline's scheduler (add_noise with seeded Gaussian noise); null class 1000",
-    blocks="transformer_blocks 1..N (28 for DiT-XL/2); mean over the image tokens",
-    load=_load_family,
-    default_source=DEFAULT_DIT,
-)
+FAMILY = family("image", "dit")

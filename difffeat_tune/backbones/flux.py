@@ -34,12 +34,13 @@ from diffusers import DiffusionPipeline, FluxPipeline, FluxTransformer2DModel
 from torch import nn
 
 from difffeat_tune.backbones._hooks import joint_image_tokens
-from difffeat_tune.backbones._latent import LatentDiffusionBackbone, image_family
+from difffeat_tune.backbones._latent import LatentDiffusionBackbone, latent_loader
+from difffeat_tune.backbones._registry import default_source, family
 from difffeat_tune.backbones._noising import FlowNoising, Noising
 from difffeat_tune.backbones._pipeline import call_defaults
 
 #: The default FLUX.1 checkpoint on the Hugging Face hub (gated).
-DEFAULT_FLUX = "black-forest-labs/FLUX.1-dev"
+DEFAULT_FLUX = default_source("image", "flux")
 #: FluxPipeline's ``default_sample_size``: latent side 128, so 1024 px with the 8x VAE.
 DEFAULT_LATENT_SIDE = 128
 
@@ -113,11 +114,6 @@ class FluxBackbone(LatentDiffusionBackbone):
 load_flux = FluxBackbone.load
 
 
-FAMILY = image_family(
-    FluxBackbone,
-    summary="FLUX.1 dev/schnell (diffusers FluxTransformer2DModel), empty-prompt CLIP-L + T5 conditioning",
-    timestep="flow matching: sigma = shift*u/(1+(shift-1)*u), u = t/1000 (the scheduler's shift; dev: "
-             "exp(mu) from the image token count), x_t = (1 - sigma) x0 + sigma eps; the transformer gets sigma",
-    blocks="joint blocks 1..J then single blocks J+1..J+S in forward order, image tokens only "
-           "(FLUX.1: 19 + 38 = 57 of width 3072)",
-)
+#: The family's loader (``FAMILY_TABLE``).
+load_family = latent_loader(FluxBackbone)
+FAMILY = family("image", "flux")

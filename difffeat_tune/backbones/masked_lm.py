@@ -39,8 +39,9 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, 
 
 from difffeat_tune._errors import BackboneError, ConfigError
 from difffeat_tune.backbones._base import Encoded, row_generator
-from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
+from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._hf_base import load_backbone
+from difffeat_tune.backbones._registry import family
 from difffeat_tune.backbones._hf_load import Checkpoint, custom_auto_class, resolve_checkpoint
 from difffeat_tune.backbones._hf_text import (
     DEFAULT_MAX_PASS_ROWS,
@@ -223,19 +224,10 @@ def load_masked_lm(
     return backbone
 
 
-def _load(source: str, options: LoadOptions) -> MaskedDiffusionBackbone:
+def load_family(source: str, options: LoadOptions) -> MaskedDiffusionBackbone:
+    """The family's loader (``FAMILY_TABLE``): :func:`load_masked_lm` with the load options."""
     return load_masked_lm(source, device=options.device, tokenizer=options.tokenizer,
                           token_length=options.token_length, noise_seed=options.noise_seed)
 
 
-FAMILY = BackboneFamily(
-    name=FAMILY_NAME,
-    modality="text",
-    summary="masked diffusion language models (MDLM, LLaDA; their code from a local folder) and BERT-style "
-            "masked LMs, through transformers",
-    timestep="masking ratio: round(t/1000 x n) of a caption's n real tokens replaced by the mask token, seeded "
-             "per (seed, row, t); t = 0 is the clean caption; MDLM also gets sigma = -log(1 - t/1000)",
-    blocks="the model's layer stack in order (BERT encoder.layer, MDLM backbone.blocks, LLaDA "
-           "model.transformer.blocks): BERT-base 12, MDLM-OWT 12, LLaDA-8B 32",
-    load=_load,
-)
+FAMILY = family("text", FAMILY_NAME)

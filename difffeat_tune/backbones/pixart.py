@@ -25,10 +25,11 @@ from collections.abc import Mapping
 import torch
 from diffusers import DiffusionPipeline, PixArtTransformer2DModel
 
-from difffeat_tune.backbones._latent import LatentDiffusionBackbone, image_family
+from difffeat_tune.backbones._latent import LatentDiffusionBackbone, latent_loader
+from difffeat_tune.backbones._registry import default_source, family
 
 #: The default PixArt checkpoint on the Hugging Face hub.
-DEFAULT_PIXART = "PixArt-alpha/PixArt-XL-2-512x512"
+DEFAULT_PIXART = default_source("image", "pixart")
 
 
 class PixArtBackbone(LatentDiffusionBackbone):
@@ -62,10 +63,6 @@ class PixArtBackbone(LatentDiffusionBackbone):
 load_pixart = PixArtBackbone.load
 
 
-FAMILY = image_family(
-    PixArtBackbone,
-    summary="PixArt-alpha/sigma (diffusers PixArtTransformer2DModel), empty-prompt T5 conditioning",
-    timestep="DDPM step t of the pipeline's schedule (linear betas 1e-4..0.02): x_t = sqrt(abar_t) x0 + "
-             "sqrt(1 - abar_t) eps; the transformer gets t",
-    blocks="transformer.transformer_blocks in order (28 blocks of width 1152 for PixArt-XL-2)",
-)
+#: The family's loader (``FAMILY_TABLE``).
+load_family = latent_loader(PixArtBackbone)
+FAMILY = family("image", "pixart")

@@ -56,7 +56,8 @@ from tokenizers import Tokenizer
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError, ConfigError, DataError
 from difffeat_tune.backbones._base import NUM_TIMESTEPS, Backbone, Encoded, seeded_normal, weights_digest
-from difffeat_tune.backbones._family import BackboneFamily, LoadOptions
+from difffeat_tune.backbones._family import LoadOptions
+from difffeat_tune.backbones._registry import family
 from difffeat_tune.backbones._hooks import capture_blocks, masked_mean_pool
 from difffeat_tune.backbones._plaid_files import (
     CONFIG_FILE,
@@ -525,7 +526,8 @@ def _check_options(
 
 
 
-def _load_family(source: str, options: LoadOptions) -> PlaidBackbone:
+def load_family(source: str, options: LoadOptions) -> PlaidBackbone:
+    """The family's loader (``FAMILY_TABLE``): :func:`load_plaid` with the load options."""
     folder = Path(source).expanduser()
     if not folder.exists():
         raise BackboneError(f"text backbone {source!r} is not an existing folder", WEIGHTS_HINT)
@@ -537,11 +539,4 @@ def _load_family(source: str, options: LoadOptions) -> PlaidBackbone:
 
 
 #: The Plaid family (``plaid:FOLDER``; a plain text backbone folder means this family).
-FAMILY = BackboneFamily(
-    name="plaid",
-    modality="text",
-    summary="Plaid (continuous text diffusion), a folder in the layout of Plaid 1B's release",
-    timestep="continuous time t/1000; DDIM inversion from the clean embeddings (default) or seeded random noise",
-    blocks="blocks 1..N (24 for Plaid 1B); mean over the caption's tokens",
-    load=_load_family,
-)
+FAMILY = family("text", "plaid")

@@ -32,10 +32,11 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from torch import nn
 
 from difffeat_tune.backbones._hooks import first_output
-from difffeat_tune.backbones._latent import LatentDiffusionBackbone, image_family
+from difffeat_tune.backbones._latent import LatentDiffusionBackbone, latent_loader
+from difffeat_tune.backbones._registry import default_source, family
 
 #: The default Stable Diffusion checkpoint on the Hugging Face hub.
-DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_SD = default_source("image", "sd")
 
 
 def spatial_tokens(output: object) -> torch.Tensor:
@@ -90,11 +91,6 @@ class StableDiffusionBackbone(LatentDiffusionBackbone):
 load_sd = StableDiffusionBackbone.load
 
 
-FAMILY = image_family(
-    StableDiffusionBackbone,
-    summary="Stable Diffusion 1.x/2.x U-Net (diffusers UNet2DConditionModel), empty-prompt CLIP conditioning",
-    timestep="DDPM step t of the pipeline's schedule (scaled-linear betas 0.00085..0.012): x_t = sqrt(abar_t) x0 "
-             "+ sqrt(1 - abar_t) eps; the U-Net gets t",
-    blocks="down_blocks, mid_block, up_blocks in forward order, each stage's output map mean-pooled "
-           "(SD 1.x/2.x: 4 + 1 + 4 = 9; widths differ per block: 320..1280)",
-)
+#: The family's loader (``FAMILY_TABLE``).
+load_family = latent_loader(StableDiffusionBackbone)
+FAMILY = family("image", "sd")

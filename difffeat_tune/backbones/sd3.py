@@ -30,11 +30,12 @@ from diffusers import DiffusionPipeline, SD3Transformer2DModel
 from torch import nn
 
 from difffeat_tune.backbones._hooks import joint_image_tokens
-from difffeat_tune.backbones._latent import LatentDiffusionBackbone, image_family
+from difffeat_tune.backbones._latent import LatentDiffusionBackbone, latent_loader
+from difffeat_tune.backbones._registry import default_source, family
 from difffeat_tune.backbones._noising import FlowNoising, Noising
 
 #: The default SD3 checkpoint on the Hugging Face hub (gated).
-DEFAULT_SD3 = "stabilityai/stable-diffusion-3-medium-diffusers"
+DEFAULT_SD3 = default_source("image", "sd3")
 
 
 class SD3Backbone(LatentDiffusionBackbone):
@@ -69,11 +70,6 @@ class SD3Backbone(LatentDiffusionBackbone):
 load_sd3 = SD3Backbone.load
 
 
-FAMILY = image_family(
-    SD3Backbone,
-    summary="Stable Diffusion 3/3.5 (diffusers SD3Transformer2DModel), empty-prompt CLIP-L/G + T5 conditioning",
-    timestep="flow matching: sigma = shift*u/(1+(shift-1)*u), u = t/1000 (the scheduler's shift, 3.0), "
-             "x_t = (1 - sigma) x0 + sigma eps; the transformer gets 1000*sigma",
-    blocks="transformer.transformer_blocks in order, image tokens of each joint block "
-           "(24 of width 1536 for SD3-medium)",
-)
+#: The family's loader (``FAMILY_TABLE``).
+load_family = latent_loader(SD3Backbone)
+FAMILY = family("image", "sd3")

@@ -21,12 +21,11 @@ from __future__ import annotations
 import torch
 from transformers import AutoModel, T5EncoderModel
 
-from difffeat_tune.backbones._family import BackboneFamily
-from difffeat_tune.backbones._hf_base import ENCODER_TIMESTEP
+from difffeat_tune.backbones._registry import default_source, family
 from difffeat_tune.backbones._hf_text import TextEncoderBackbone, family_loader, load_text_encoder
 
-DEFAULT_BERT = "google-bert/bert-base-uncased"
-DEFAULT_T5 = "google-t5/t5-base"
+DEFAULT_BERT = default_source("text", "bert")
+DEFAULT_T5 = default_source("text", "t5")
 
 
 def load_bert(source: str = DEFAULT_BERT, *, device: str | torch.device | None = None, tokenizer: str | None = None,
@@ -49,22 +48,9 @@ def load_t5_encoder(source: str = DEFAULT_T5, *, device: str | torch.device | No
                              device=device, tokenizer=tokenizer, token_length=token_length)
 
 
-BERT_FAMILY = BackboneFamily(
-    name="bert",
-    modality="text",
-    summary="BERT/RoBERTa-style encoders (baseline), through transformers AutoModel; mean of the caption's tokens",
-    timestep=ENCODER_TIMESTEP,
-    blocks="the encoder's layers (encoder.layer): base 12, large 24",
-    load=family_loader(load_bert),
-    default_source=DEFAULT_BERT,
-)
+#: The families' loaders (``FAMILY_TABLE``).
+load_bert_family = family_loader(load_bert)
+load_t5_family = family_loader(load_t5_encoder)
+BERT_FAMILY = family("text", "bert")
 
-T5_FAMILY = BackboneFamily(
-    name="t5",
-    modality="text",
-    summary="T5 encoder (baseline), through transformers T5EncoderModel; mean of the caption's tokens",
-    timestep=ENCODER_TIMESTEP,
-    blocks="the encoder's blocks (encoder.block): small 6, base 12, large 24, XL/XXL 24",
-    load=family_loader(load_t5_encoder),
-    default_source=DEFAULT_T5,
-)
+T5_FAMILY = family("text", "t5")

@@ -45,6 +45,10 @@ class ArrayImages:
         return Image.fromarray(self._pixels[index], mode="RGB")
 
 
+#: Unreadable images named in one error (the rest are counted).
+_SHOWN_BAD_IMAGES = 5
+
+
 class FileImages:
     """Images read from files on demand; errors name the row id and the path."""
 
@@ -54,6 +58,30 @@ class FileImages:
 
     def __len__(self) -> int:
         return len(self._paths)
+
+    def check(self, indices: Sequence[int]) -> None:
+        """Read the header of each image ``indices`` names (no decoding): every unreadable one is named.
+
+        Called before a long extraction, so that a file that is not an image fails at once, not
+        hours in. A header that reads fine can still hide damaged pixel data: :meth:`load` names
+        such a file when it meets it.
+
+        Raises:
+            DataError: listing the rows (id and path) whose file is missing or not an image.
+        """
+        bad: list[str] = []
+        for index in indices:
+            path = self._paths[index]
+            try:
+                with Image.open(path):
+                    pass
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                bad.append(f"row id {self._ids[index]!r}: {path} ({exc})")
+        if bad:
+            shown = "; ".join(bad[:_SHOWN_BAD_IMAGES]) + (f"; and {len(bad) - _SHOWN_BAD_IMAGES} more"
+                                                         if len(bad) > _SHOWN_BAD_IMAGES else "")
+            raise DataError(f"{len(bad)} image file(s) cannot be read as images: {shown}",
+                            "replace or remove these rows; nothing was extracted")
 
     def load(self, index: int) -> Image.Image:
         path = self._paths[index]

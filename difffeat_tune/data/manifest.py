@@ -421,6 +421,10 @@ def load_manifest(path: str | Path, *, label_names: Sequence[str] | None = None,
     """
     manifest, fmt = _resolve(Path(path), conventions)
     records, columns = _READERS[fmt](manifest)
+    if not records and not columns:
+        raise DataError(f"manifest {manifest} is empty",
+                        "write one row per example (JSON lines, or a CSV header and rows) with 'labels' and "
+                        "'file_name' and/or 'text'")
     column_set = set(columns)
     if "labels" not in column_set:
         raise DataError(f"manifest {manifest} has no 'labels' column (columns: {', '.join(columns) or 'none'})",

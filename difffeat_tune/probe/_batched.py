@@ -170,7 +170,7 @@ def train_heads(
             footprint = probe_footprint(
                 heads[members[0]], [x.shape[1] for x in train_x[members[0]]],
                 n_train=y_train.shape[0], n_val=y_val.shape[0], batch_size=recipe.batch_size,
-                eval_batch_size=recipe.eval_batch_size)
+                eval_batch_size=recipe.eval_batch_size, input_element=train_x[members[0]][0].element_size())
             per_batch = max_batch_probes(footprint, device=dev, requested=max_probes, budget=memory_budget)
             for part in split_batches(len(members), per_batch):
                 batch = [members[i] for i in part]
@@ -271,6 +271,7 @@ class _StackedRun:
         self.on_epoch = on_epoch
         self.reported = False
         self.stacked = _stack_heads(heads)
+        self.dtype = _head_dtype(self.stacked)
         n_inputs = len(train_x[0])
         # inputs stacked row-major, [N, K, D_i]: a row of all probes is one contiguous block, so a
         # step's gather copies batch-size blocks (faster than K x batch-size rows of [K, N, D])
@@ -291,7 +292,8 @@ class _StackedRun:
         out = []
         for x, buffer in zip(self.train_x, self.gathered):
             view = buffer[: batch_idx.numel() * x.shape[1] * x.shape[2]].view(batch_idx.numel(), *x.shape[1:])
-            out.append(torch.index_select(x, 0, batch_idx, out=view).transpose(0, 1))
+            # the stored dtype (float16) is widened per step: no float32 copy of the stacked features
+            out.append(torch.index_select(x, 0, batch_idx, out=view).to(self.dtype).transpose(0, 1))
         return out
 
     @torch.no_grad()
@@ -301,7 +303,7 @@ class _StackedRun:
         n_rows, n_probes = self.val_x[0].shape[:2]
         # rows per chunk so that a chunk of the whole batch is as large as one eval batch alone
         rows = max(1, self.data.recipe.eval_batch_size // n_probes)
-        chunks = [self.stacked(*[x[start:start + rows].transpose(0, 1) for x in self.val_x]).float()
+        chunks = [self.stacked(*[x[start:start + rows].to(self.dtype).transpose(0, 1) for x in self.val_x]).float()
                   for start in range(0, n_rows, rows)]
         return torch.cat(chunks, dim=1)
 

@@ -1,7 +1,7 @@
 """How many probes fit in one batch: the bytes a probe adds, the memory free on the device.
 
 A batch of K probes holds, per probe: its stacked training and validation features (a copy of the
-standardised inputs), its parameters with their gradients and optimizer state, the per-step
+standardised inputs, in their dtype: float16 when the store holds float16), its parameters with their gradients and optimizer state, the per-step
 gathered batch and activations, and its validation logits. On top of that, once per batch: the
 validation forward of one row chunk and the workspace of the vectorised AP. K is the largest
 number for which ``fixed + K * per_probe`` stays within a share of the free memory
@@ -86,6 +86,7 @@ def probe_footprint(
     n_val: int,
     batch_size: int,
     eval_batch_size: int,
+    input_element: int | None = None,
 ) -> ProbeFootprint:
     """The memory a probe like ``head`` takes in a batch (the head may live on the ``meta`` device).
 
@@ -96,16 +97,18 @@ def probe_footprint(
         n_val: validation rows.
         batch_size: rows per training step.
         eval_batch_size: rows per validation forward pass (shared by the batch).
+        input_element: bytes of one feature element as stacked (2 for features kept in float16);
+            default: the head's parameter dtype.
     """
     element = next((p.element_size() for p in head.parameters()), 4)
+    features = element if input_element is None else input_element
     n_params = sum(p.numel() for p in head.parameters())
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     # every linear layer's output is an activation of the step (projections, classifier)
     row_width = sum(input_widths) + sum(m.out_features for m in linears)
     n_classes = linears[-1].out_features if linears else 1
-    per_probe = element * (
-        (n_train + n_val) * sum(input_widths)
-        + _PARAMETER_COPIES * n_params
+    per_probe = features * (n_train + n_val) * sum(input_widths) + element * (
+        _PARAMETER_COPIES * n_params
         + _ACTIVATION_COPIES * batch_size * row_width
         + 2 * n_val * n_classes
     )

@@ -2,7 +2,13 @@
 
 One :class:`Objective` serves plain Optuna, Ray Tune and direct Python use. It reads the shards
 a configuration needs from the feature store onto its device (keeping recently used ones in a
-bounded cache, since fusion trials share them), trains the head and scores it.
+cache, since fusion trials share them), trains the head and scores it.
+
+Memory is bounded by one budget in bytes (:attr:`ObjectiveSettings.memory_budget`): the cache
+of inputs and the batches of probes share it. Inputs stay in the store's dtype (float16 by
+default) and are standardised once into that dtype; training widens each step's rows to the
+head's dtype. A single input larger than the budget is a :class:`ConfigError` that says how
+much it needs and how to raise the budget, not an out-of-memory crash.
 
 Validation protocol (the search must not select on the split it reports):
 
@@ -18,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
@@ -30,7 +35,10 @@ from difffeat_tune._device import resolve_device
 from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe._batched import BATCHABLE_HEADS, BatchOnEpoch, train_heads
-from difffeat_tune.probe._memory import max_batch_probes, probe_footprint
+from difffeat_tune.probe._cache import FeatureCache
+from difffeat_tune.probe._memory import (
+    DEFAULT_MAX_BATCH_PROBES, MEMORY_SHARE, ProbeFootprint, available_memory, probe_footprint,
+)
 from difffeat_tune.probe.heads import build_head
 from difffeat_tune.probe.train import TrainRecipe, TrainResult, evaluate, predict_logits, train_head
 from difffeat_tune.store import FeatureView, Labels, check_aligned
@@ -43,6 +51,10 @@ PROTOCOLS: tuple[str, ...] = ("validation", "paper")
 OnEpoch = Callable[[int, float], bool]
 #: Smallest standard deviation a feature is divided by (constant features stay finite).
 _MIN_STD = 1e-6
+#: Rows standardised (and summed for the statistics) at a time: bounds the float32 working copy.
+_CHUNK_ROWS = 8192
+#: torch dtype of a store's dtype name.
+_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -57,8 +69,10 @@ class ObjectiveSettings:
         standardize: z-score each feature with training-split statistics before the head (a
             parameter-free normalisation, as linear-probe protocols commonly use; pooled
             diffusion features have very unequal scales across blocks).
-        cache_size: input tensors kept on the device between trials of one worker (one per feature
-            and role: training rows, selection rows, evaluation rows; standardised when ``standardize``).
+        memory_budget: bytes this objective may hold on its device: the inputs it keeps between
+            trials (one per feature and role: training, selection and evaluation rows) and the
+            batches of probes it trains, together. ``None``: :data:`MEMORY_SHARE` of the memory
+            free when the objective is made (the GPU's free memory, or the available RAM).
         head_seed: seed of the head's initialisation.
     """
 
@@ -67,7 +81,7 @@ class ObjectiveSettings:
     holdout_fraction: float = 0.1
     holdout_seed: int = 0
     standardize: bool = True
-    cache_size: int = 24
+    memory_budget: int | None = None
     head_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +89,10 @@ class ObjectiveSettings:
             raise ConfigError(f"unknown validation protocol {self.protocol!r}", f"use {' or '.join(PROTOCOLS)}")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.memory_budget is not None and (not isinstance(self.memory_budget, int)
+                                               or isinstance(self.memory_budget, bool) or self.memory_budget < 1):
+            raise ConfigError(f"ObjectiveSettings.memory_budget must be a positive number of bytes, got "
+                              f"{self.memory_budget!r}", field="ObjectiveSettings.memory_budget")
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,58 @@ class Representation:
 
 
 @dataclass(frozen=True)
+class _ProbePlan:
+    """The bytes a configuration needs in a batch (see :meth:`Objective._plan`).
+
+    Attributes:
+        inputs: its standardised inputs (training and selection rows), held in the cache.
+        footprint: what its training adds while the batch runs (the stacked copy of its inputs,
+            parameters, gradients, optimizer state, activations, logits, the AP workspace).
+        batchable: whether it trains stacked with others.
+    """
+
+    inputs: int
+    footprint: ProbeFootprint
+    batchable: bool
+
+
+def _batch_bytes(plans: Sequence[_ProbePlan]) -> tuple[int, int]:
+    """(inputs, training) bytes of a batch of ``plans``: what the cache holds, what training reserves."""
+    inputs = sum(p.inputs for p in plans)
+    per_probe = sum(p.footprint.per_probe if p.batchable else p.footprint.per_probe - p.inputs for p in plans)
+    scoring = min(sum(p.footprint.scoring_per_probe for p in plans), max(p.footprint.scoring_cap for p in plans))
+    return inputs, max(p.footprint.fixed for p in plans) + per_probe + scoring
+
+
+def _pack(indices: Sequence[int], plans: Sequence[_ProbePlan | None], budget: int,
+          max_probes: int | None) -> list[list[int]]:
+    """Consecutive batches of ``indices`` whose bytes fit ``budget`` (at least one configuration each).
+
+    A head that trains alone is a batch of its own; a configuration that does not fit even alone
+    is trained alone (each of its inputs fits: :meth:`Objective._plan` checked), with a warning.
+    """
+    limit = max_probes or DEFAULT_MAX_BATCH_PROBES
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for k in indices:
+        plan = plans[k]
+        assert plan is not None
+        if not plan.batchable:
+            batches.append([k])
+            continue
+        if current and (len(current) >= limit or sum(_batch_bytes([plans[i] for i in [*current, k]])) > budget):  # type: ignore[misc]
+            batches.append(current)
+            current = []
+        if not current and sum(_batch_bytes([plan])) > budget:
+            logger.warning("one probe of this batch needs %s, more than the memory budget of %s: it trains alone",
+                           _gib(sum(_batch_bytes([plan]))), _gib(budget))
+        current.append(k)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass(frozen=True)
 class _Rows:
     """Which rows of which stored split a role (train / selection / evaluation) uses."""
 
@@ -140,8 +210,10 @@ class Objective:
         self.view = view
         self.settings = settings or ObjectiveSettings()
         self.device = resolve_device(device)
+        #: Bytes this objective plans to hold at most (see :attr:`ObjectiveSettings.memory_budget`).
+        self.budget = self.settings.memory_budget or int(MEMORY_SHARE * available_memory(self.device))
         # standardised inputs per (modality, (t, b), role), least recently used first
-        self._cache: OrderedDict[tuple[object, ...], torch.Tensor] = OrderedDict()
+        self._cache = FeatureCache(self.budget)
         # [2, D] training mean and std per feature: small, kept for the objective's lifetime
         self._stats: dict[tuple[str, tuple[int, int]], torch.Tensor] = {}
         self._labels: dict[str, Labels] = {}
@@ -179,26 +251,46 @@ class Objective:
     def _input(self, modality: str, tb: tuple[int, int], rows: _Rows) -> torch.Tensor:
         """One feature for one role (train / selection / evaluation rows), standardised, on the device.
 
-        Cached (bounded LRU) in its final form, so a feature that several trials use (every fusion
-        trial reuses its modality's optimum) is read, indexed and standardised once. Roles that
-        read the same stored split (train and its hold-out) are built from one read.
+        Kept in the cache in its final form and the store's dtype, so a feature that several
+        trials use (every fusion trial reuses its modality's optimum) is read, indexed and
+        standardised once. Roles that read the same stored split (train and its hold-out) are
+        built from one read.
         """
         key = (modality, tb, rows.name)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        self._check_fits(modality, tb, rows.split)
         raw = self._load(modality, tb, rows.split)
         if self.settings.standardize and rows.split == self._train.split and (modality, tb) not in self._stats:
-            self._stats[(modality, tb)] = self._mean_std(raw, self._train)
+            self._stats[(modality, tb)] = _mean_std(self._rows_of(raw, self._train))
         for role in (self._train, self._select):
             if role.split == rows.split and role.name != rows.name and (modality, tb, role.name) not in self._cache:
-                self._remember((modality, tb, role.name), self._standardised(modality, tb, raw, role))
+                self._cache.put((modality, tb, role.name), self._standardised(modality, tb, raw, role))
         values = self._standardised(modality, tb, raw, rows)
-        self._remember(key, values)
+        self._cache.put(key, values)
         return values
 
+    def input_bytes(self, modality: str, tb: tuple[int, int], split: str) -> int:
+        """Bytes one stored (t, b) of ``split`` takes on the device, read in the store's dtype."""
+        ext = self.view.extraction(modality)
+        width = int(ext.info.get("width") or 0)
+        if not width:  # an old store without its width: read the feature once to learn it
+            width = int(self._load(modality, tb, split).shape[1])
+        return int(self.view.info["splits"][split]) * width * _stored_dtype(ext.dtype).itemsize
+
+    def _check_fits(self, modality: str, tb: tuple[int, int], split: str) -> None:
+        needed = self.input_bytes(modality, tb, split)
+        if needed > self.budget:
+            raise ConfigError(
+                f"{modality} features t={tb[0]} b={tb[1]} of split {split!r} need {_gib(needed)} on {self.device}, "
+                f"more than this objective's memory budget of {_gib(self.budget)}",
+                "raise the budget with --memory-budget (ObjectiveSettings.memory_budget in Python), or use a "
+                "device with more free memory")
+
     def _load(self, modality: str, tb: tuple[int, int], split: str) -> torch.Tensor:
-        feats = self.view.load(modality, tb[0], tb[1], split, device=self.device)
+        dtype = _stored_dtype(self.view.extraction(modality).dtype)
+        feats = self.view.load(modality, tb[0], tb[1], split, device=self.device, dtype=dtype)
         check_aligned(f"{modality} features t={tb[0]} b={tb[1]} ({split})", feats.ids, f"labels ({split})",
                       self._split_labels(split).ids)
         return feats.values
@@ -208,22 +300,22 @@ class Objective:
         if not self.settings.standardize:
             return values
         if (modality, tb) not in self._stats:
-            self._stats[(modality, tb)] = self._mean_std(self._load(modality, tb, self._train.split), self._train)
+            self._stats[(modality, tb)] = _mean_std(self._rows_of(self._load(modality, tb, self._train.split),
+                                                                  self._train))
         mean, std = self._stats[(modality, tb)]
-        return (values - mean) / std
+        out = torch.empty_like(values)
+        for start in range(0, values.shape[0], _CHUNK_ROWS):  # in chunks: no float32 copy of the whole feature
+            stop = start + _CHUNK_ROWS
+            out[start:stop] = ((values[start:stop].float() - mean) / std).to(values.dtype)
+        return out
 
     def _rows_of(self, values: torch.Tensor, rows: _Rows) -> torch.Tensor:
         return values if rows.index is None else values[torch.as_tensor(rows.index, device=self.device)]
 
-    def _mean_std(self, raw: torch.Tensor, train_rows: _Rows) -> torch.Tensor:
-        """``[2, D]``: mean and standard deviation of the training rows (the standardisation's statistics)."""
-        values = self._rows_of(raw, train_rows)
-        return torch.stack([values.mean(dim=0), values.std(dim=0).clamp_min(_MIN_STD)])
-
-    def _remember(self, key: tuple[object, ...], values: torch.Tensor) -> None:
-        self._cache[key] = values
-        while len(self._cache) > self.settings.cache_size:
-            self._cache.popitem(last=False)
+    @property
+    def cache(self) -> FeatureCache:
+        """The inputs kept between trials, with their byte accounting (``bytes_used``, ``peak_bytes``)."""
+        return self._cache
 
     def _split_labels(self, split: str) -> Labels:
         if split not in self._labels:
@@ -280,7 +372,8 @@ class Objective:
         rows = self._eval_rows()
         result, head, inputs = self._fit(config, rows, None)
         with torch.no_grad():
-            features = head.eval().fuse(*inputs).float().cpu()
+            dtype = next(head.parameters()).dtype
+            features = head.eval().fuse(*(x.to(dtype) for x in inputs)).float().cpu()
         logits = predict_logits(head, inputs, batch_size=self.settings.recipe.eval_batch_size).cpu()
         return Representation(features=features, logits=logits,
                               labels=np.asarray(self._split_labels(rows.split).values), result=result)
@@ -296,24 +389,48 @@ class Objective:
         rounding, with ``on_epoch(k, epoch, score)`` in place of ``on_epoch(epoch, score)``
         (True stops configuration k only). Features come from the same cache as :meth:`__call__`.
 
+        The configurations are trained in consecutive batches that fit the memory budget: a
+        batch's inputs (kept in the cache) and its stacked copy, parameters and optimizer state
+        (reserved from the same budget while it trains) never plan to exceed it.
+
         Args:
             configs: the configurations (e.g. the trials of one search phase).
             on_epoch: ``on_epoch(k, epoch, score) -> stop?`` for configuration k.
-            max_probes: probes per batch (None: as many as fit; a K that does not fit is reduced).
-            memory_budget: bytes to plan batches against instead of the device's free memory.
+            max_probes: probes per batch at most (None: as many as fit, at most
+                :data:`~difffeat_tune.probe._memory.DEFAULT_MAX_BATCH_PROBES`).
+            memory_budget: bytes to plan against instead of the objective's budget.
 
         Returns:
             One entry per configuration: its :class:`TrialResult`, or the error it ran into (a
-            missing or corrupt shard, a diverged probe); the other configurations are unaffected.
-            ``seconds`` is the configuration's feature loading plus its share of the batch's time.
+            missing or corrupt shard, a diverged probe, an input larger than the budget); the
+            other configurations are unaffected. ``seconds`` is the configuration's feature
+            loading plus its share of the batch's time.
 
         Example:
             >>> results = objective.run_many([TrialConfig("image", image=(t, 12)) for t in (10, 30, 50)])  # doctest: +SKIP
         """
         out: list[TrialResult | DiffFeatError | None] = [None] * len(configs)
+        budget = memory_budget or self.budget
+        plans: list[_ProbePlan | None] = []
+        for k, config in enumerate(configs):
+            try:
+                plans.append(self._plan(config))
+            except DiffFeatError as exc:  # e.g. a missing shard, or an input larger than the budget
+                out[k] = exc
+                plans.append(None)
+        for batch in _pack([k for k, plan in enumerate(plans) if plan is not None], plans, budget, max_probes):
+            _, reserved = _batch_bytes([plans[k] for k in batch])  # type: ignore[misc]
+            with self._cache.reserve(reserved):
+                self._run_batch(configs, batch, on_epoch, out, reserved)
+        return out  # type: ignore[return-value]  # every entry was filled above
+
+    def _run_batch(self, configs: Sequence[TrialConfig], batch: Sequence[int], on_epoch: BatchOnEpoch | None,
+                   out: list[TrialResult | DiffFeatError | None], reserved: int) -> None:
+        """Load the inputs of the configurations ``batch`` (indices into ``configs``) and train them together."""
         ready: list[tuple[int, torch.nn.Module, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], float]] = []
         train_y, score_y = self._targets(self._train), self._targets(self._select)
-        for k, config in enumerate(configs):
+        for k in batch:
+            config = configs[k]
             start = time.perf_counter()
             try:
                 train_x, score_x = self._inputs(config, self._train), self._inputs(config, self._select)
@@ -327,41 +444,76 @@ class Objective:
         def report(j: int, epoch: int, score: float) -> bool:
             return bool(on_epoch(ready[j][0], epoch, score)) if on_epoch is not None else False
 
+        # The batch was planned within the budget: train_heads gets room for exactly this batch.
         results = train_heads([r[1] for r in ready], [r[2] for r in ready], train_y, [r[3] for r in ready], score_y,
                               task=self.view.task, recipe=self.settings.recipe, device=self.device,
-                              on_epoch=report if on_epoch is not None else None, max_probes=max_probes,
-                              memory_budget=memory_budget)
+                              on_epoch=report if on_epoch is not None else None,
+                              memory_budget=int(reserved / MEMORY_SHARE) + 1)
         for (k, _head, _train_x, _score_x, load_seconds), result in zip(ready, results):
             if isinstance(result, DiffFeatError):
                 out[k] = result
             else:
                 out[k] = _trial_result(configs[k], result, self._select.name,
                                        load_seconds + result.train_seconds + result.eval_seconds)
-        return out  # type: ignore[return-value]  # every entry was filled above
+
+    def _plan(self, config: TrialConfig) -> _ProbePlan:
+        """The bytes one configuration needs in a batch: its inputs, and what its training adds.
+
+        Raises:
+            ConfigError: one of its inputs alone is larger than the budget.
+        """
+        tbs = [(m, tb) for m, tb in (("image", config.image), ("text", config.text)) if tb is not None]
+        inputs = 0
+        widths = []
+        element = 4
+        for modality, tb in tbs:
+            for role in (self._train, self._select):
+                self._check_fits(modality, tb, role.split)
+            ext = self.view.extraction(modality)
+            element = _stored_dtype(ext.dtype).itemsize
+            width = int(ext.info.get("width") or 0) or int(self._input(modality, tb, self._train).shape[1])
+            widths.append(width)
+            inputs += element * width * (self._n_rows(self._train) + self._n_rows(self._select))
+        n_classes = len(self.view.label_names)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            head = self._head(config, tuple(widths), n_classes)
+        recipe = self.settings.recipe
+        footprint = probe_footprint(head, widths, n_train=self._n_rows(self._train), n_val=self._n_rows(self._select),
+                                    batch_size=recipe.batch_size, eval_batch_size=recipe.eval_batch_size,
+                                    input_element=element)
+        return _ProbePlan(inputs=inputs, footprint=footprint, batchable=isinstance(head, BATCHABLE_HEADS))
+
+    def batch_bytes(self, configs: Sequence[TrialConfig]) -> int:
+        """Bytes :meth:`run_many` plans for training ``configs`` as one batch: their inputs and training state.
+
+        Raises:
+            ConfigError: an input alone is larger than the budget.
+        """
+        return sum(_batch_bytes([self._plan(config) for config in configs]))
 
     def batch_limit(self, config: TrialConfig, *, requested: int | None = None,
                     memory_budget: int | None = None) -> int:
         """How many trials like ``config`` :meth:`run_many` trains as one batch on this device.
 
-        The number of probes whose stacked features, parameters, gradients and optimizer state
-        fit in the device's free memory (or ``memory_budget`` bytes) with a margin; ``requested``
-        is reduced, with a logged warning, if it does not fit. 1 for heads that train alone.
+        The number of probes whose inputs, stacked features, parameters, gradients and optimizer
+        state fit in the memory budget (``memory_budget`` bytes, or the objective's);
+        ``requested`` is reduced, with a logged warning, if it does not fit. 1 for heads that
+        train alone.
         """
-        widths = []
-        for modality, tb in (("image", config.image), ("text", config.text)):
-            if tb is not None:
-                width = self.view.extraction(modality).info.get("width")
-                widths.append(int(width) if width else self._input(modality, tb, self._train).shape[1])
-        n_classes = len(self.view.label_names)
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            head = self._head(config, tuple(widths), n_classes)
-        if not isinstance(head, BATCHABLE_HEADS):
+        plan = self._plan(config)
+        if not plan.batchable:
             return 1
-        recipe = self.settings.recipe
-        footprint = probe_footprint(head, widths, n_train=self._n_rows(self._train),
-                                    n_val=self._n_rows(self._select), batch_size=recipe.batch_size,
-                                    eval_batch_size=recipe.eval_batch_size)
-        return max_batch_probes(footprint, device=self.device, requested=requested, budget=memory_budget)
+        budget = memory_budget or self.budget
+        fits = 0
+        while fits < max(requested or 0, DEFAULT_MAX_BATCH_PROBES) and sum(_batch_bytes([plan] * (fits + 1))) <= budget:
+            fits += 1
+        if requested is None:
+            return max(1, min(fits, DEFAULT_MAX_BATCH_PROBES))
+        if requested > max(1, fits):
+            logger.warning("%d probes of %s per batch do not fit the memory budget of %s: reduced to %d",
+                           requested, config.label(), _gib(memory_budget or self.budget), max(1, fits))
+            return max(1, fits)
+        return requested
 
     def _n_rows(self, rows: _Rows) -> int:
         return len(rows.index) if rows.index is not None else int(self.view.info["splits"][rows.split])
@@ -375,6 +527,28 @@ class Objective:
         """A copy with recipe fields changed (shares nothing mutable with this one)."""
         recipe = replace(self.settings.recipe, **changes)  # type: ignore[arg-type]
         return Objective(self.view, replace(self.settings, recipe=recipe), self.device)
+
+
+def _stored_dtype(name: str) -> torch.dtype:
+    return _DTYPES.get(name, torch.float32)
+
+
+def _mean_std(values: torch.Tensor) -> torch.Tensor:
+    """``[2, D]`` float32: the columns' mean and (unbiased) standard deviation, summed in float64 chunks."""
+    n = values.shape[0]
+    total = torch.zeros(values.shape[1], dtype=torch.float64, device=values.device)
+    squares = torch.zeros_like(total)
+    for chunk in values.split(_CHUNK_ROWS):
+        wide = chunk.double()
+        total += wide.sum(dim=0)
+        squares += (wide * wide).sum(dim=0)
+    mean = total / n
+    var = ((squares - n * mean * mean) / max(n - 1, 1)).clamp_min(0.0)
+    return torch.stack([mean, var.sqrt().clamp_min(_MIN_STD)]).float()
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
 
 
 def _trial_result(config: TrialConfig, result: TrainResult, split: str, seconds: float) -> TrialResult:

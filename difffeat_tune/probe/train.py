@@ -101,15 +101,18 @@ class TrainRecipe:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"TrainRecipe.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"TrainRecipe.{name} must be a positive integer, got {value!r}",
+                                  field=f"TrainRecipe.{name}")
         if self.cpu_threads is not None and (
             not isinstance(self.cpu_threads, int) or isinstance(self.cpu_threads, bool) or self.cpu_threads < 1
         ):
-            raise ConfigError(f"TrainRecipe.cpu_threads must be a positive integer or None, got {self.cpu_threads!r}")
+            raise ConfigError(f"TrainRecipe.cpu_threads must be a positive integer or None, got {self.cpu_threads!r}",
+                              field="TrainRecipe.cpu_threads")
         if not self.lr > 0:
-            raise ConfigError(f"TrainRecipe.lr must be > 0, got {self.lr!r}")
+            raise ConfigError(f"TrainRecipe.lr must be > 0, got {self.lr!r}", field="TrainRecipe.lr")
         if self.weight_decay < 0:
-            raise ConfigError(f"TrainRecipe.weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise ConfigError(f"TrainRecipe.weight_decay must be >= 0, got {self.weight_decay!r}",
+                              field="TrainRecipe.weight_decay")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}", f"valid names: {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
@@ -220,7 +223,7 @@ def _check_output_width(
 ) -> None:
     """The head's number of outputs must match the label columns (or cover every class index)."""
     with torch.no_grad():
-        width = head(*[x[:1] for x in inputs]).shape[-1]
+        width = head(*[x[:1].to(_head_dtype(head)) for x in inputs]).shape[-1]
     if raw_targets.ndim == 2 and width != raw_targets.shape[1]:
         raise ProbeInputError(f"the head outputs {width} classes, the targets have {raw_targets.shape[1]} columns")
     if task == "singlelabel" and int(targets.max()) >= width:
@@ -449,7 +452,12 @@ def _prepare_inputs(
     val_targets: Tensor,
     dev: torch.device,
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """Validated train and val inputs of ``head``, on ``dev`` in the head's dtype (the head moves there too)."""
+    """Validated train and val inputs of ``head`` on ``dev`` (the head moves there too).
+
+    Inputs keep their floating dtype (features stay float16 when stored so): each step casts the
+    rows it gathers to the head's dtype, which gives the same values as casting the whole tensor
+    first, without a second, wider copy of every feature.
+    """
     train_x = _as_tuple(train_inputs)
     val_x = _as_tuple(val_inputs)
     n_inputs = getattr(head, "n_inputs", None)
@@ -461,9 +469,7 @@ def _prepare_inputs(
     if any(x.device != dev for x in (*train_x, *val_x)):
         logger.info("copying probe features to %s (pass tensors already there to avoid the copy)", dev)
     head.to(dev)
-    dtype = _head_dtype(head)
-    return (tuple(x.to(device=dev, dtype=dtype) for x in train_x),
-            tuple(x.to(device=dev, dtype=dtype) for x in val_x))
+    return tuple(x.to(device=dev) for x in train_x), tuple(x.to(device=dev) for x in val_x)
 
 
 def _prepare_split_targets(train_targets: Tensor, val_targets: Tensor, task: str,
@@ -512,8 +518,10 @@ def _train_loop(
     generator.manual_seed(recipe.seed)
     score_of = _epoch_scorer(y_val, task)
 
+    dtype = _head_dtype(head)
+
     def loss_of(batch_idx: Tensor) -> Tensor:
-        batch = [x.index_select(0, batch_idx) for x in train_x]
+        batch = [x.index_select(0, batch_idx).to(dtype) for x in train_x]
         if amp_dtype is not None:
             with torch.autocast(device_type=dev.type, dtype=amp_dtype):
                 logits = head(*batch)

@@ -272,7 +272,8 @@ def comparison_figure(heuristic: StudyData, grid: StudyData, rows: Sequence[tupl
                                     _space_axes(grid, heuristic)))
     panels.append(Table("heuristic vs grid", ("", "heuristic", "grid"), tuple(tuple(r) for r in rows)))
     caption = ("The full grid's score for every image x text pair; pink outlines mark the pairs the heuristic "
-               "evaluated, red its choice, dashed black the grid's best. Regret = grid's best minus heuristic's best.")
+               "evaluated, red its choice, dashed black the grid's best. Regret = the grid's best pair minus the "
+               "heuristic's best pair, on the selection split; unimodal bests are listed apart.")
     return FigureSpec("comparison", "Heuristic search vs full grid", caption, tuple(panels))
 
 

@@ -28,8 +28,6 @@ from difffeat_tune.space import SearchSpace, load_space
 
 logger = logging.getLogger(__name__)
 
-#: Suffixes ``compare`` gives the two studies of one search (``<base>-heuristic``, ``<base>-grid``).
-HEURISTIC_SUFFIX, GRID_SUFFIX = "-heuristic", "-grid"
 #: Keys of the metrics (the flat trial attributes the report reads).
 METRIC_KEYS = frozenset(key for key, _ in METRIC_NAMES)
 
@@ -170,14 +168,6 @@ class StudyData:
             if record.complete and record.config.fusion not in seen:
                 seen.append(str(record.config.fusion))
         return seen
-
-
-def companion_name(study_name: str) -> str | None:
-    """The other study of a ``compare`` pair: ``x-grid`` for ``x-heuristic`` and back, else None."""
-    for mine, other in ((HEURISTIC_SUFFIX, GRID_SUFFIX), (GRID_SUFFIX, HEURISTIC_SUFFIX)):
-        if study_name.endswith(mine) and len(study_name) > len(mine):
-            return study_name[: -len(mine)] + other
-    return None
 
 
 def study_names(storage: str | optuna.storages.BaseStorage) -> list[str]:

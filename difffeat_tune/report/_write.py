@@ -23,7 +23,8 @@ from difffeat_tune.report._page import render_note, render_page
 from difffeat_tune.report._plotly import to_plotly
 from difffeat_tune.report._spec import FigureSpec, Table
 from difffeat_tune.report._static import save_static
-from difffeat_tune.report._study import StudyData, companion_name, study_names
+from difffeat_tune.report._study import StudyData, study_names
+from difffeat_tune.search._options import companion_name
 from difffeat_tune.search.compare import Comparison
 from difffeat_tune.search.runner import DEFAULT_RUNS, open_storage, summarize
 from difffeat_tune.space import SearchSpace
@@ -134,7 +135,7 @@ def write_report(
     timings: dict[str, float] = {}
     with _timed(timings, "read the study"):
         if isinstance(storage, str):
-            storage = open_storage(storage, heartbeat=False)
+            storage = open_storage(storage, heartbeat=False, create=False)
         study = StudyData.load(storage, study_name, space)
     if not study.trials:
         raise ConfigError(f"study {study_name!r} has no finished trial to report on", "run the search first")
@@ -259,8 +260,6 @@ def _facts(study: StudyData, analysis: FeatureAnalysis | None) -> list[tuple[str
     if best is not None:
         facts.append(("best", f"{best.config.label()}: {figs.score_title(study).removesuffix(' (%)')} "
                               f"{100 * float(best.value or 0):.2f}"))
-    if attrs.get("wall_seconds") is not None:
-        facts.append(("search wall time", f"{float(attrs['wall_seconds']):.1f} s"))
     if study.surplus:
         facts.append(("surplus trials", f"{study.surplus} PRUNED trial(s) without parameters: started after the "
                                         "heuristic's plan was exhausted, they ran nothing"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from difffeat_tune._defaults import DEFAULT_FUSION, DEFAULT_RUNS
 from difffeat_tune._errors import ConfigError
+from difffeat_tune._paths import local_folder
 from difffeat_tune.config import FUSION_METHODS
 from difffeat_tune.search._heuristic import NEIGHBOURHOODS
 from difffeat_tune.search._samplers import PRUNERS, SAMPLERS
@@ -20,7 +21,8 @@ def _check_int(name: str, value: object, minimum: int, *, optional: bool = False
     if optional and value is None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+        raise ConfigError(f"SearchOptions.{name} must be an integer of at least {minimum}, got {value!r}",
+                          field=f"SearchOptions.{name}")
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,33 @@ class SearchOptions:
         _check_int("batch_trials", self.batch_trials, 1, optional=True)
         _check_int("max_failures", self.max_failures, 1)
         _check_int("n_trials", self.n_trials, 0, optional=True)
-        object.__setattr__(self, "runs", Path(self.runs))
+        object.__setattr__(self, "runs", local_folder(self.runs, "SearchOptions.runs"))
 
     def storage_url(self) -> str:
         """The storage URL: ``storage``, else the SQLite file ``<runs>/studies.db``."""
         return self.storage or default_storage(self.runs)
 
-    def study_name_for(self, dataset_folder: str) -> str:
-        """The study name: ``study_name``, else ``<data set name>-<sampler>`` (from the store folder)."""
-        return self.study_name or f"{dataset_folder.rsplit('-', 1)[0]}-{self.sampler}"
+    def study_base(self, dataset_folder: str) -> str:
+        """What the studies of a data set are named after: ``study_name`` if given (``compare``'s
+        base), else the data set's name as its feature-store folder spells it (``my data.jsonl`` ->
+        ``my_data``), so every command finds the same study."""
+        return self.study_name or dataset_folder.rsplit("-", 1)[0]  # the folder is "<name slug>-<fingerprint>"
 
+    def study_name_for(self, dataset_folder: str) -> str:
+        """The study name: ``study_name``, else ``<data set name>-<sampler>`` (see :meth:`study_base`)."""
+        return self.study_name or study_name(self.study_base(dataset_folder), self.sampler)
+
+
+def study_name(base: str, sampler: str) -> str:
+    """The study of ``sampler`` on ``base``: ``<base>-<sampler>`` (``compare`` writes one per sampler)."""
+    return f"{base}-{sampler}"
+
+
+
+def companion_name(name: str) -> str | None:
+    """The other study of a ``compare`` pair: ``x-grid`` for ``x-heuristic`` and back, else ``None``."""
+    for mine, other in (("heuristic", "grid"), ("grid", "heuristic")):
+        suffix = study_name("", mine)
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return study_name(name[: -len(suffix)], other)
+    return None

@@ -80,15 +80,19 @@ def test_on_epoch_sees_every_epoch_and_can_stop_training(synthetic_view) -> None
     assert [e for e, _ in seen] == [1, 2, 3] and result.stopped_early and result.epochs_run == 3
 
 
-def test_feature_cache_is_bounded_and_reused(synthetic_view) -> None:  # type: ignore[no-untyped-def]
-    objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=1), cache_size=4), "cpu")
+def test_feature_cache_is_bounded_in_bytes_and_reused(synthetic_view) -> None:  # type: ignore[no-untyped-def]
+    probe = Objective(synthetic_view, FAST, "cpu")
+    one = probe.input_bytes("image", IMAGE_PEAK, "train") + probe.input_bytes("image", IMAGE_PEAK, "val")
+    settings = ObjectiveSettings(recipe=TrainRecipe(epochs=1), memory_budget=2 * one + one // 2)
+    objective = Objective(synthetic_view, settings, "cpu")
     objective(TrialConfig("image", image=IMAGE_PEAK))
-    cached = objective._cache[("image", IMAGE_PEAK, "train")]
+    cached = objective.cache.get(("image", IMAGE_PEAK, "train"))
     objective(TrialConfig("image", image=IMAGE_PEAK))
-    assert objective._cache[("image", IMAGE_PEAK, "train")] is cached
+    assert cached is not None and objective.cache.get(("image", IMAGE_PEAK, "train")) is cached
     for t in (10, 30, 50):
         objective(TrialConfig("image", image=(t, 4)))
-    assert len(objective._cache) <= 4
+        assert objective.cache.bytes_used <= settings.memory_budget
+    assert len(objective.cache) < 8 and objective.cache.peak_bytes <= settings.memory_budget  # not all four features
 
 
 def test_a_configuration_that_was_not_extracted_names_the_missing_shard(synthetic_view) -> None:  # type: ignore[no-untyped-def]
@@ -177,11 +181,12 @@ def test_run_many_reports_a_missing_shard_in_place_and_trains_the_others(synthet
 def test_standardised_inputs_are_cached_per_role_and_shared_by_later_trials(synthetic_view) -> None:  # type: ignore[no-untyped-def]
     objective = Objective(synthetic_view, ObjectiveSettings(recipe=TrainRecipe(epochs=1)), "cpu")
     objective.run_many([TrialConfig("image", image=IMAGE_PEAK), TrialConfig("text", text=TEXT_PEAK)])
-    train = objective._cache[("image", IMAGE_PEAK, "train")]
+    train = objective.cache.get(("image", IMAGE_PEAK, "train"))
+    assert train is not None
     torch.testing.assert_close(train.mean(dim=0), torch.zeros(16), atol=1e-5, rtol=0)
     torch.testing.assert_close(train.std(dim=0), torch.ones(16), atol=1e-5, rtol=0)
     objective(TrialConfig("fusion", image=IMAGE_PEAK, text=TEXT_PEAK, fusion="linear_add", d_alg=8))
-    assert objective._cache[("image", IMAGE_PEAK, "train")] is train
+    assert objective.cache.get(("image", IMAGE_PEAK, "train")) is train
 
 
 def test_batch_limit_follows_the_memory_budget(synthetic_view) -> None:  # type: ignore[no-untyped-def]

@@ -161,7 +161,8 @@ def test_heuristic_vs_grid_shows_the_grid_landscape_with_the_heuristic_pairs_and
     assert rows["probe epochs"] == (str((13 + len(heuristic)) * EPOCHS), str(36 * EPOCHS))
     assert rows["fusion trials"] == (str(len(heuristic)), "36")
     assert finished.heuristic.scores["comparison"]["regret"] == pytest.approx(
-        best.value - max(t.value for t in _study(finished, "s-heuristic").trials if t.value is not None))
+        best.value - max(t.value for t in _study(finished, "s-heuristic").trials
+                         if t.value is not None and t.user_attrs.get("modality") == "fusion"))
 
 
 def test_training_curves_are_the_best_trials_per_epoch_scores(finished: Finished) -> None:
