@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import optuna
-
 from difffeat_tune.probe.metrics import METRIC_NAMES
 
 # -- trials ---------------------------------------------------------------------------------
@@ -72,8 +70,3 @@ def first_line(error: BaseException | str) -> str:
     else:
         text = str(error)
     return text.strip().splitlines()[0] if text.strip() else "error"
-
-
-def record_error(study: optuna.Study, trial_id: int, error: BaseException | str) -> None:
-    """Set the ``error`` attribute of a trial (through the storage: works for any engine)."""
-    study._storage.set_trial_user_attr(trial_id, ERROR, first_line(error))

@@ -60,11 +60,15 @@ class Heartbeat:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def add(self, trial_id: int) -> None:
-        """Beat for ``trial_id`` now and at every interval until it is discarded."""
+    def add(self, trial_id: int, *, beat: bool = True) -> None:
+        """Beat for ``trial_id`` now and at every interval until it is discarded.
+
+        ``beat=False`` skips the first beat, for a trial whose sampler has just recorded it.
+        """
         if self._interval is None:
             return
-        self._storage.record_heartbeat(trial_id)
+        if beat:
+            self._storage.record_heartbeat(trial_id)
         with self._lock:
             self._live.add(trial_id)
         if self._thread is None or not self._thread.is_alive():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import warnings
 from collections import Counter
@@ -35,6 +36,7 @@ from difffeat_tune.config import (
     TrialConfig,
 )
 from difffeat_tune.search import _attrs as A
+from difffeat_tune.search._records import write_trial
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -138,6 +140,8 @@ class PlanStatus:
         image_candidates, text_candidates: The neighbourhoods of the unimodal optima crossed in
             the fusion phase (empty until it starts).
         exhausted: Every planned configuration is finished (nothing pending, nothing running).
+        enqueued: Number of WAITING (enqueued) trials in the study, planned or not: the next
+            ``study.ask`` pops one of them instead of creating a trial.
     """
 
     phase: Phase
@@ -157,6 +161,7 @@ class PlanStatus:
     image_candidates: tuple[tuple[int, int], ...]
     text_candidates: tuple[tuple[int, int], ...]
     exhausted: bool
+    enqueued: int = 0
 
     @property
     def waiting(self) -> bool:
@@ -183,6 +188,7 @@ class _Survey:
     queued: set[TrialConfig]
     best: dict[str, tuple[TrialConfig, float, int] | None]
     max_failures: int
+    enqueued: int = 0
 
     def finished(self, config: TrialConfig) -> bool:
         return config in self.done or self.failures[config] >= self.max_failures
@@ -229,7 +235,8 @@ class HeuristicSampler(BaseSampler):
     Each trial claims a configuration in :meth:`before_trial`: it writes the configuration to the
     trial's system attribute ``"difffeat:config"``, re-reads the storage, and keeps the claim only
     if no other trial holds, queued or finished the same configuration meanwhile; otherwise it
-    yields and chooses again. A trial holding a claim that only higher-numbered trials also wrote
+    yields and chooses again. (A trial asked right after another by the same thread chooses from
+    the read that confirmed the other's claim; waiting or giving up is decided on a fresh read.) A trial holding a claim that only higher-numbered trials also wrote
     re-reads a few times first, since those yield to it, so the lower-numbered trial wins a race.
     Two workers therefore never both keep one configuration (each decides on a read made after
     its own write, so of two racing writers the later one always sees the earlier). The values are
@@ -364,6 +371,20 @@ class HeuristicSampler(BaseSampler):
         # Claims this process kept, by trial id: a read cache of the storage (which stays the
         # source of truth), so that each suggestion does not re-read the trial.
         self._kept: dict[int, dict[str, Any]] = {}
+        # Studies (storage, study id) whose plan record this process has checked or written.
+        self._checked: set[tuple[int, int]] = set()
+        # Per thread: the trials read to confirm its last claim (see _recent_read).
+        self._reads = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_checked"] = set()  # keyed by this process's storage objects
+        del state["_reads"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reads = threading.local()
 
     @property
     def space(self) -> SearchSpace:
@@ -374,6 +395,11 @@ class HeuristicSampler(BaseSampler):
     def fusion_methods(self) -> tuple[str, ...]:
         """The fusion methods crossed in the fusion phase."""
         return self._fusion_methods
+
+    @property
+    def beats_claims(self) -> bool:
+        """Whether :meth:`before_trial` records the trial's first heartbeat (``beat_claims``)."""
+        return self._beat_claims
 
     def reseed_rng(self) -> None:
         self._rng = random.Random()
@@ -434,13 +460,12 @@ class HeuristicSampler(BaseSampler):
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         self._kept.pop(trial._trial_id, None)
+        if not _in_optimize(study):  # stop() works only in optimize(): ask-and-tell and Ray check plan_status()
+            return
         # The trial is still RUNNING in storage: count it with the state it is about to get.
         survey = self._survey(study, override=(trial._trial_id, state, values))
         if survey.exhausted:
-            try:
-                study.stop()
-            except RuntimeError:  # outside optimize(): ask-and-tell and Ray check plan_status()
-                pass
+            study.stop()
 
     # ------------------------------------------------------------------ helpers for runners
 
@@ -458,6 +483,9 @@ class HeuristicSampler(BaseSampler):
                 f"value of each modality); study {study.study_name!r} has directions "
                 f"{[d.name.lower() for d in directions]}",
                 "create the study with optuna.create_study(direction='maximize', ...) and return the score"))
+        checked = (id(study._storage), study._study_id)
+        if checked in self._checked:  # a study's plan record never changes once written: read it once
+            return
         record = self._plan_record()
         stored = study._storage.get_study_system_attrs(study._study_id).get(PLAN_ATTR)
         if stored is None:
@@ -471,6 +499,7 @@ class HeuristicSampler(BaseSampler):
             _logger.warning("study %r was started with heuristic options %s; this worker uses %s: every worker of a "
                             "study should pass the same options", study.study_name, stored.get("options"),
                             record["options"])
+        self._checked.add(checked)
 
     def _plan_record(self) -> dict[str, Any]:
         space = self._space
@@ -486,8 +515,13 @@ class HeuristicSampler(BaseSampler):
         storage = study._storage
         started = time.monotonic()
         announced = False
+        recent = self._recent_read(study)
         while True:
-            trials = storage.get_all_trials(study._study_id, deepcopy=False)
+            # The first choice may come from this thread's read that confirmed its last claim a
+            # moment ago (trials asked one after another): only the confirmation must follow our write.
+            fresh = recent is None
+            trials = storage.get_all_trials(study._study_id, deepcopy=False) if fresh else recent
+            recent = None
             survey = self._survey_of(trials, skip_id=trial._trial_id)
             candidates = [c for c in survey.pending if _consistent(c, fixed)]
             if candidates:
@@ -499,6 +533,8 @@ class HeuristicSampler(BaseSampler):
                     self._keep(study, trial, config, written=True)
                     return
                 storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, None)
+                continue
+            if not fresh:  # waiting, or giving up as surplus, is decided on a fresh read only
                 continue
             if survey.exhausted or not survey.running_planned or self._wait_timeout == 0:
                 reason = ("the plan is exhausted" if survey.exhausted else
@@ -526,7 +562,9 @@ class HeuristicSampler(BaseSampler):
     def _confirm(self, study: Study, trial: FrozenTrial, config: TrialConfig) -> bool:
         """Keep a written claim iff, on a read after the write, no other trial holds the configuration."""
         for attempt in range(_HOLD_ROUNDS):
-            survey = self._survey(study, skip_id=trial._trial_id)
+            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+            self._reads.last = (id(study._storage), study._study_id, time.monotonic(), trials)
+            survey = self._survey_of(trials, skip_id=trial._trial_id)
             if config in survey.pending:
                 return True
             holders = survey.running.get(config, [])
@@ -537,34 +575,38 @@ class HeuristicSampler(BaseSampler):
             time.sleep(_HOLD_SLEEP * (0.5 + self._rng.random()))  # the higher-numbered claimants yield to us
         return False
 
+    def _recent_read(self, study: Study) -> list[FrozenTrial] | None:
+        """The trials this thread read to confirm its last claim, if on this study and younger than a poll."""
+        last = getattr(self._reads, "last", None)
+        self._reads.last = None
+        if last is None or last[:2] != (id(study._storage), study._study_id):
+            return None
+        return last[3] if time.monotonic() - last[2] < self._poll_interval else None
+
     def _keep(self, study: Study, trial: FrozenTrial, config: TrialConfig, *, written: bool = False) -> None:
         storage = study._storage
         if not written:
             storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, config.to_params())
         self._kept[trial._trial_id] = config.to_params()
-        storage.set_trial_user_attr(trial._trial_id, A.PHASE, config.modality)
-        storage.set_trial_user_attr(trial._trial_id, A.MODALITY, config.modality)
-        storage.set_trial_user_attr(trial._trial_id, A.CONFIG, config.label())
+        write_trial(storage, trial._trial_id, user_attrs={A.PHASE: config.modality, A.MODALITY: config.modality,
+                                                          A.CONFIG: config.label()})
         # optimize() starts the heartbeat thread only after ask() returns: beat now, so a worker
         # dying in between leaves a claim that goes stale. Not in plain ask-and-tell, which has no
         # heartbeat thread (the claim would go stale while the trial runs); see beat_claims.
-        in_optimize = getattr(getattr(study, "_thread_local", None), "in_optimize_loop", False)
-        if in_optimize and _heartbeat_interval(storage) is not None:
+        if _in_optimize(study) and _heartbeat_interval(storage) is not None:
             storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
 
     def _mark_surplus(self, study: Study, trial: FrozenTrial, reason: str) -> None:
-        storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, None)
-        storage.set_trial_system_attr(trial._trial_id, SURPLUS_ATTR, reason)
-        storage.set_trial_user_attr(trial._trial_id, A.SURPLUS, True)
+        write_trial(study._storage, trial._trial_id, system_attrs={CLAIM_ATTR: None, SURPLUS_ATTR: reason},
+                    user_attrs={A.SURPLUS: True})
         _logger.info("trial %d is surplus: %s", trial.number, reason)
 
     @staticmethod
     def _abort(study: Study, trial: FrozenTrial, error: Exception) -> None:
         """Fail the trial (so it is not left RUNNING with nothing to run) and raise ``error``."""
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, A.ERROR, A.first_line(error))
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            write_trial(study._storage, trial._trial_id, user_attrs={A.ERROR: A.first_line(error)},
+                        state=TrialState.FAIL)
         except Exception:  # noqa: BLE001 - the error below is the one to report
             _logger.debug("could not fail trial %d", trial.number, exc_info=True)
         raise error
@@ -585,12 +627,14 @@ class HeuristicSampler(BaseSampler):
         queued: set[TrialConfig] = set()
         best: dict[str, tuple[TrialConfig, float, int] | None] = {"image": None, "text": None, "fusion": None}
         completed_values: list[tuple[TrialConfig, float, int]] = []
+        enqueued = 0
         for t in trials:
             if t._trial_id == skip_id:
                 continue
             state, values = t.state, t.values
             if override is not None and t._trial_id == override[0]:
                 state, values = override[1], override[2]
+            enqueued += state == TrialState.WAITING
             config = _config_of(t, space.d_alg)
             if config is None:
                 continue
@@ -613,7 +657,7 @@ class HeuristicSampler(BaseSampler):
                 best[modality] = (config, value, number)
         survey = _Survey(unimodal=unimodal, fusion=None, candidates={"image": [], "text": []}, done=done,
                          failures=failures, running=running, queued=queued, best=best,
-                         max_failures=self._max_failures)
+                         max_failures=self._max_failures, enqueued=enqueued)
         if all(survey.finished(c) for m in UNIMODAL for c in unimodal[m]):
             survey.fusion = []
             if best["image"] is not None and best["text"] is not None:
@@ -667,6 +711,7 @@ class HeuristicSampler(BaseSampler):
             image_candidates=tuple(survey.candidates["image"]),
             text_candidates=tuple(survey.candidates["text"]),
             exhausted=survey.exhausted,
+            enqueued=survey.enqueued,
         )
 
 
@@ -707,6 +752,11 @@ def _sampler_of(study: Study) -> HeuristicSampler:
         raise ConfigError(f"study {study.study_name!r} uses {type(sampler).__name__}, not HeuristicSampler",
                           "load the study with sampler=HeuristicSampler(space, ...)")
     return sampler
+
+
+def _in_optimize(study: Study) -> bool:
+    """Whether ``study`` runs inside :meth:`~optuna.study.Study.optimize` in this thread."""
+    return bool(getattr(getattr(study, "_thread_local", None), "in_optimize_loop", False))
 
 
 def _heartbeat_interval(storage: Any) -> int | None:

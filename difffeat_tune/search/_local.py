@@ -12,15 +12,16 @@ per-epoch scores: as intermediate values reported every epoch when the study has
 in one ``history`` attribute. While nothing is pending and the plan is not finished (the
 heuristic's phase barrier, or the last trials of other workers), it waits, failing the trials of
 dead workers (:func:`~difffeat_tune.search._heartbeat.fail_stale`) so that their configurations
-are retried. A finished study asks nothing, so running it again adds no trial.
+are retried. A finished study asks nothing, so running it again adds no trial. A trial's record
+takes four write transactions and no read of what was written (:mod:`~difffeat_tune.search._records`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe._memory import DEFAULT_MAX_BATCH_PROBES
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._heartbeat import Heartbeat, fail_stale
+from difffeat_tune.search._records import ask, deferred_writes, finish
 from difffeat_tune.search._samplers import plan_state
 from difffeat_tune.search._suggest import suggest_config
 from difffeat_tune.search._run import SearchRun, record_config
@@ -105,28 +107,29 @@ def _loop(run: SearchRun, budget: _Budget, heartbeat: Heartbeat) -> None:
             fail_stale(run.study)
             time.sleep(POLL_INTERVAL)
             continue
-        asked = _ask(run, budget.take(min(batch_size, state.pending)), heartbeat)
+        asked = _ask(run, budget.take(min(batch_size, state.pending)), heartbeat, enqueued=state.enqueued > 0)
         if asked:
             _train(run, asked, heartbeat)
 
 
-def _ask(run: SearchRun, wanted: int, heartbeat: Heartbeat) -> list[_Asked]:
+def _ask(run: SearchRun, wanted: int, heartbeat: Heartbeat, *, enqueued: bool) -> list[_Asked]:
     asked: list[_Asked] = []
     for _ in range(wanted):
         try:
-            with warnings.catch_warnings():  # the engine records the heartbeats itself (Heartbeat)
-                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-                trial = run.study.ask()
+            trial = ask(run.study, enqueued=enqueued)
         except TimeoutError:  # another worker took the last pending configuration
             break
-        heartbeat.add(trial._trial_id)  # at once: a worker dying from here on leaves a trial that goes stale
+        # At once: a worker dying from here on leaves a trial that goes stale (the heuristic
+        # sampler has beaten it already, before its claim).
+        heartbeat.add(trial._trial_id, beat=not getattr(run.study.sampler, "beats_claims", False))
         try:
-            config = suggest_config(trial, run.settings.space)
+            with deferred_writes(trial):  # the parameters and the configuration's attributes in one write
+                config = suggest_config(trial, run.settings.space)
+                record_config(trial, config)
         except optuna.TrialPruned:  # nothing left for this trial (a race with another worker)
             heartbeat.discard(trial._trial_id)
             _tell(run, trial, TrialState.PRUNED)
             break
-        record_config(trial, config)
         asked.append(_Asked(trial, config))
     return asked
 
@@ -146,33 +149,33 @@ def _train(run: SearchRun, asked: Sequence[_Asked], heartbeat: Heartbeat) -> Non
     except BaseException:  # interrupted: the trials fail, so their configurations are retried
         for item in asked:
             heartbeat.discard(item.trial._trial_id)
-            A.record_error(run.study, item.trial._trial_id, "stopped before it finished")
-            _tell(run, item.trial, TrialState.FAIL)
+            _tell(run, item.trial, TrialState.FAIL, attrs={A.ERROR: "stopped before it finished"})
         raise
     for item, result in zip(asked, results):
         heartbeat.discard(item.trial._trial_id)
         trial = item.trial
         if isinstance(result, Exception):  # every error of a configuration is recorded, not raised
             logger.warning("trial %d (%s) failed: %s", trial.number, item.config.label(), A.first_line(result))
-            A.record_error(run.study, trial._trial_id, result)
-            _tell(run, trial, TrialState.FAIL)
+            _tell(run, trial, TrialState.FAIL, attrs={A.ERROR: A.first_line(result)})
             continue
         attrs = A.result_attrs(result.metrics, result.epochs_run, result.seconds, result.split)
         if not reports:
             attrs[A.HISTORY] = [round(float(v), 6) for v in result.history]
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
         if result.stopped_early:
-            _tell(run, trial, TrialState.PRUNED)
+            _tell(run, trial, TrialState.PRUNED, attrs=attrs)
+        elif not math.isfinite(result.score):
+            _tell(run, trial, TrialState.FAIL, attrs={**attrs, A.ERROR: f"the score is not finite ({result.score})"})
         else:
-            _tell(run, trial, TrialState.COMPLETE, result.score)
+            _tell(run, trial, TrialState.COMPLETE, result.score, attrs=attrs)
 
 
 def _has_pruner(study: optuna.Study) -> bool:
     return not isinstance(study.pruner, optuna.pruners.NopPruner)
 
 
-def _tell(run: SearchRun, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
-    frozen = run.study.tell(trial, value, state=state)
+def _tell(run: SearchRun, trial: optuna.Trial, state: TrialState, value: float | None = None, *,
+          attrs: dict[str, object] | None = None) -> None:
+    """The result's user attributes, the state and the value in one write (see :func:`finish`)."""
+    frozen = finish(run.study, trial, state, value, attrs)
     for callback in run.callbacks:
         callback(run.study, frozen)

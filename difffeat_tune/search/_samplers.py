@@ -25,8 +25,11 @@ from optuna.trial import TrialState
 
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.search._heuristic import HeuristicSampler
+from difffeat_tune.search._records import deferred_study_writes
 
 if TYPE_CHECKING:
+    from optuna.samplers._grid import GridValueType
+
     from difffeat_tune.space import SearchSpace
 
 
@@ -49,11 +52,14 @@ class PlanState:
         pending: configurations a trial asked now would get (enqueued ones included).
         running: planned configurations held by RUNNING trials.
         finished: every planned configuration is finished (COMPLETE, PRUNED, or given up).
+        enqueued: WAITING trials in the study (``study.ask`` pops them); with none, an engine
+            may create its trials without looking for one.
     """
 
     pending: int
     running: int
     finished: bool
+    enqueued: int = 0
 
     @property
     def can_ask(self) -> bool:
@@ -69,12 +75,40 @@ class GridSearchSampler(optuna.samplers.GridSampler):
     """Optuna's GridSampler over the space's full grid, for engines that ask and tell themselves.
 
     The same grid and order as ``GridSampler(space.grid_axes(methods), seed=seed)``; its
-    ``after_trial`` does not call ``study.stop()`` (engines read :func:`plan_state` instead).
+    ``after_trial`` does not call ``study.stop()`` (engines read :func:`plan_state` instead), and
+    ``before_trial`` writes the trial's grid point in one transaction.
+
+    Args:
+        search_space, seed: as for :class:`optuna.samplers.GridSampler`.
+        beat_claims: record the trial's first heartbeat in that transaction (for engines that
+            beat their asked trials from a thread of their own, as
+            :class:`~difffeat_tune.search._heuristic.HeuristicSampler` does with the same option).
     """
+
+    def __init__(self, search_space: Mapping[str, Sequence[GridValueType]], seed: int | None = None, *,
+                 beat_claims: bool = False) -> None:
+        super().__init__(search_space, seed=seed)
+        self._beat_claims = beat_claims
+
+    @property
+    def beats_claims(self) -> bool:
+        """Whether :meth:`before_trial` records the trial's first heartbeat."""
+        return self._beat_claims
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with deferred_study_writes(study, trial._trial_id, heartbeat=self._beat_claims) as view:
+            super().before_trial(view, trial)
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         pass
+
+    def exhausted_in(self, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
+        """``is_exhausted`` judged on ``trials`` (read once by the caller): every grid point has a finished trial."""
+        visited = {t.system_attrs["grid_id"] for t in trials
+                   if t.state.is_finished() and "grid_id" in t.system_attrs
+                   and self._same_search_space(t.system_attrs.get("search_space", {}))}
+        return visited >= set(range(self._n_min_trials))
 
 
 def _build_heuristic(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:
@@ -85,14 +119,15 @@ def _build_heuristic(space: SearchSpace, options: SearchOptions) -> optuna.sampl
 
 
 def _build_grid(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:
-    return GridSearchSampler(space.grid_axes(options.fusion_methods or None), seed=options.seed)
+    return GridSearchSampler(space.grid_axes(options.fusion_methods or None), seed=options.seed,
+                             beat_claims=True)  # the engines beat their trials (Heartbeat)
 
 
 def _heuristic_state(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> PlanState:
     sampler = study.sampler if isinstance(study.sampler, HeuristicSampler) else _build_heuristic(space, options)
     status = sampler.plan_status(study)  # type: ignore[union-attr]
     return PlanState(pending=len(status.pending) + len(status.queued), running=len(status.running),
-                     finished=status.exhausted)
+                     finished=status.exhausted, enqueued=status.enqueued)
 
 
 def _grid_state(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> PlanState:
@@ -106,8 +141,10 @@ def _grid_state(study: optuna.Study, space: SearchSpace, options: SearchOptions)
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
     grid_ids = set(range(size))
     free = len(grid_ids - finished_ids - running_ids)
+    exhausted = (sampler.exhausted_in(trials) if isinstance(sampler, GridSearchSampler)
+                 else sampler.is_exhausted(study))  # type: ignore[union-attr]
     return PlanState(pending=free + waiting, running=len(running_ids & grid_ids),
-                     finished=waiting == 0 and sampler.is_exhausted(study))  # type: ignore[union-attr]
+                     finished=waiting == 0 and exhausted, enqueued=waiting)
 
 
 @dataclass(frozen=True)

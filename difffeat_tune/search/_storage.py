@@ -27,13 +27,15 @@ import logging
 import os
 import random
 import re
+import sqlite3
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import filelock
 import optuna
@@ -42,6 +44,7 @@ from sqlalchemy.engine import URL, make_url
 
 from difffeat_tune._defaults import DEFAULT_RUNS
 from difffeat_tune._errors import ConfigError, StorageError
+from difffeat_tune.search._records import RecordStorage
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +150,24 @@ def open_storage(url: str, *, heartbeat: bool | HeartbeatPolicy = True) -> optun
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
     with _creation_lock(database):
         _check_connection(url, engine_kwargs, shown, sqlite=database)
-        return _create(url, engine_kwargs, beat, shown)
+        return _create(url, engine_kwargs, beat, shown, on_connect=_tune_sqlite if database else None)
+
+
+def _tune_sqlite(connection: Any, _record: object) -> None:
+    """Set up each new connection to a SQLite file for many small transactions from several workers.
+
+    WAL: readers never wait for the writer, and with ``synchronous=NORMAL`` a commit appends to the
+    log without an fsync. A killed process loses nothing (its commits are in the log); a power cut
+    may lose the last commits. Needs shared memory between the processes: local disks only.
+    """
+    cursor = connection.cursor()
+    try:
+        for pragma in (f"busy_timeout={SQLITE_TIMEOUT * 1000}", "synchronous=NORMAL", "journal_mode=WAL"):
+            cursor.execute(f"PRAGMA {pragma}")
+    except sqlite3.DatabaseError as exc:  # e.g. not a database: the first real query reports it
+        logger.debug("SQLite journal mode not set: %s", exc)
+    finally:
+        cursor.close()
 
 
 def parse_storage_url(url: str) -> URL:
@@ -221,6 +241,8 @@ def _creation_lock(database: Path | None) -> Iterator[None]:
 def _check_connection(url: str, engine_kwargs: Mapping[str, object], shown: str, *, sqlite: Path | None) -> None:
     """Connect once, so that an unreachable server is told apart from a failure while creating tables."""
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    if sqlite is not None:  # the first connection, under the creation lock, switches the file to WAL
+        sqlalchemy.event.listen(engine, "connect", _tune_sqlite)
     try:
         with engine.connect():
             pass
@@ -235,15 +257,16 @@ def _check_connection(url: str, engine_kwargs: Mapping[str, object], shown: str,
         engine.dispose()
 
 
-def _create(url: str, engine_kwargs: Mapping[str, object], beat: HeartbeatPolicy | None, shown: str) -> optuna.storages.RDBStorage:
+def _create(url: str, engine_kwargs: Mapping[str, object], beat: HeartbeatPolicy | None, shown: str, *,
+            on_connect: Callable[[Any, object], None] | None) -> RecordStorage:
     """Optuna's storage; an attempt that lost a table-creation race to another worker is retried."""
     jitter = random.Random()
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them knowingly
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=dict(engine_kwargs),
+                return RecordStorage(
+                    url, engine_kwargs=dict(engine_kwargs), on_connect=on_connect,
                     heartbeat_interval=beat.interval if beat else None, grace_period=beat.grace if beat else None)
         except Exception as exc:  # noqa: BLE001 - sorted below: a lost race is retried, the rest is reported
             if _lost_creation_race(exc) and attempt < CREATE_ATTEMPTS:

@@ -32,7 +32,6 @@ import os
 import pickle
 import re
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from difffeat_tune.probe.objective import Objective, ObjectiveSettings
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._heartbeat import Heartbeat, fail_stale
 from difffeat_tune.search._options import SearchOptions
+from difffeat_tune.search._records import ask, deferred_writes, finish
 from difffeat_tune.search._samplers import plan_state
 from difffeat_tune.search._suggest import suggest_config
 from difffeat_tune.search._run import SearchRun, record_config
@@ -234,6 +234,7 @@ class DiffFeatSearch(OptunaSearch):
         self._reported: dict[str, int] = {}
         self._pruned: set[str] = set()
         self._heartbeat: Heartbeat | None = None  # the driver records its running trials' heartbeats
+        self._enqueued = True  # WAITING trials in the study at the last read of the plan (ask pops one first)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -287,6 +288,7 @@ class DiffFeatSearch(OptunaSearch):
     def availability(self) -> str:
         """``"ask"`` (something is pending), ``"wait"`` (running trials must end first) or ``"finished"``."""
         state = plan_state(self._ot_study, self._search_space, self._options)
+        self._enqueued = state.enqueued > 0
         return "finished" if state.finished else "ask" if state.can_ask else "wait"
 
     # -- Tune's searcher interface ------------------------------------------------------------
@@ -305,20 +307,20 @@ class DiffFeatSearch(OptunaSearch):
             fail_stale(self._ot_study)
             return None
         try:
-            with warnings.catch_warnings():  # the driver records the heartbeats itself (see _beat)
-                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-                ot_trial = self._ot_study.ask()
+            ot_trial = ask(self._ot_study, enqueued=self._enqueued)  # the driver records the heartbeats (Heartbeat)
         except TimeoutError:  # another process took the last pending configuration: wait
             self._next_read = now + self._poll_interval
             return None
-        self._beating().add(ot_trial._trial_id)  # at once: a driver dying from here on leaves a stale trial
+        # At once: a driver dying from here on leaves a stale trial (the samplers beat it before it holds a configuration).
+        self._beating().add(ot_trial._trial_id, beat=not getattr(self._ot_study.sampler, "beats_claims", False))
         try:
-            config = suggest_config(ot_trial, self._search_space)
+            with deferred_writes(ot_trial):  # the parameters and the configuration's attributes in one write
+                config = suggest_config(ot_trial, self._search_space)
+                record_config(ot_trial, config)
         except optuna.TrialPruned:  # a surplus trial (nothing left for it): close it, check again
             self._beating().discard(ot_trial._trial_id)
             self._tell(ot_trial, None, TrialState.PRUNED)
             return None
-        record_config(ot_trial, config)
         self._ot_trials[trial_id] = ot_trial
         self._asked += 1
         params = config.to_params()
@@ -369,22 +371,22 @@ class DiffFeatSearch(OptunaSearch):
         else:
             state = TrialState.FAIL
             attrs[A.ERROR] = "stopped before it finished (the Ray Tune run ended or was interrupted)"
-        try:
-            for key, val in attrs.items():
-                ot_trial.set_user_attr(key, val)
-        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile (driver paused too long)
-            logger.warning("trial %d was already finished in storage; its result is not recorded", ot_trial.number)
-        self._tell(ot_trial, value, state)
+        self._tell(ot_trial, value, state, attrs)
         self._reported.pop(trial_id, None)
         self._pruned.discard(trial_id)
         self._tune_trials.pop(trial_id, None)
         self._next_read = 0.0  # the plan may have moved on: read it at the next suggest
 
-    def _tell(self, ot_trial: optuna.Trial, value: float | None, state: TrialState) -> None:
+    def _tell(self, ot_trial: optuna.Trial, value: float | None, state: TrialState,
+              attrs: Mapping[str, Any] | None = None) -> None:
+        """The result's user attributes, the state and the value in one write (see :func:`finish`)."""
         self._beating().discard(ot_trial._trial_id)
         try:
-            frozen = self._ot_study.tell(ot_trial, value, state=state)
-        except Exception:  # noqa: BLE001 - e.g. the trial was failed as stale meanwhile
+            frozen = finish(self._ot_study, ot_trial, state, value, attrs)
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile (driver paused too long)
+            logger.warning("trial %d was already finished in storage; its result is not recorded", ot_trial.number)
+            return
+        except Exception:  # noqa: BLE001
             logger.warning("could not record trial %d as %s", ot_trial.number, state.name, exc_info=True)
             return
         for callback in self._callbacks:
@@ -418,11 +420,7 @@ class DiffFeatSearch(OptunaSearch):
         """Stop the heartbeats and fail the trials that did not finish (so their configurations are retried)."""
         for trial_id in list(self._ot_trials):
             ot_trial = self._ot_trials.pop(trial_id)
-            try:
-                ot_trial.set_user_attr(A.ERROR, "the Ray driver stopped before the trial finished")
-            except Exception:  # noqa: BLE001
-                pass
-            self._tell(ot_trial, None, TrialState.FAIL)
+            self._tell(ot_trial, None, TrialState.FAIL, {A.ERROR: "the Ray driver stopped before the trial finished"})
         if self._heartbeat is not None:
             self._heartbeat.close()
 

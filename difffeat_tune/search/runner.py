@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections import Counter
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from difffeat_tune.search._settings import Settings
 
 logger = logging.getLogger(__name__)
+_ABSENT = object()
 
 __all__ = ["DEFAULT_RUNS", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "SQLITE_TIMEOUT", "SearchOptions", "SearchRun",
            "SearchSummary", "default_storage", "evaluate_best", "open_storage", "open_study", "parse_storage_url",
@@ -116,8 +118,8 @@ def open_study(settings: Settings, study_name: str, *, storage: optuna.storages.
 
 
 def run_search(settings: Settings, view: FeatureView, *, callbacks: Sequence[Callback] = (),
-               objective: Objective | None = None, engine_options: Mapping[str, object] | None = None
-               ) -> SearchSummary:
+               objective: Objective | None = None, engine_options: Mapping[str, object] | None = None,
+               storage: optuna.storages.BaseStorage | None = None) -> SearchSummary:
     """Run (or resume) the search of ``settings`` on the features of ``view`` (see the module docstring).
 
     Args:
@@ -128,12 +130,14 @@ def run_search(settings: Settings, view: FeatureView, *, callbacks: Sequence[Cal
         objective: the driver's objective (default: ``Objective(view, settings.probe, device)``).
         engine_options: keyword options of the engine (e.g. the Ray engine's
             ``resources_per_trial={"cpu": 2, "gpu": 0.5}``; see :func:`~difffeat_tune.search.ray_engine.run_ray`).
+        storage: an open Optuna storage to use instead of ``settings.search``'s (e.g. Optuna's
+            in-memory storage, to measure what the database costs).
 
     Returns:
         :func:`summarize` of the study.
     """
     objective = objective or Objective(view, settings.probe, device=settings.device)
-    study = open_study(settings, settings.search.study_name_for(view.folder.name))
+    study = open_study(settings, settings.search.study_name_for(view.folder.name), storage=storage)
     record_study_attrs(study, settings, objective)
     if not plan_state(study, settings.space, settings.search).finished and settings.search.n_trials != 0:
         ENGINES[settings.search.engine](SearchRun(settings, study, objective, view, tuple(callbacks)),
@@ -159,8 +163,10 @@ def record_study_attrs(study: optuna.Study, settings: Settings, objective: Objec
         A.SELECTION_SPLIT: objective.selection_split, A.EVAL_SPLIT: objective.eval_split,
         A.ENGINE: settings.search.engine,
     })
-    for key, value in record.items():
-        study.set_user_attr(key, value)
+    stored = study.user_attrs
+    for key, value in record.items():  # a resumed study's unchanged settings are not written again
+        if stored.get(key, _ABSENT) != json.loads(json.dumps(value)):
+            study.set_user_attr(key, value)
     headline = "map" if view.task == "multilabel" else "top1"
     with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard labels the objective with it
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
