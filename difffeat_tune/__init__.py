@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from difffeat_tune.features import (
         BackboneSettings, DataSettings, FeatureRequest, PreparedFeatures, StoreSettings, ensure_features,
     )
+    from difffeat_tune.probe._proxies import RidgeProxy, logme, ridge_score
     from difffeat_tune.probe.objective import Objective, ObjectiveSettings, TrialResult
     from difffeat_tune.probe.train import TrainRecipe
     from difffeat_tune.search._heuristic import HeuristicSampler, PlanStatus, next_config, plan_status
@@ -65,6 +66,9 @@ _LAZY: dict[str, str] = {
     "ObjectiveSettings": "difffeat_tune.probe.objective",
     "TrialResult": "difffeat_tune.probe.objective",
     "TrainRecipe": "difffeat_tune.probe.train",
+    "RidgeProxy": "difffeat_tune.probe._proxies",
+    "logme": "difffeat_tune.probe._proxies",
+    "ridge_score": "difffeat_tune.probe._proxies",
     "HeuristicSampler": "difffeat_tune.search._heuristic",
     "PlanStatus": "difffeat_tune.search._heuristic",
     "next_config": "difffeat_tune.search._heuristic",

@@ -1,5 +1,6 @@
 """Probes on stored features: heads, the training loops (one probe, or many as one computation),
-metrics, memory planning of batches, and the trial objective."""
+metrics, memory planning of batches, the trial objective, and closed-form proxies (LogME, ridge
+with GCV) that rank configurations without training."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from difffeat_tune.probe._memory import (
     probe_footprint,
     split_batches,
 )
+from difffeat_tune.probe._proxies import RidgeProxy, logme, ridge_score
 from difffeat_tune.probe.train import ProbeDivergedError, TrainRecipe, TrainResult, evaluate, train_head
 
 __all__ = [
@@ -20,12 +22,15 @@ __all__ = [
     "DEFAULT_MAX_BATCH_PROBES",
     "ProbeDivergedError",
     "ProbeFootprint",
+    "RidgeProxy",
     "TrainRecipe",
     "TrainResult",
     "available_memory",
     "evaluate",
+    "logme",
     "max_batch_probes",
     "probe_footprint",
+    "ridge_score",
     "split_batches",
     "train_head",
     "train_heads",
