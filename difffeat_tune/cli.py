@@ -231,13 +231,15 @@ def _trial_progress(quiet: bool, what: str) -> Iterator[Callable[..., None]]:
     with Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.completed} trials"),
                   TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(escape(what), total=None, best="")
+        best: list[tuple[float, int]] = []  # (value, -number) of the best trial told here
 
         def callback(study, trial) -> None:  # type: ignore[no-untyped-def]
-            try:
-                best = f"best {100 * study.best_value:.2f} ({study.best_trial.user_attrs.get('config', '')})"
-            except ValueError:
-                best = ""
-            bar.update(task, advance=1, best=escape(best))
+            # From the trial just told, not study.best_trial: that would read the storage every trial.
+            if trial.value is not None and trial.state.name == "COMPLETE" and (
+                    not best or (trial.value, -trial.number) > best[0]):
+                best[:] = [(trial.value, -trial.number)]
+                bar.update(task, best=escape(f"best {100 * trial.value:.2f} ({trial.user_attrs.get('config', '')})"))
+            bar.update(task, advance=1)
 
         yield callback
 

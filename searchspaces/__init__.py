@@ -1,1 +1,1 @@
-"""Search spaces shipped with difffeat-tune (TOML files; see difffeat_tune.search.space)."""
+"""Search spaces shipped with difffeat-tune (TOML files; read by difffeat_tune.space.load_space)."""

@@ -11,7 +11,6 @@ features mean nothing; the tests and benchmarks use them to check the code paths
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -155,12 +154,3 @@ def build_tiny_sd(folder: Path, *, seed: int = 0) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
-
-
-#: Family name -> builder ``(folder, *, seed) -> folder``.
-TINY_PIPELINES: dict[str, Callable[..., Path]] = {
-    "pixart": build_tiny_pixart,
-    "sd3": build_tiny_sd3,
-    "flux": build_tiny_flux,
-    "sd": build_tiny_sd,
-}

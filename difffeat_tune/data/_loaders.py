@@ -33,15 +33,11 @@ class DatasetKind:
         load: the loader (``root`` first when ``needs_root``, then keyword options).
         needs_root: read from a local folder the user gives (``--root``).
         fixed: options the name fixes (e.g. ``enhanced=True`` for ``coco-enhanced``).
-        inputs: what it holds: "images and captions", "images" or "captions".
-        task: "multi-label" or "single-label".
     """
 
     load: Callable[..., Dataset]
     needs_root: bool
     fixed: Mapping[str, object] = field(default_factory=dict)
-    inputs: str = "images and captions"
-    task: str = "multi-label"
 
 
 #: The data sets by name: the one table to extend with a new data set.
@@ -52,10 +48,10 @@ DATASETS: Mapping[str, DatasetKind] = MappingProxyType({
     "coco-enhanced": DatasetKind(load_coco, True, {"enhanced": True}),
     "coco-plain": DatasetKind(load_coco, True, {"enhanced": False}),
     "vg500": DatasetKind(load_vg500, True),
-    "voc2007": DatasetKind(load_voc2007, True, inputs="images"),
-    "cifar100": DatasetKind(load_cifar100, True, inputs="images", task="single-label"),
-    "tiny-imagenet": DatasetKind(load_tiny_imagenet, True, inputs="images", task="single-label"),
-    "ag-news": DatasetKind(load_ag_news, True, inputs="captions", task="single-label"),
+    "voc2007": DatasetKind(load_voc2007, True),
+    "cifar100": DatasetKind(load_cifar100, True),
+    "tiny-imagenet": DatasetKind(load_tiny_imagenet, True),
+    "ag-news": DatasetKind(load_ag_news, True),
 })
 #: The names read from a local folder (``root``).
 LOADERS: Mapping[str, Callable[..., Dataset]] = MappingProxyType(

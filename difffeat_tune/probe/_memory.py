@@ -159,13 +159,13 @@ def max_batch_probes(
     fits = footprint.max_probes(usable)
     if fits < 1:
         logger.warning("one probe needs %s and %s of %s free are usable on %s: training one at a time",
-                       _gib(footprint.batch_bytes(1)), _gib(usable), _gib(free), device)
+                       format_bytes(footprint.batch_bytes(1)), format_bytes(usable), format_bytes(free), device)
         return 1
     if requested is None:
         return min(fits, limit)
     if requested > fits:
         logger.warning("%d probes per batch need %s, %s of %s free are usable on %s: reduced to %d",
-                       requested, _gib(footprint.batch_bytes(requested)), _gib(usable), _gib(free), device, fits)
+                       requested, format_bytes(footprint.batch_bytes(requested)), format_bytes(usable), format_bytes(free), device, fits)
         return fits
     return requested
 
@@ -190,7 +190,7 @@ def split_batches(n_probes: int, per_batch: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def _gib(n_bytes: float) -> str:
+def format_bytes(n_bytes: float) -> str:
     """Bytes in the largest binary unit that keeps them at 1 or more (tiny probes are KiB, not 0.00 GiB)."""
     for power, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
         if n_bytes >= 2**power:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -37,7 +37,7 @@ from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe._batched import BATCHABLE_HEADS, BatchOnEpoch, train_heads
 from difffeat_tune.probe._cache import FeatureCache
 from difffeat_tune.probe._memory import (
-    DEFAULT_MAX_BATCH_PROBES, MEMORY_SHARE, ProbeFootprint, available_memory, probe_footprint,
+    DEFAULT_MAX_BATCH_PROBES, MEMORY_SHARE, ProbeFootprint, available_memory, format_bytes, probe_footprint,
 )
 from difffeat_tune.probe.heads import build_head
 from difffeat_tune.probe.train import TrainRecipe, TrainResult, evaluate, predict_logits, train_head
@@ -176,7 +176,7 @@ def _pack(indices: Sequence[int], plans: Sequence[_ProbePlan | None], budget: in
             current = []
         if not current and sum(_batch_bytes([plan])) > budget:
             logger.warning("one probe of this batch needs %s, more than the memory budget of %s: it trains alone",
-                           _gib(sum(_batch_bytes([plan]))), _gib(budget))
+                           format_bytes(sum(_batch_bytes([plan]))), format_bytes(budget))
         current.append(k)
     if current:
         batches.append(current)
@@ -283,8 +283,8 @@ class Objective:
         needed = self.input_bytes(modality, tb, split)
         if needed > self.budget:
             raise ConfigError(
-                f"{modality} features t={tb[0]} b={tb[1]} of split {split!r} need {_gib(needed)} on {self.device}, "
-                f"more than this objective's memory budget of {_gib(self.budget)}",
+                f"{modality} features t={tb[0]} b={tb[1]} of split {split!r} need {format_bytes(needed)} on {self.device}, "
+                f"more than this objective's memory budget of {format_bytes(self.budget)}",
                 "raise the budget with --memory-budget (ObjectiveSettings.memory_budget in Python), or use a "
                 "device with more free memory")
 
@@ -511,7 +511,7 @@ class Objective:
             return max(1, min(fits, DEFAULT_MAX_BATCH_PROBES))
         if requested > max(1, fits):
             logger.warning("%d probes of %s per batch do not fit the memory budget of %s: reduced to %d",
-                           requested, config.label(), _gib(memory_budget or self.budget), max(1, fits))
+                           requested, config.label(), format_bytes(memory_budget or self.budget), max(1, fits))
             return max(1, fits)
         return requested
 
@@ -523,10 +523,6 @@ class Objective:
             raise ConfigError(f"data set {self.view.folder.name} has no val or test split to evaluate on")
         return _Rows(self.eval_split, None, self.eval_split)
 
-    def with_recipe(self, **changes: object) -> Objective:
-        """A copy with recipe fields changed (shares nothing mutable with this one)."""
-        recipe = replace(self.settings.recipe, **changes)  # type: ignore[arg-type]
-        return Objective(self.view, replace(self.settings, recipe=recipe), self.device)
 
 
 def _stored_dtype(name: str) -> torch.dtype:
@@ -545,10 +541,6 @@ def _mean_std(values: torch.Tensor) -> torch.Tensor:
     mean = total / n
     var = ((squares - n * mean * mean) / max(n - 1, 1)).clamp_min(0.0)
     return torch.stack([mean, var.sqrt().clamp_min(_MIN_STD)]).float()
-
-
-def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
 
 
 def _trial_result(config: TrialConfig, result: TrainResult, split: str, seconds: float) -> TrialResult:

@@ -124,7 +124,8 @@ def default_storage(runs: Path = DEFAULT_RUNS) -> str:
     return f"sqlite:///{runs / 'studies.db'}"
 
 
-def open_storage(url: str, *, heartbeat: bool | HeartbeatPolicy = True) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, heartbeat: bool | HeartbeatPolicy = True,
+                 create: bool = True) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for ``url`` (any SQLAlchemy URL), created safely under concurrent starts.
 
     Args:
@@ -132,6 +133,9 @@ def open_storage(url: str, *, heartbeat: bool | HeartbeatPolicy = True) -> optun
         heartbeat: ``True``: running trials beat (:meth:`HeartbeatPolicy.from_env`), so dead workers'
             trials are failed and retried; ``False``: no heartbeat (read-only uses: dashboard,
             reports); or an explicit :class:`HeartbeatPolicy`.
+        create: create a SQLite file (and its folder) that does not exist yet; ``False`` for
+            commands that only read or annotate existing studies (report, dashboard): a missing
+            file is then an error, and nothing is written beside it.
 
     Raises:
         ConfigError: the URL is malformed, names an unknown dialect, or its driver is not installed.
@@ -145,10 +149,14 @@ def open_storage(url: str, *, heartbeat: bool | HeartbeatPolicy = True) -> optun
     beat = HeartbeatPolicy.from_env() if heartbeat is True else (heartbeat or None)
     shown = parsed.render_as_string(hide_password=True)
     engine_kwargs: dict[str, object] = {}
-    database = _sqlite_file(parsed)
+    database = _sqlite_file(parsed, create=create)
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
-    with _creation_lock(database):
+    if not create and database is not None and not database.is_file():
+        raise StorageError(f"no study storage at {str(database)!r}: the file does not exist",
+                           "run a search first (`difffeat-tune run heuristic`), or pass the --storage (or --runs) "
+                           "of an existing study database")
+    with _creation_lock(database if create else None):
         _check_connection(url, engine_kwargs, shown, sqlite=database)
         return _create(url, engine_kwargs, beat, shown, on_connect=_tune_sqlite if database else None)
 
@@ -207,11 +215,13 @@ def _hide_password(url: str) -> str:
     return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
-def _sqlite_file(parsed: URL) -> Path | None:
-    """The file of a SQLite URL (its folder created), or ``None`` (another database, or in memory)."""
+def _sqlite_file(parsed: URL, *, create: bool = True) -> Path | None:
+    """The file of a SQLite URL (its folder created if ``create``), or ``None`` (another database, or in memory)."""
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     path = Path(parsed.database)
+    if not create:
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -227,9 +237,15 @@ def _creation_lock(database: Path | None) -> Iterator[None]:
         yield
         return
     lock_path = database.with_name(database.name + ".lock")
+    existed = lock_path.exists()
     try:
         with filelock.FileLock(lock_path, timeout=SQLITE_TIMEOUT):
-            yield
+            try:
+                yield
+            except StorageError:
+                if not existed:  # not a storage after all (a file that is no database): leave nothing beside it
+                    lock_path.unlink(missing_ok=True)
+                raise
     except filelock.Timeout:
         raise StorageError(f"another process held {str(lock_path)!r} for {SQLITE_TIMEOUT} s while preparing {str(database)!r}",
                            "wait for the other difffeat-tune process, or stop it if it hangs") from None

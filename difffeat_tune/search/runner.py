@@ -54,6 +54,9 @@ __all__ = ["DEFAULT_RUNS", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "SQLITE_TIMEOUT
 class SearchSummary:
     """What a study holds: the best configuration, its scores, and what the search spent.
 
+    Every score and metric is a fraction in [0, 1] (``eval_metrics["map"] == 0.277`` is 27.7 mAP);
+    the command line prints them as percent.
+
     Attributes:
         study_name, sampler: the study and how it was searched.
         best_config, best_label, best_score: the best trial's parameters, label and selection score.
@@ -65,8 +68,10 @@ class SearchSummary:
         trials: trial counts by state.
         phases: finished (COMPLETE or PRUNED) trials per phase.
         probe_epochs: training epochs of every trial.
-        wall_seconds: from the first trial's start to the last trial's end (the same for every
-            worker: read from the storage).
+        search_seconds: the time during which at least one trial was running (the union of the
+            trials' start-to-end intervals, read from the storage, so the same for every worker):
+            the pauses between runs of a resumed study are not counted, and trials trained
+            together in one batch count once.
         failures: the configurations whose trials failed and never completed, with the last error.
     """
 
@@ -82,7 +87,7 @@ class SearchSummary:
     trials: dict[str, int]
     phases: dict[str, int]
     probe_epochs: int
-    wall_seconds: float
+    search_seconds: float
     best_by_modality: dict[str, dict[str, object]] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -201,8 +206,6 @@ def summarize(study: optuna.Study) -> SearchSummary:
     except ValueError:
         best = None
     attrs = study.user_attrs
-    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     return SearchSummary(
         study_name=study.study_name,
         sampler=str(attrs.get(A.SAMPLER, "?")),
@@ -216,10 +219,27 @@ def summarize(study: optuna.Study) -> SearchSummary:
         trials=dict(states),
         phases=dict(phases),
         probe_epochs=int(sum(int(t.user_attrs.get(A.EPOCHS, 0)) for t in trials)),
-        wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
+        search_seconds=_busy_seconds(trials),
         best_by_modality=_best_by_modality(trials),
         failures=_failures(trials),
     )
+
+
+def _busy_seconds(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
+    """Seconds during which at least one finished trial was running (overlapping intervals merged)."""
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials
+                   if t.datetime_start is not None and t.datetime_complete is not None)
+    total, current_start, current_end = 0.0, None, None
+    for start, end in spans:
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += (current_end - current_start).total_seconds()
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += (current_end - current_start).total_seconds()
+    return total
 
 
 def _best_by_modality(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, dict[str, object]]:

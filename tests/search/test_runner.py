@@ -74,11 +74,13 @@ def test_comparison_reports_regret_and_saves_markdown_json_and_notes(tmp_path: P
     h = run_study(synthetic_view, small_space, url, "c-heuristic")
     g = run_study(synthetic_view, small_space, url, "c-grid", sampler="grid")
     comparison = Comparison(heuristic=h, grid=g)
-    assert comparison.regret == pytest.approx(g.best_score - h.best_score)
+    # like with like: the best fusion pair of each study (the heuristic's overall best may be unimodal)
+    assert comparison.kind == "fusion"
+    assert comparison.regret == pytest.approx(g.best_by_modality["fusion"]["score"] - h.best_by_modality["fusion"]["score"])
     paths = comparison.save(tmp_path / "runs", "c", open_storage(url, heartbeat=False))
     data = json.loads(paths[1].read_text())
     assert data["trial_ratio"] == pytest.approx(28 / 36)
-    assert "| best configuration |" in paths[0].read_text()
+    assert "| best fusion |" in paths[0].read_text() and "best fusion minus the heuristic's best fusion" in paths[0].read_text()
     from optuna_dashboard import get_note
 
     note = get_note(optuna.load_study(study_name="c-grid", storage=url))
