@@ -34,6 +34,7 @@ from difffeat_tune._errors import ConfigError
 from difffeat_tune._io import atomic_write_json
 from difffeat_tune.backbones.plaid import PAD_ID, save_plaid, train_tokenizer
 from difffeat_tune.data.shapes import ShapesCorpus, generate_corpus
+from difffeat_tune.pretrain._checkpoint import Checkpoints
 from difffeat_tune.pretrain._dit import DiTRecipe, ddpm_scheduler, train_dit
 from difffeat_tune.pretrain._plaid import PlaidRecipe, train_plaid
 from difffeat_tune.pretrain._vae import VAERecipe, encode_mean, train_vae
@@ -107,7 +108,8 @@ def file_digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != DIGESTS}
 
 
-def _image_stage(out: Path, corpus: ShapesCorpus, recipe: TinyRecipe, log: StageLog) -> dict[str, object]:
+def _image_stage(out: Path, corpus: ShapesCorpus, recipe: TinyRecipe, log: StageLog,
+                 checkpoints: Checkpoints | None = None) -> dict[str, object]:
     """The autoencoder, then the DiT on its latents; writes ``tiny-dit/``."""
     seconds: dict[str, float] = {}
     losses: dict[str, dict[str, float]] = {}
@@ -119,14 +121,14 @@ def _image_stage(out: Path, corpus: ShapesCorpus, recipe: TinyRecipe, log: Stage
         return each
 
     start = time.perf_counter()
-    vae = train_vae(corpus.pixels, recipe.vae, log=stage_log("vae"))
+    vae = train_vae(corpus.pixels, recipe.vae, log=stage_log("vae"), checkpoints=checkpoints)
     seconds["vae"] = time.perf_counter() - start
     start = time.perf_counter()
     scale = float(vae.config.scaling_factor)
     latents = torch.cat([encode_mean(vae, corpus.pixels), encode_mean(vae, corpus.pixels, flip=True)]) * scale
     seconds["latents"] = time.perf_counter() - start
     start = time.perf_counter()
-    dit = train_dit(latents, recipe.dit, log=stage_log("dit"))
+    dit = train_dit(latents, recipe.dit, log=stage_log("dit"), checkpoints=checkpoints)
     seconds["dit"] = time.perf_counter() - start
     folder = out / DIT_FOLDER
     dit.half().save_pretrained(folder / "transformer")  # float16 files; loaded as float32
@@ -135,7 +137,8 @@ def _image_stage(out: Path, corpus: ShapesCorpus, recipe: TinyRecipe, log: Stage
     return {"seconds": seconds, "losses": losses}
 
 
-def _text_stage(out: Path, corpus: ShapesCorpus, recipe: TinyRecipe, log: StageLog) -> dict[str, object]:
+def _text_stage(out: Path, corpus: ShapesCorpus, recipe: TinyRecipe, log: StageLog,
+                checkpoints: Checkpoints | None = None) -> dict[str, object]:
     """The tokenizer, then the Plaid model on the captions (plain and enhanced); writes ``tiny-plaid/``."""
     losses: dict[str, dict[str, float]] = {}
 
@@ -147,7 +150,7 @@ def _text_stage(out: Path, corpus: ShapesCorpus, recipe: TinyRecipe, log: StageL
     texts = [*corpus.captions, *corpus.enhanced_captions]
     tokenizer = train_tokenizer(texts, recipe.vocab_size)
     tokens = tokenize_padded(tokenizer, texts, recipe.token_length)
-    modules = train_plaid(tokens, recipe.vocab_size, recipe.plaid, log=each)
+    modules = train_plaid(tokens, recipe.vocab_size, recipe.plaid, log=each, checkpoints=checkpoints)
     save_plaid(out / PLAID_FOLDER, modules.net, modules.schedule, modules.bounds, modules.embedding, tokenizer,
                dtype=torch.float16)
     return {"seconds": {"plaid": time.perf_counter() - start}, "losses": losses}
@@ -162,12 +165,13 @@ def _in_child(stage: Callable[..., dict[str, object]], results: object, *args: o
 
 
 #: The stages by name: each writes one backbone folder.
-STAGES: dict[str, Callable[[Path, ShapesCorpus, TinyRecipe, StageLog], dict[str, object]]] = {
+STAGES: dict[str, Callable[[Path, ShapesCorpus, TinyRecipe, StageLog, Checkpoints | None], dict[str, object]]] = {
     "image": _image_stage, "text": _text_stage}
 
 
 def train_tiny_backbones(out: str | Path, recipe: TinyRecipe | None = None, *, log: StageLog | None = None,
-                         workers: int = 2, stages: tuple[str, ...] = ("image", "text")) -> dict[str, object]:
+                         workers: int = 2, stages: tuple[str, ...] = ("image", "text"),
+                         checkpoints: Checkpoints | None = None) -> dict[str, object]:
     """Train the tiny backbones and write them under ``out`` (see the module docstring).
 
     With ``workers`` >= 2 (and ``fork`` available) the image stages (autoencoder, DiT) and the
@@ -182,6 +186,8 @@ def train_tiny_backbones(out: str | Path, recipe: TinyRecipe | None = None, *, l
         workers: processes generating the corpus and running the stages.
         stages: which backbones to train (``"image"``, ``"text"``); the others' folders in
             ``out`` are kept, and the digests cover every backbone folder ``out`` holds.
+        checkpoints: where the stages save their state every few minutes (and resume from it,
+            if its ``resume`` is set); ``None`` saves nothing.
 
     Returns:
         A record of the run: the recipe, the seconds of each stage, the last losses and the digests.
@@ -206,7 +212,7 @@ def train_tiny_backbones(out: str | Path, recipe: TinyRecipe | None = None, *, l
     if workers >= 2 and len(chosen) >= 2 and "fork" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("fork")  # the children share the corpus, nothing is copied
         results = context.SimpleQueue()
-        children = [context.Process(target=_in_child, args=(stage, results, out, corpus, recipe, log))
+        children = [context.Process(target=_in_child, args=(stage, results, out, corpus, recipe, log, checkpoints))
                     for stage in chosen]
         for child in children:
             child.start()
@@ -214,7 +220,7 @@ def train_tiny_backbones(out: str | Path, recipe: TinyRecipe | None = None, *, l
         for child in children:
             child.join()
     else:
-        done = {stage.__name__: stage(out, corpus, recipe, log) for stage in chosen}
+        done = {stage.__name__: stage(out, corpus, recipe, log, checkpoints) for stage in chosen}
     for name, result in done.items():
         if isinstance(result, BaseException):
             raise RuntimeError(f"tiny backbone training failed in {name}") from result

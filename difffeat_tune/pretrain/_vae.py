@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+
+from difffeat_tune.pretrain._checkpoint import Checkpoints, restore_rng, rng_state, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +43,9 @@ class VAERecipe:
         steps: optimiser steps.
         batch_size: crops per step.
         crop: side of the random training crops (a multiple of 8).
-        lr: AdamW learning rate (constant after a short warm-up).
+        lr: AdamW learning rate (its peak, after a short warm-up).
         warmup: warm-up steps.
+        final_lr_ratio: the rate decays along a cosine to ``lr`` x this at the last step (1: constant).
         kl_weight: weight of the KL term.
         seed: seed of the initialisation, crops and flips.
         log_every: steps between two ``log`` calls.
@@ -57,6 +60,7 @@ class VAERecipe:
     crop: int = 32
     lr: float = 2e-3
     warmup: int = 100
+    final_lr_ratio: float = 0.05
     kl_weight: float = 1e-6
     seed: int = 0
     log_every: int = 100
@@ -107,7 +111,8 @@ def _flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_vae(pixels: np.ndarray, recipe: VAERecipe, *, log: Log | None = None,
-              vae: AutoencoderKL | None = None) -> AutoencoderKL:
+              vae: AutoencoderKL | None = None, checkpoints: Checkpoints | None = None,
+              stage: str = "vae") -> AutoencoderKL:
     """Train an autoencoder on uint8 images ``[N, H, W, 3]``; return it in eval mode, scaling set.
 
     Args:
@@ -115,29 +120,44 @@ def train_vae(pixels: np.ndarray, recipe: VAERecipe, *, log: Log | None = None,
         recipe: architecture and schedule.
         log: progress callback (losses averaged since the last call).
         vae: continue training this model instead of a new one (tests use a few steps).
+        checkpoints: save the whole training state there every few minutes, and resume from it.
+        stage: the checkpoint's name.
     """
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.seed)  # the posterior samples draw from the global generator
     generator = torch.Generator().manual_seed(recipe.seed)
     vae = vae if vae is not None else build_vae(recipe, pixels.shape[1])
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, recipe.warmup)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps,
+                                                                          recipe.final_lr_ratio))
     sums: dict[str, float] = {}
+    first = 1
+    saved = checkpoints.load(stage, asdict(recipe)) if checkpoints is not None else None
+    if saved is not None:
+        vae.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        restore_rng(generator, saved["rng"])
+        sums, first = dict(saved["sums"]), saved["step"] + 1
     start = time.perf_counter()
-    for step in range(1, recipe.steps + 1):
+    for step in range(first, recipe.steps + 1):
         index = torch.randint(0, len(pixels), (recipe.batch_size,), generator=generator)
         batch = _flip(_random_crops(to_unit_range(pixels[index.numpy()]), recipe.crop, generator), generator)
         loss, parts = vae_loss(vae, batch, recipe.kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        warmup.step()
+        schedule.step()
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         if log is not None and (step % recipe.log_every == 0 or step == recipe.steps):
             count = step % recipe.log_every or recipe.log_every
             log(step, {**{k: v / count for k, v in sums.items()}, "seconds": time.perf_counter() - start})
             sums = {}
+        if checkpoints is not None and checkpoints.due(stage, step, recipe.steps):
+            checkpoints.save(stage, {"recipe": asdict(recipe), "step": step, "model": vae.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                                     "rng": rng_state(generator), "sums": sums})
     vae.eval()
     set_scaling_factor(vae, pixels, seed=recipe.seed)
     return vae

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from difffeat_tune._errors import ConfigError
 from difffeat_tune.backbones.dit import load_dit
 from difffeat_tune.backbones.plaid import load_plaid, train_tokenizer
 from difffeat_tune.data.shapes import generate_corpus, load_shapes
@@ -17,6 +18,7 @@ from difffeat_tune.pretrain import (
     DiTRecipe, PlaidRecipe, TinyRecipe, VAERecipe, build_dit, build_plaid_modules, build_vae, dit_loss, file_digests,
     plaid_loss, train_dit, train_plaid, train_tiny_backbones, train_vae, vae_loss,
 )
+from difffeat_tune.pretrain._checkpoint import Checkpoints
 from difffeat_tune.pretrain._dit import ddpm_scheduler
 from difffeat_tune.pretrain._tiny import tokenize_padded
 from difffeat_tune.pretrain._vae import to_unit_range
@@ -72,7 +74,7 @@ def test_a_few_vae_steps_lower_its_loss(corpus) -> None:  # type: ignore[no-unty
 
 
 def test_a_few_dit_steps_lower_its_loss() -> None:
-    recipe = DiTRecipe(width=16, heads=2, layers=2, steps=60, batch_size=16, lr=3e-3, warmup=1, ema=0.0)
+    recipe = DiTRecipe(width=16, heads=2, layers=2, patch=2, steps=60, batch_size=16, lr=3e-3, warmup=1, ema=0.0)
     latents = torch.randn(64, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.5
     model = build_dit(recipe, latent_size=4, latent_channels=4)
     scheduler = ddpm_scheduler()
@@ -87,7 +89,7 @@ def test_a_few_dit_steps_lower_its_loss() -> None:
 
 
 def test_dit_initialisation_is_adaln_zero() -> None:
-    model = build_dit(DiTRecipe(width=16, heads=2, layers=2), latent_size=4, latent_channels=4)
+    model = build_dit(DiTRecipe(width=16, heads=2, layers=2, patch=2), latent_size=4, latent_channels=4)
     for block in model.transformer_blocks:
         assert float(block.norm1.linear.weight.abs().sum()) == 0.0
     assert float(model.proj_out_2.weight.abs().sum()) == 0.0
@@ -115,12 +117,15 @@ def test_train_tiny_backbones_writes_folders_the_public_loaders_read(tmp_path: P
     recipe = replace(
         base, corpus_images=64, corpus_chunks=2, vocab_size=300, token_length=16,
         vae=replace(base.vae, block_out_channels=(8, 8, 8, 8), steps=2, batch_size=4, log_every=1),
-        dit=replace(base.dit, width=16, heads=2, steps=2, batch_size=8, log_every=1),
-        plaid=replace(base.plaid, dim=16, steps=2, batch_size=8, log_every=1),
+        dit=replace(base.dit, width=16, heads=2, patch=4, steps=2, batch_size=8, log_every=1),
+        plaid=replace(base.plaid, dim=16, n_heads=2, steps=2, batch_size=8, log_every=1),
     )
     seen: list[str] = []
-    record = train_tiny_backbones(tmp_path, recipe, log=lambda stage, step, values: seen.append(stage), workers=1)
+    checkpoints = Checkpoints(tmp_path / "ckpt")
+    record = train_tiny_backbones(tmp_path, recipe, log=lambda stage, step, values: seen.append(stage), workers=1,
+                                  checkpoints=checkpoints)
     assert {"corpus", "vae", "dit", "plaid"} <= set(seen)
+    assert all(torch.load(checkpoints.path(stage), weights_only=False)["step"] == 2 for stage in ("vae", "dit", "plaid"))
     dit = load_dit(tmp_path / "tiny-dit", device="cpu")
     assert dit.num_blocks == 28 and dit.latent_scale == pytest.approx(dit.vae.config.scaling_factor)
     plaid = load_plaid(tmp_path / "tiny-plaid", device="cpu", token_length=16)
@@ -128,3 +133,62 @@ def test_train_tiny_backbones_writes_folders_the_public_loaders_read(tmp_path: P
     assert torch.load(tmp_path / "tiny-plaid" / "model.pt", weights_only=True)["blocks.0.attn_qkv.weight"].dtype \
         == torch.float16  # shipped small; computed in float32
     assert record["digests"]["tiny-plaid"] == file_digests(tmp_path / "tiny-plaid")  # type: ignore[index]
+
+
+class _Stop(Exception):
+    """Raised by a log callback: the process "dies" between two steps."""
+
+
+def _interrupted(train, stop_at: int):  # type: ignore[no-untyped-def]
+    """Run ``train(log)`` and stop it when step ``stop_at`` is logged (after ``stop_at - 1`` was saved)."""
+    def log(step: int, values: dict[str, float]) -> None:
+        if step == stop_at:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(log)
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_dit_training_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    recipe = DiTRecipe(width=16, heads=2, layers=2, patch=2, steps=6, batch_size=8, warmup=2, log_every=1)
+    latents = torch.randn(32, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    whole = train_dit(latents, recipe)
+    checkpoints = Checkpoints(tmp_path, every_steps=1)
+    _interrupted(lambda log: train_dit(latents, recipe, log=log, checkpoints=checkpoints), stop_at=4)
+    assert torch.load(checkpoints.path("dit"), weights_only=False)["step"] == 3
+    resumed = train_dit(latents, recipe, checkpoints=Checkpoints(tmp_path, resume=True, every_steps=1))
+    assert _same(resumed.state_dict(), whole.state_dict())
+    # A finished stage is not trained again; another recipe's checkpoint is refused.
+    again = train_dit(latents, recipe, checkpoints=Checkpoints(tmp_path, resume=True))
+    assert _same(again.state_dict(), whole.state_dict())
+    with pytest.raises(ConfigError):
+        train_dit(latents, replace(recipe, lr=1e-3), checkpoints=Checkpoints(tmp_path, resume=True))
+
+
+def test_a_resumed_vae_training_equals_an_uninterrupted_one(corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe = VAERecipe(block_out_channels=(8, 8), latent_channels=4, steps=5, batch_size=4, crop=16, warmup=1,
+                       log_every=1)
+    whole = train_vae(corpus.pixels, recipe)
+    _interrupted(lambda log: train_vae(corpus.pixels, recipe, log=log, checkpoints=Checkpoints(tmp_path, every_steps=1)),
+                 stop_at=3)
+    resumed = train_vae(corpus.pixels, recipe, checkpoints=Checkpoints(tmp_path, resume=True, every_steps=1))
+    assert _same(resumed.state_dict(), whole.state_dict())
+    assert resumed.config.scaling_factor == whole.config.scaling_factor
+
+
+def test_a_resumed_plaid_training_equals_an_uninterrupted_one(corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    texts = list(corpus.captions)
+    tokenizer = train_tokenizer(texts, 300)
+    tokens = tokenize_padded(tokenizer, texts, 16)
+    recipe = PlaidRecipe(dim=16, n_blocks=2, n_heads=2, steps=6, batch_size=8, warmup=2, bias_warmup=4,
+                         log_every=1)
+    whole = train_plaid(tokens, 300, recipe)
+    _interrupted(lambda log: train_plaid(tokens, 300, recipe, log=log,
+                                         checkpoints=Checkpoints(tmp_path, every_steps=1)), stop_at=4)
+    resumed = train_plaid(tokens, 300, recipe, checkpoints=Checkpoints(tmp_path, resume=True, every_steps=1))
+    for name in ("net", "schedule", "bounds", "embedding"):
+        assert _same(getattr(resumed, name).state_dict(), getattr(whole, name).state_dict()), name
