@@ -70,6 +70,19 @@ def _read_json(path: Path) -> dict:
         raise StoreError(f"corrupt store file {path}: {exc}", f"delete {path} and re-run the extraction") from exc
 
 
+#: Rows checked for NaN/Inf at a time (a whole part's boolean mask would be another copy of it).
+_CHECK_ROWS = 8192
+
+
+def _first_non_finite_row(values: np.ndarray) -> int | None:
+    """The first row of ``values`` holding a NaN or an infinity, or ``None``."""
+    for start in range(0, values.shape[0], _CHECK_ROWS):
+        finite = np.isfinite(values[start:start + _CHECK_ROWS]).all(axis=1)
+        if not finite.all():
+            return start + int(np.nonzero(~finite)[0][0])
+    return None
+
+
 def block_column(block: int) -> str:
     """Column name of block ``block`` in a part file."""
     return f"b{block:02d}"
@@ -332,8 +345,8 @@ class Extraction:
                                  f"delete {path} and re-run the extraction")
             col = table.column(column).combine_chunks()
             values = col.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, col.type.list_size)
-            if not np.isfinite(values).all():
-                row = int(np.nonzero(~np.isfinite(values).all(axis=1))[0][0])
+            row = _first_non_finite_row(values)
+            if row is not None:
                 raise StoreError(f"feature shard {path}, column {column}: NaN/Inf at row {row}",
                                  f"delete {path} and re-run the extraction")
             ids.extend(table.column("id").to_pylist())

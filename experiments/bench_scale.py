@@ -67,7 +67,7 @@ GRIDS = {
 #: Where the planted signal peaks, as positions in each grid's (t, b) axes.
 PEAK = {"image": (1, 1), "text": (0, 1)}
 #: Signal strength at the peak; it falls as 1 / (1 + grid distance) away from it.
-PEAK_STRENGTH = 0.35
+PEAK_STRENGTH = 0.12
 
 
 def _label_matrix(rng: np.random.Generator, n: int, preset: Preset) -> np.ndarray:
@@ -96,7 +96,8 @@ def write_store(root: Path, preset: Preset, scale: float, grid: str, seed: int =
     third = preset.labels // 3
     visible = {"image": np.arange(preset.labels) < 2 * third, "text": np.arange(preset.labels) >= third}
     for modality, width in (("image", preset.image_width), ("text", preset.text_width)):
-        key = ExtractionKey(modality, f"synthetic-{modality}", "0" * 16, {"seed": seed, "grid": grid}, "float16")
+        key = ExtractionKey(modality, f"synthetic-{modality}", "0" * 16,
+                            {"seed": seed, "grid": grid, "strength": PEAK_STRENGTH}, "float16")
         ext = store.extraction(dataset, key, width=width, num_blocks=28)
         mixing = rng.standard_normal((preset.labels, width), dtype=np.float32) / np.sqrt(preset.labels_per_row)
         signal = {name: (split.labels * visible[modality]).astype(np.float32) @ mixing for name, split in splits.items()}

@@ -51,6 +51,10 @@ PROTOCOLS: tuple[str, ...] = ("validation", "paper")
 OnEpoch = Callable[[int, float], bool]
 #: Smallest standard deviation a feature is divided by (constant features stay finite).
 _MIN_STD = 1e-6
+#: Share of the free memory an objective's default budget takes. A quarter: at COCO's size a probe
+#: is compute-bound already in small batches, so more room buys little speed, and the machine
+#: keeps room for the store's reads, other workers and other programs.
+OBJECTIVE_MEMORY_SHARE = 0.25
 #: Rows standardised (and summed for the statistics) at a time: bounds the float32 working copy.
 _CHUNK_ROWS = 8192
 #: torch dtype of a store's dtype name.
@@ -71,8 +75,9 @@ class ObjectiveSettings:
             diffusion features have very unequal scales across blocks).
         memory_budget: bytes this objective may hold on its device: the inputs it keeps between
             trials (one per feature and role: training, selection and evaluation rows) and the
-            batches of probes it trains, together. ``None``: :data:`MEMORY_SHARE` of the memory
-            free when the objective is made (the GPU's free memory, or the available RAM).
+            batches of probes it trains, together. ``None``: a share of the memory
+            free when the objective is made (the GPU's free memory, or the available RAM);
+            :data:`OBJECTIVE_MEMORY_SHARE` of it.
         head_seed: seed of the head's initialisation.
     """
 
@@ -211,7 +216,7 @@ class Objective:
         self.settings = settings or ObjectiveSettings()
         self.device = resolve_device(device)
         #: Bytes this objective plans to hold at most (see :attr:`ObjectiveSettings.memory_budget`).
-        self.budget = self.settings.memory_budget or int(MEMORY_SHARE * available_memory(self.device))
+        self.budget = self.settings.memory_budget or int(OBJECTIVE_MEMORY_SHARE * available_memory(self.device))
         # standardised inputs per (modality, (t, b), role), least recently used first
         self._cache = FeatureCache(self.budget)
         # [2, D] training mean and std per feature: small, kept for the objective's lifetime
@@ -267,7 +272,7 @@ class Objective:
         for role in (self._train, self._select):
             if role.split == rows.split and role.name != rows.name and (modality, tb, role.name) not in self._cache:
                 self._cache.put((modality, tb, role.name), self._standardised(modality, tb, raw, role))
-        values = self._standardised(modality, tb, raw, rows)
+        values = self._standardised(modality, tb, raw, rows, last_use=True)
         self._cache.put(key, values)
         return values
 
@@ -295,7 +300,10 @@ class Objective:
                       self._split_labels(split).ids)
         return feats.values
 
-    def _standardised(self, modality: str, tb: tuple[int, int], raw: torch.Tensor, rows: _Rows) -> torch.Tensor:
+    def _standardised(self, modality: str, tb: tuple[int, int], raw: torch.Tensor, rows: _Rows, *,
+                      last_use: bool = False) -> torch.Tensor:
+        """``raw``'s rows of ``rows``, standardised; in place where that copy is ours (an indexed copy,
+        or ``raw`` itself on its ``last_use``), so a feature never exists three times at once."""
         values = self._rows_of(raw, rows)
         if not self.settings.standardize:
             return values
@@ -303,7 +311,7 @@ class Objective:
             self._stats[(modality, tb)] = _mean_std(self._rows_of(self._load(modality, tb, self._train.split),
                                                                   self._train))
         mean, std = self._stats[(modality, tb)]
-        out = torch.empty_like(values)
+        out = values if (values is not raw or last_use) else torch.empty_like(values)
         for start in range(0, values.shape[0], _CHUNK_ROWS):  # in chunks: no float32 copy of the whole feature
             stop = start + _CHUNK_ROWS
             out[start:stop] = ((values[start:stop].float() - mean) / std).to(values.dtype)

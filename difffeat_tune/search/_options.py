@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from difffeat_tune._defaults import DEFAULT_FUSION, DEFAULT_RUNS
 from difffeat_tune._errors import ConfigError
@@ -13,8 +15,12 @@ from difffeat_tune.search._heuristic import NEIGHBOURHOODS
 from difffeat_tune.search._samplers import PRUNERS, SAMPLERS
 from difffeat_tune.search._storage import default_storage
 
-#: Engines that run a search's trials.
-ENGINES: tuple[str, ...] = ("local", "ray")
+#: The engines that run a search's trials, by name: ``"module:function"`` of
+#: ``engine(run, **engine_options)``, imported when used (the Ray engine imports Ray).
+ENGINES: Mapping[str, str] = MappingProxyType({
+    "local": "difffeat_tune.search._local:run_local",
+    "ray": "difffeat_tune.search.ray_engine:run_ray",
+})
 
 
 def _check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> None:

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import logging
 import warnings
@@ -31,7 +33,7 @@ from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe.objective import Objective
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._run import Callback, SearchRun, record_config
-from difffeat_tune.search._options import SearchOptions
+from difffeat_tune.search._options import ENGINES, SearchOptions
 from difffeat_tune.search._storage import (
     GRACE_PERIOD, HEARTBEAT_INTERVAL, SQLITE_TIMEOUT, default_storage, open_storage, parse_storage_url,
 )
@@ -95,20 +97,17 @@ class SearchSummary:
         return asdict(self)
 
 
-def _run_local(run: SearchRun, **options: object) -> None:
-    from difffeat_tune.search._local import run_local
-
-    run_local(run, **options)  # type: ignore[arg-type]
-
-
-def _run_ray(run: SearchRun, **options: object) -> None:
-    from difffeat_tune.search.ray_engine import run_ray  # imports Ray: only when asked
-
-    run_ray(run, **options)  # type: ignore[arg-type]
-
-
-#: The engines by name: how the trials of a search run (``engine(run, **engine_options)``).
-ENGINES: Mapping[str, Callable[..., None]] = {"local": _run_local, "ray": _run_ray}
+def _engine(name: str, options: Mapping[str, object]) -> Callable[..., None]:
+    """The engine ``name``, once ``options`` are checked against the keyword options it takes."""
+    module, _, attribute = ENGINES[name].partition(":")
+    engine: Callable[..., None] = getattr(importlib.import_module(module), attribute)
+    accepted = [p.name for p in list(inspect.signature(engine).parameters.values())[1:]
+                if p.kind == inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"the {name} engine takes no option {', '.join(map(repr, unknown))}",
+                          f"its options: {', '.join(accepted) or 'none'}")
+    return engine
 
 
 def open_study(settings: Settings, study_name: str, *, storage: optuna.storages.BaseStorage | None = None
@@ -145,8 +144,9 @@ def run_search(settings: Settings, view: FeatureView, *, callbacks: Sequence[Cal
     study = open_study(settings, settings.search.study_name_for(view.folder.name), storage=storage)
     record_study_attrs(study, settings, objective)
     if not plan_state(study, settings.space, settings.search).finished and settings.search.n_trials != 0:
-        ENGINES[settings.search.engine](SearchRun(settings, study, objective, view, tuple(callbacks)),
-                                        **dict(engine_options or {}))
+        options = dict(engine_options or {})
+        _engine(settings.search.engine, options)(SearchRun(settings, study, objective, view, tuple(callbacks)),
+                                                 **options)
     if settings.search.evaluate_best:
         evaluate_best(study, objective, settings.space)
     return summarize(study)

@@ -149,3 +149,10 @@ def test_an_explicit_batch_size_that_does_not_fit_is_reduced_with_a_warning(  # 
         reduced = objective.batch_limit(config, requested=1000, memory_budget=10**7)
     assert 1 < reduced < 1000 and f"reduced to {reduced}" in caplog.text
     assert "MiB" in caplog.text  # sizes in a unit that shows them
+
+
+def test_an_engine_option_the_engine_does_not_take_is_a_clear_error(tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=r"the local engine takes no option 'resources_per_trial'") as excinfo:
+        run_study(synthetic_view, small_space, f"sqlite:///{tmp_path}/s.db", "e",
+                  engine_options={"resources_per_trial": {"cpu": 1}})
+    assert "its options: none" in str(excinfo.value)
