@@ -512,15 +512,15 @@ class Objective:
         if not plan.batchable:
             return 1
         budget = memory_budget or self.budget
-        fits = 0
-        while fits < max(requested or 0, DEFAULT_MAX_BATCH_PROBES) and sum(_batch_bytes([plan] * (fits + 1))) <= budget:
-            fits += 1
+        # The first batch run_many would pack from many such configurations: one rule for both.
+        n = max(requested or 0, DEFAULT_MAX_BATCH_PROBES)
+        fits = len(_pack(range(n), [plan] * n, budget, n)[0])
         if requested is None:
-            return max(1, min(fits, DEFAULT_MAX_BATCH_PROBES))
-        if requested > max(1, fits):
+            return min(fits, DEFAULT_MAX_BATCH_PROBES)
+        if requested > fits:
             logger.warning("%d probes of %s per batch do not fit the memory budget of %s: reduced to %d",
-                           requested, config.label(), format_bytes(memory_budget or self.budget), max(1, fits))
-            return max(1, fits)
+                           requested, config.label(), format_bytes(budget), fits)
+            return fits
         return requested
 
     def _n_rows(self, rows: _Rows) -> int:
@@ -530,7 +530,6 @@ class Objective:
         if self.eval_split is None:
             raise ConfigError(f"data set {self.view.folder.name} has no val or test split to evaluate on")
         return _Rows(self.eval_split, None, self.eval_split)
-
 
 
 def _stored_dtype(name: str) -> torch.dtype:
