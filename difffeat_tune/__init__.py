@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from difffeat_tune.probe._proxies import RidgeProxy, logme, ridge_score
     from difffeat_tune.probe.objective import Objective, ObjectiveSettings, TrialResult
     from difffeat_tune.probe.train import TrainRecipe
-    from difffeat_tune.search._heuristic import HeuristicSampler, PlanStatus, next_config, plan_status
+    from difffeat_tune.search._heuristic import HeuristicSampler, next_config, plan_status
+    from difffeat_tune.search._plan import PlanStatus
     from difffeat_tune.search._options import SearchOptions
     from difffeat_tune.search._suggest import suggest_config
     from difffeat_tune.search.compare import Comparison
@@ -70,7 +71,7 @@ _LAZY: dict[str, str] = {
     "logme": "difffeat_tune.probe._proxies",
     "ridge_score": "difffeat_tune.probe._proxies",
     "HeuristicSampler": "difffeat_tune.search._heuristic",
-    "PlanStatus": "difffeat_tune.search._heuristic",
+    "PlanStatus": "difffeat_tune.search._plan",
     "next_config": "difffeat_tune.search._heuristic",
     "plan_status": "difffeat_tune.search._heuristic",
     "SearchOptions": "difffeat_tune.search._options",

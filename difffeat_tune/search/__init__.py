@@ -9,7 +9,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from difffeat_tune.search._heuristic import HeuristicSampler, PlanStatus, grid_neighbourhood, next_config, plan_status
+    from difffeat_tune.search._heuristic import HeuristicSampler, next_config, plan_status
+    from difffeat_tune.search._plan import PlanStatus, grid_neighbourhood
     from difffeat_tune.search._options import SearchOptions
     from difffeat_tune.search._samplers import PRUNERS, SAMPLERS, GridSearchSampler, PlanState, make_sampler, plan_state
     from difffeat_tune.search._suggest import suggest_config
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 
 _LAZY: dict[str, str] = {
     "HeuristicSampler": "difffeat_tune.search._heuristic",
-    "PlanStatus": "difffeat_tune.search._heuristic",
-    "grid_neighbourhood": "difffeat_tune.search._heuristic",
+    "PlanStatus": "difffeat_tune.search._plan",
+    "grid_neighbourhood": "difffeat_tune.search._plan",
     "next_config": "difffeat_tune.search._heuristic",
     "plan_status": "difffeat_tune.search._heuristic",
     "SearchOptions": "difffeat_tune.search._options",

@@ -1,8 +1,9 @@
 """The samplers and pruners a search can use, each found in one table.
 
 A sampler kind says how to build its Optuna sampler from the space and the options, and where a
-study stands (:class:`PlanState`: can a trial be asked now, must a worker wait for running
-trials, is the plan finished) from the study's storage alone, through public Optuna API. Every
+study stands (:class:`PlanState`: can a trial be asked now, how many, is the plan finished) from
+the study's trials alone: for the heuristic, the counts of its one plan type
+(:class:`~difffeat_tune.search._plan.PlanStatus`); for the grid, its grid points. Every
 engine and every summary asks :func:`plan_state`, so "finished" has one definition. Adding a
 sampler is one module (the sampler) plus one entry of :data:`SAMPLERS`.
 
@@ -30,6 +31,7 @@ from difffeat_tune.search._records import deferred_study_writes
 if TYPE_CHECKING:
     from optuna.samplers._grid import GridValueType
 
+    from difffeat_tune.search._plan import PlanStatus
     from difffeat_tune.space import SearchSpace
 
 
@@ -46,7 +48,7 @@ class SearchOptions(Protocol):
 
 @dataclass(frozen=True)
 class PlanState:
-    """Where a study's plan stands, read from its storage.
+    """Where a study's plan stands, in the counts every engine reads, whatever the sampler.
 
     Attributes:
         pending: configurations a trial asked now would get (enqueued ones included).
@@ -63,12 +65,14 @@ class PlanState:
 
     @property
     def can_ask(self) -> bool:
+        """A trial asked now gets a configuration."""
         return self.pending > 0 and not self.finished
 
-    @property
-    def must_wait(self) -> bool:
-        """Nothing to ask now, but the plan is not finished: running trials must end first."""
-        return not self.finished and self.pending == 0
+    @classmethod
+    def of(cls, status: PlanStatus) -> PlanState:
+        """The counts of a heuristic plan (its enqueued configurations are what a trial asked now pops)."""
+        return cls(pending=len(status.pending) + len(status.queued), running=len(status.running),
+                   finished=status.exhausted, enqueued=status.enqueued)
 
 
 class GridSearchSampler(optuna.samplers.GridSampler):
@@ -125,9 +129,7 @@ def _build_grid(space: SearchSpace, options: SearchOptions) -> optuna.samplers.B
 
 def _heuristic_state(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> PlanState:
     sampler = study.sampler if isinstance(study.sampler, HeuristicSampler) else _build_heuristic(space, options)
-    status = sampler.plan_status(study)  # type: ignore[union-attr]
-    return PlanState(pending=len(status.pending) + len(status.queued), running=len(status.running),
-                     finished=status.exhausted, enqueued=status.enqueued)
+    return PlanState.of(sampler.plan_status(study))  # type: ignore[union-attr]
 
 
 def _grid_state(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> PlanState:
