@@ -366,6 +366,33 @@ class Objective:
         """Train ``config``'s head on train and score it on the selection split."""
         return self._fit(config, self._select, on_epoch)[0]
 
+    def proxy_score(self, config: TrialConfig, proxy: str) -> TrialResult:
+        """Score a unimodal ``config`` by a closed-form proxy instead of training a probe.
+
+        The inputs are the ones :meth:`__call__` trains on (standardised, cached). ``"logme"``
+        is :func:`~difffeat_tune.probe.logme` of the training rows; ``"ridge"`` is
+        :func:`~difffeat_tune.probe.ridge_score` fitted on the training rows and scored on the
+        selection rows. The result has no epochs and one metric named after the proxy.
+
+        Raises:
+            ConfigError: For a fusion configuration or an unknown proxy.
+        """
+        from difffeat_tune.probe._proxies import logme, ridge_score
+        from difffeat_tune.search._plan import PROXIES
+
+        if config.modality == "fusion" or proxy not in PROXIES:
+            raise ConfigError(f"cannot score {config.label()} by the proxy {proxy!r}",
+                              f"proxies ({', '.join(PROXIES)}) score unimodal configurations")
+        start = time.perf_counter()
+        (train_x,), train_y = self._inputs(config, self._train), self._targets(self._train)
+        if proxy == "logme":
+            score, split = logme(train_x, train_y), self._train.name
+        else:
+            (select_x,), select_y = self._inputs(config, self._select), self._targets(self._select)
+            score, split = ridge_score(train_x, train_y, select_x, select_y, task=self.view.task).score, self._select.name
+        return TrialResult(config=config, score=float(score), metrics={proxy: float(score)}, split=split, epochs_run=0,
+                           history=[], seconds=time.perf_counter() - start)
+
     def evaluate(self, config: TrialConfig) -> TrialResult:
         """Re-train ``config`` and score it on the evaluation split (the number to report)."""
         return self._fit(config, self._eval_rows(), None)[0]

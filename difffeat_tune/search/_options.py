@@ -12,6 +12,7 @@ from difffeat_tune._errors import ConfigError
 from difffeat_tune._paths import local_folder
 from difffeat_tune.config import FUSION_METHODS
 from difffeat_tune.search._heuristic import NEIGHBOURHOODS
+from difffeat_tune.search._plan import PROXIES
 from difffeat_tune.search._samplers import PRUNERS, SAMPLERS
 from difffeat_tune.search._storage import default_storage
 
@@ -60,6 +61,10 @@ class SearchOptions:
         storage: the Optuna storage (any SQLAlchemy URL); ``None``: a SQLite file in ``runs``.
         study_name: the study (``None``: ``<data set>-<sampler>``); the same name resumes it.
         runs: the local runs folder (default storage, comparisons, reports, Ray results).
+        unimodal_proxy: the heuristic's proxy-guided unimodal phase: "logme" or "ridge" scores
+            every unimodal configuration in closed form and only the ``proxy_top`` best per
+            modality are trained (``None``: all are trained, as in the paper).
+        proxy_top: the configurations per modality trained after the proxy stage.
     """
 
     sampler: str = "heuristic"
@@ -79,6 +84,8 @@ class SearchOptions:
     storage: str | None = None
     study_name: str | None = None
     runs: Path = DEFAULT_RUNS
+    unimodal_proxy: str | None = None
+    proxy_top: int = 3
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -99,6 +106,14 @@ class SearchOptions:
         _check_int("max_failures", self.max_failures, 1)
         _check_int("n_trials", self.n_trials, 0, optional=True)
         object.__setattr__(self, "runs", local_folder(self.runs, "SearchOptions.runs"))
+        _check_int("proxy_top", self.proxy_top, 1)
+        if self.unimodal_proxy is not None and self.unimodal_proxy not in PROXIES:
+            raise ConfigError(f"SearchOptions.unimodal_proxy: unknown proxy {self.unimodal_proxy!r}",
+                              f"use one of {', '.join(PROXIES)}, or None to train every unimodal configuration",
+                              field="SearchOptions.unimodal_proxy")
+        if self.unimodal_proxy is not None and self.sampler != "heuristic":
+            raise ConfigError(f"SearchOptions.unimodal_proxy applies to the heuristic sampler, not {self.sampler!r}",
+                              "leave unimodal_proxy None for this sampler", field="SearchOptions.unimodal_proxy")
 
     def storage_url(self) -> str:
         """The storage URL: ``storage``, else the SQLite file ``<runs>/studies.db``."""

@@ -50,9 +50,13 @@ Phase = Literal["image", "text", "fusion", "done"]
 NEIGHBOURHOODS: tuple[str, ...] = ("cross", "box", "radius")
 UNIMODAL: tuple[str, str] = ("image", "text")
 PHASES: tuple[str, str, str] = ("image", "text", "fusion")
+#: The closed-form proxies a plan may rank unimodal configurations by (``difffeat_tune.probe``).
+PROXIES: tuple[str, ...] = ("logme", "ridge")
 #: Trial system attribute holding the claimed configuration (``TrialConfig.to_params()``), or
 #: ``None`` while the trial holds no claim (choosing again, waiting, surplus).
 CLAIM_ATTR = "difffeat:config"
+#: Trial user attribute naming the proxy that scored a proxy trial (no probe trained).
+PROXY_ATTR = "proxy"
 _REQUIRED_PARAMS: dict[str, tuple[str, ...]] = {
     "image": (P_MODALITY, P_IMAGE_T, P_IMAGE_B),
     "text": (P_MODALITY, P_TEXT_T, P_TEXT_B),
@@ -122,13 +126,15 @@ class TrialRecord:
         number: The trial's number (ties between equal values go to the lower one).
         state: Its Optuna state.
         config: The configuration it holds (claimed, enqueued or finished), or ``None``.
-        value: Its objective value, for a COMPLETE trial.
+        value: Its objective value, for a COMPLETE trial (a proxy score for a proxy trial).
+        proxy: It scores ``config`` by a closed-form proxy instead of training a probe.
     """
 
     number: int
     state: TrialState
     config: TrialConfig | None
     value: float | None = None
+    proxy: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,14 +146,23 @@ class PlanRules:
         neighbourhood: ``"cross"`` (the paper), ``"box"`` or ``"radius"``; see :func:`grid_neighbourhood`.
         radius: Grid steps of the neighbourhood.
         max_failures: FAILED trials after which a configuration is given up.
+        proxy: ``"logme"`` or ``"ridge"``: every unimodal configuration is first scored by this
+            proxy, and only the ``proxy_top`` best of each modality are trained; ``None``: all are.
+        proxy_top: The configurations per modality trained after the proxy stage.
     """
 
     fusion_methods: tuple[str, ...]
     neighbourhood: Neighbourhood = "cross"
     radius: int = 1
     max_failures: int = 2
+    proxy: str | None = None
+    proxy_top: int = 3
 
     def __post_init__(self) -> None:
+        if self.proxy is not None and self.proxy not in PROXIES:
+            raise ConfigError(f"unknown unimodal proxy {self.proxy!r}", f"use one of {', '.join(PROXIES)}, or none")
+        if not isinstance(self.proxy_top, int) or isinstance(self.proxy_top, bool) or self.proxy_top < 1:
+            raise ConfigError(f"proxy_top must be an integer of 1 or more, got {self.proxy_top!r}")
         if self.neighbourhood not in NEIGHBOURHOODS:
             raise ConfigError(f"unknown neighbourhood {self.neighbourhood!r}", f"use one of {', '.join(NEIGHBOURHOODS)}")
         if not isinstance(self.radius, int) or isinstance(self.radius, bool) or self.radius < 0:
@@ -157,7 +172,8 @@ class PlanRules:
 
     @classmethod
     def for_space(cls, space: SearchSpace, fusion_methods: Sequence[str] | None = None,
-                  neighbourhood: Neighbourhood = "cross", radius: int = 1, max_failures: int = 2) -> PlanRules:
+                  neighbourhood: Neighbourhood = "cross", radius: int = 1, max_failures: int = 2,
+                  proxy: str | None = None, proxy_top: int = 3) -> PlanRules:
         """The rules for ``space``, its fusion methods checked.
 
         ``fusion_methods=None`` is the paper's ``("linear_add",)``, or the space's first method if
@@ -176,7 +192,7 @@ class PlanRules:
         if unknown or len(set(methods)) != len(methods):
             raise ConfigError(f"fusion_methods {list(methods)} must be distinct methods of the space "
                               f"{space.source or space.name}", f"use some of {', '.join(space.fusion_methods)}")
-        return cls(methods, neighbourhood, radius, max_failures)
+        return cls(methods, neighbourhood, radius, max_failures, proxy, proxy_top)
 
     def record(self, space: SearchSpace) -> dict[str, Any]:
         """What a study stores of its plan: the grid axes (which every worker must share) and these rules."""
@@ -221,6 +237,9 @@ class PlanStatus:
         exhausted: Every planned configuration is finished (nothing pending, nothing running).
         enqueued: WAITING trials in the study, planned or not (``study.ask`` pops them first).
         holders: The numbers of the RUNNING trials holding each of ``running``.
+        proxy_pending, proxy_running: With a proxy, the unimodal configurations awaiting their
+            proxy score, and those being scored (the trained ``pending`` of a modality is known
+            once all of its configurations are scored).
     """
 
     phase: Phase
@@ -236,11 +255,13 @@ class PlanStatus:
     exhausted: bool
     enqueued: int = 0
     holders: Mapping[TrialConfig, tuple[int, ...]] = field(default_factory=dict)
+    proxy_pending: tuple[TrialConfig, ...] = ()
+    proxy_running: tuple[TrialConfig, ...] = ()
 
     @property
     def waiting(self) -> bool:
         """Nothing is pending but the plan is not finished: trials still running must end first."""
-        return not self.pending and not self.exhausted
+        return not self.pending and not self.proxy_pending and not self.exhausted
 
     @property
     def total_planned(self) -> int | None:
@@ -274,6 +295,38 @@ def _optimum(results: Iterable[Optimum], among: Iterable[TrialConfig]) -> Optimu
     return max(found, key=lambda r: rank(r.value, r.number)) if found else None
 
 
+class _Tally:
+    """The trials of each configuration by state (trained and proxy trials are tallied apart)."""
+
+    def __init__(self, max_failures: int) -> None:
+        self.max_failures = max_failures
+        self.done: set[TrialConfig] = set()
+        self.failures: Counter[TrialConfig] = Counter()
+        self.holding: dict[TrialConfig, list[int]] = {}
+        self.waiting: set[TrialConfig] = set()
+        self.results: list[Optimum] = []
+
+    def add(self, record: TrialRecord) -> None:
+        config = record.config
+        assert config is not None
+        if record.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.done.add(config)
+            if record.state == TrialState.COMPLETE and record.value is not None:
+                self.results.append(Optimum(config, float(record.value), record.number))
+        elif record.state == TrialState.FAIL:
+            self.failures[config] += 1
+        elif record.state == TrialState.RUNNING:
+            self.holding.setdefault(config, []).append(record.number)
+        elif record.state == TrialState.WAITING:
+            self.waiting.add(config)
+
+    def given_up(self, config: TrialConfig) -> bool:
+        return config not in self.done and self.failures[config] >= self.max_failures
+
+    def finished(self, config: TrialConfig) -> bool:
+        return config in self.done or self.given_up(config)
+
+
 def derive_plan(space: SearchSpace, rules: PlanRules, trials: Iterable[TrialRecord]) -> PlanStatus:
     """Where Algorithm 1 stands after ``trials``: a pure function (same trials, same answer).
 
@@ -282,7 +335,10 @@ def derive_plan(space: SearchSpace, rules: PlanRules, trials: Iterable[TrialReco
     with each fusion method (``"fusion"``). A configuration is finished when a trial of it ended
     COMPLETE or PRUNED, or when ``rules.max_failures`` trials of it FAILED (it is given up, and
     left out of the fusion neighbourhoods: its features could not be read). Trials of
-    configurations off the plan count only for ``enqueued``.
+    configurations off the plan count only for ``enqueued``. With ``rules.proxy``, each unimodal
+    phase starts with a proxy trial of every ``(t, b)`` (``proxy_pending``); once a modality's
+    are all scored, its ``proxy_top`` best by proxy score (ties to the lower trial number) are
+    trained, and its optimum is the best trained one.
 
     Args:
         space: The search space.
@@ -292,46 +348,41 @@ def derive_plan(space: SearchSpace, rules: PlanRules, trials: Iterable[TrialReco
     Returns:
         The :class:`PlanStatus`.
     """
-    unimodal = {m: tuple(space.unimodal_configs(m)) for m in UNIMODAL}
-    done: set[TrialConfig] = set()
-    failures: Counter[TrialConfig] = Counter()
-    holding: dict[TrialConfig, list[int]] = {}
-    waiting: set[TrialConfig] = set()
-    results: list[Optimum] = []
+    trained, proxied = _Tally(rules.max_failures), _Tally(rules.max_failures)
     enqueued = 0
     for record in trials:
         enqueued += record.state == TrialState.WAITING
-        config = record.config
-        if config is None:
-            continue
-        if record.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            done.add(config)
-            if record.state == TrialState.COMPLETE and record.value is not None:
-                results.append(Optimum(config, float(record.value), record.number))
-        elif record.state == TrialState.FAIL:
-            failures[config] += 1
-        elif record.state == TrialState.RUNNING:
-            holding.setdefault(config, []).append(record.number)
-        elif record.state == TrialState.WAITING:
-            waiting.add(config)
-
-    def given_up(config: TrialConfig) -> bool:
-        return config not in done and failures[config] >= rules.max_failures
-
-    def finished(config: TrialConfig) -> bool:
-        return config in done or given_up(config)
-
-    optima: dict[str, Optimum | None] = {m: _optimum(results, unimodal[m]) for m in UNIMODAL}
+        if record.config is not None:
+            (proxied if record.proxy else trained).add(record)
+    grids = {m: tuple(space.unimodal_configs(m)) for m in UNIMODAL}
+    scored = {m: grids[m] if rules.proxy else () for m in UNIMODAL}
+    # The trained configurations of a modality: its grid, or (with a proxy) its proxy_top best
+    # by proxy score in grid order, unknown (None) until every one of them is scored.
+    unimodal: dict[str, tuple[TrialConfig, ...] | None] = {}
+    for m in UNIMODAL:
+        if not scored[m]:
+            unimodal[m] = grids[m]
+        elif all(proxied.finished(c) for c in scored[m]):
+            best = [o for c in grids[m] if (o := _optimum(proxied.results, (c,))) is not None]
+            top = sorted(best, key=lambda r: rank(r.value, r.number), reverse=True)[: rules.proxy_top]
+            unimodal[m] = tuple(c for c in grids[m] if c in {r.config for r in top})
+        else:
+            unimodal[m] = None
+    done, failures, holding, waiting, results = (trained.done, trained.failures, trained.holding, trained.waiting,
+                                                 trained.results)
+    given_up, finished = trained.given_up, trained.finished
+    optima: dict[str, Optimum | None] = {m: _optimum(results, unimodal[m] or ()) for m in UNIMODAL}
     candidates: dict[str, tuple[tuple[int, int], ...]] = {m: () for m in UNIMODAL}
     fusion: tuple[TrialConfig, ...] | None = None
-    if all(finished(c) for m in UNIMODAL for c in unimodal[m]):
+    if all(v is not None and all(finished(c) for c in v) for v in unimodal.values()):
         fusion = ()
         image, text = optima["image"], optima["text"]
         if image is not None and text is not None:
             for m, optimum in (("image", image), ("text", text)):
                 points = grid_neighbourhood(space.axes(m), getattr(optimum.config, m), rules.neighbourhood,
                                             rules.radius)
-                candidates[m] = tuple(p for p in points if not given_up(replace(optimum.config, **{m: p})))
+                candidates[m] = tuple(p for p in points if not given_up(neighbour := replace(optimum.config, **{m: p}))
+                                      and not proxied.given_up(neighbour))
             fusion = tuple(TrialConfig("fusion", image=i, text=x, fusion=f, d_alg=space.d_alg)
                            for i in candidates["image"] for x in candidates["text"] for f in rules.fusion_methods)
     optima["fusion"] = _optimum(results, fusion or ())
@@ -339,7 +390,9 @@ def derive_plan(space: SearchSpace, rules: PlanRules, trials: Iterable[TrialReco
                                                          "fusion": fusion}
     plan = [c for p in PHASES for c in phases[p] or ()]
     unfinished = [c for c in plan if not finished(c)]
-    phase = next((p for p in PHASES if phases[p] is None or not all(finished(c) for c in phases[p] or ())), "done")
+    proxies = [c for m in UNIMODAL for c in scored[m] if not proxied.finished(c)]
+    phase = next((p for p in PHASES if phases[p] is None or not all(finished(c) for c in phases[p] or ())
+                  or any(c.modality == p for c in proxies)), "done")
     return PlanStatus(
         phase=phase,  # type: ignore[arg-type]
         pending=tuple(c for c in unfinished if c not in holding and c not in waiting),
@@ -354,6 +407,8 @@ def derive_plan(space: SearchSpace, rules: PlanRules, trials: Iterable[TrialReco
         exhausted=fusion is not None and not unfinished,
         enqueued=enqueued,
         holders={c: tuple(holding[c]) for c in unfinished if c in holding},
+        proxy_pending=tuple(c for c in proxies if c not in proxied.holding and c not in proxied.waiting),
+        proxy_running=tuple(c for c in proxies if c in proxied.holding),
     )
 
 
@@ -391,5 +446,6 @@ def records_of(trials: Iterable[FrozenTrial], d_alg: int, *, skip: int | None = 
         if t.number == skip:
             continue
         state, values = override[1:] if override is not None and t.number == override[0] else (t.state, t.values)
-        records.append(TrialRecord(t.number, state, _config_of(t, d_alg), float(values[0]) if values else None))
+        records.append(TrialRecord(t.number, state, _config_of(t, d_alg), float(values[0]) if values else None,
+                                   proxy=bool(t.user_attrs.get(PROXY_ATTR))))
     return records

@@ -44,6 +44,7 @@ class SearchOptions(Protocol):
     radius: int
     max_failures: int
     seed: int
+    unimodal_proxy: str | None
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,12 @@ class GridSearchSampler(optuna.samplers.GridSampler):
 
 
 def _build_heuristic(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:
+    if options.unimodal_proxy is not None:
+        # The plan derives the proxy stage (PlanRules.proxy) and the objective scores proxy
+        # trials (Objective.proxy_score), but no engine routes a proxy trial to it yet.
+        raise ConfigError(f"unimodal_proxy={options.unimodal_proxy!r}: the proxy-guided heuristic is not available "
+                          "in the search engines yet", "leave unimodal_proxy None (every unimodal configuration "
+                          "is trained)", field="SearchOptions.unimodal_proxy")
     return HeuristicSampler(space, fusion_methods=options.fusion_methods or None,
                             neighbourhood=options.neighbourhood,  # type: ignore[arg-type]
                             radius=options.radius, max_failures=options.max_failures, seed=options.seed,

@@ -19,7 +19,9 @@ from difffeat_tune.search._plan import (
     rank,
     records_of,
 )
+from difffeat_tune.search._options import SearchOptions
 from difffeat_tune.space import Axes, SearchSpace, load_space
+from tests.conftest import run_study
 
 #: 3 x 3 image grid, 2 x 3 text grid, two fusion methods.
 SMALL = SearchSpace("small", image=Axes((10, 30, 50), (4, 8, 12)), text=Axes((0, 10), (16, 20, 24)),
@@ -258,3 +260,82 @@ def test_records_of_reads_the_claim_then_the_fixed_then_the_finished_params() ->
     assert [r.number for r in records_of(trials, 64, skip=1)] == [0, 2, 3, 4]
     told_now = records_of(trials, 64, override=(0, C, [0.9]))[0]
     assert (told_now.state, told_now.value) == (C, 0.9)
+
+
+# ---------------------------------------------------------------------------------------- the proxy stage
+
+PROXY_RULES = PlanRules.for_space(SMALL, proxy="logme", proxy_top=2)
+
+
+def scored(configs: list[TrialConfig], start: int = 100, **peaks: tuple[int, int]) -> list[TrialRecord]:
+    """COMPLETE proxy records of ``configs`` whose scores rank like :func:`value`."""
+    return [TrialRecord(start + k, C, c, value(c, **peaks), proxy=True) for k, c in enumerate(configs)]
+
+
+@pytest.mark.parametrize(("records", "phase", "proxy_pending", "pending", "planned"), [
+    ([], "image", IMAGE + TEXT, [], (None, None, None)),
+    (scored(IMAGE), "image", TEXT, [img(30, 4), img(30, 8)], (2, None, None)),
+    (scored(IMAGE + TEXT), "image", [], [img(30, 4), img(30, 8), txt(0, 20), txt(0, 24)], (2, 2, None)),
+    (scored(IMAGE + TEXT) + finished([img(30, 4), img(30, 8)]), "text", [], [txt(0, 20), txt(0, 24)], (2, 2, None)),
+])
+def test_a_proxy_scores_every_unimodal_configuration_then_the_top_ones_are_trained(
+        records, phase, proxy_pending, pending, planned) -> None:
+    status = derive_plan(SMALL, PROXY_RULES, records)
+    assert status.phase == phase
+    assert list(status.proxy_pending) == proxy_pending and list(status.pending) == pending
+    assert tuple(status.planned[p] for p in ("image", "text", "fusion")) == planned
+    assert not status.exhausted and not status.waiting
+
+
+def test_the_modality_optimum_is_the_best_trained_configuration_not_the_best_proxy_score() -> None:
+    # The proxy ranks (30, 8) and (30, 4) first; training finds (30, 4) better than (30, 8).
+    trained = [TrialRecord(200, C, img(30, 4), 0.9), TrialRecord(201, C, img(30, 8), 0.5),
+               TrialRecord(202, C, txt(0, 20), 0.4), TrialRecord(203, C, txt(0, 24), 0.8)]
+    status = derive_plan(SMALL, PROXY_RULES, scored(IMAGE + TEXT) + trained)
+    assert status.phase == "fusion" and status.best_image == img(30, 4) and status.best_text == txt(0, 24)
+    assert status.image_candidates == ((10, 4), (30, 4), (30, 8), (50, 4))
+    assert status.planned == {"image": 2, "text": 2, "fusion": 4 * 3} and status.total_planned == 16
+    done = derive_plan(SMALL, PROXY_RULES, scored(IMAGE + TEXT) + trained + finished(list(status.pending), 300))
+    assert done.exhausted and done.phase == "done"
+
+
+def test_running_and_failed_proxy_trials() -> None:
+    records = [TrialRecord(0, R, IMAGE[0], proxy=True), TrialRecord(1, F, IMAGE[1], proxy=True),
+               TrialRecord(2, F, IMAGE[1], proxy=True)]
+    status = derive_plan(SMALL, PROXY_RULES, records)
+    assert status.proxy_running == (IMAGE[0],) and IMAGE[1] not in status.proxy_pending
+    assert len(status.proxy_pending) == 15 - 2 and status.pending == ()
+    # A given-up proxy trial is never trained: the top two come from the scored rest.
+    rest = scored([c for c in IMAGE if c not in IMAGE[:2]]) + [TrialRecord(0, C, IMAGE[0], 0.0, proxy=True)]
+    status = derive_plan(SMALL, PROXY_RULES, records[1:] + rest)
+    assert status.planned["image"] == 2 and IMAGE[1] not in status.pending
+
+
+def test_a_proxy_trial_does_not_count_as_a_trained_one() -> None:
+    status = derive_plan(SMALL, RULES, scored(IMAGE + TEXT))
+    assert status.completed["image"] == 0 and len(status.pending) == 15 and status.proxy_pending == ()
+
+
+@pytest.mark.parametrize("kwargs", [{"proxy": "svm"}, {"proxy": "logme", "proxy_top": 0},
+                                    {"proxy": "ridge", "proxy_top": 2.5}])
+def test_invalid_proxy_rules_raise_config_error(kwargs: dict) -> None:
+    with pytest.raises(ConfigError, match="proxy"):
+        PlanRules.for_space(SMALL, **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"unimodal_proxy": "svm"}, "unimodal_proxy"),
+                                               ({"proxy_top": 0}, "proxy_top"),
+                                               ({"unimodal_proxy": "logme", "sampler": "grid"}, "unimodal_proxy")])
+def test_invalid_proxy_search_options_name_their_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SearchOptions(**kwargs)
+    assert info.value.field == f"SearchOptions.{field}"
+
+
+def test_a_search_with_a_unimodal_proxy_is_refused_before_any_study_is_written(synthetic_view, small_space,
+                                                                                tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    with pytest.raises(ConfigError, match="unimodal_proxy") as info:
+        run_study(synthetic_view, small_space, url, "proxy", unimodal_proxy="logme", epochs=1)
+    assert info.value.field == "SearchOptions.unimodal_proxy"
+    assert optuna.study.get_all_study_names(url) == []
