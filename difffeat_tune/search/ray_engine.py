@@ -2,9 +2,10 @@
 
 The driver holds the Optuna study (the same :class:`~optuna.storages.RDBStorage` and study name a
 local run uses) and the same sampler: the :class:`~difffeat_tune.search._heuristic.HeuristicSampler`
-or Optuna's ``GridSampler`` over the fusion grid. A Tune searcher built on
-:class:`ray.tune.search.optuna.OptunaSearch` (:class:`DiffFeatSearch`) asks the study for a trial
-only when the plan has something pending, so its ``suggest`` never blocks Tune's driver loop; it
+or Optuna's ``GridSampler`` over the fusion grid. A Tune searcher (:class:`DiffFeatSearch`, a
+:class:`ray.tune.search.Searcher`) follows the same trial protocol as the local engine
+(:class:`~difffeat_tune.search._protocol.TrialProtocol`): it asks the study for a trial only
+when the plan has something pending, so its ``suggest`` never blocks Tune's driver loop; it
 returns ``None`` while the heuristic's phase barrier holds and ``Searcher.FINISHED`` once the plan
 (or the grid) is exhausted. Ray workers only train: each builds one
 :class:`~difffeat_tune.probe.objective.Objective` per process from plain data (the feature store's
@@ -27,11 +28,9 @@ they go stale and the next run (local or Ray) fails them and retries their confi
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,18 +40,14 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import P_FUSION, P_IMAGE_B, P_IMAGE_T, P_MODALITY, P_TEXT_B, P_TEXT_T, TrialConfig
-from difffeat_tune.probe.objective import Objective, ObjectiveSettings
+from difffeat_tune.probe.objective import Objective, ObjectiveSettings, TrialResult
 from difffeat_tune.search import _attrs as A
-from difffeat_tune.search._heartbeat import Heartbeat, fail_stale
 from difffeat_tune.search._options import SearchOptions
-from difffeat_tune.search._records import ask, deferred_writes, finish
-from difffeat_tune.search._samplers import plan_state
-from difffeat_tune.search._suggest import suggest_config
-from difffeat_tune.search._run import SearchRun, record_config
+from difffeat_tune.search._protocol import POLL_INTERVAL, STOPPED, Asked, TrialProtocol
+from difffeat_tune.search._run import SearchRun
 from difffeat_tune.space import SearchSpace
 from difffeat_tune.store import FeatureStore, FeatureView
 
@@ -188,20 +183,25 @@ def run_trial(config: Mapping[str, Any], spec: WorkerSpec) -> None:
 
 # ---------------------------------------------------------------------------------------- driver
 
-class DiffFeatSearch(OptunaSearch):
+class DiffFeatSearch(Searcher):
     """Tune searcher over the study of a :class:`~difffeat_tune.search.runner.SearchRun`.
 
-    ``suggest`` reads the plan from storage first (:func:`~difffeat_tune.search._samplers.plan_state`)
-    and asks the study only when something is pending: it returns ``None`` while the plan waits
-    for running trials (the heuristic's phase barrier; Tune asks again later), and
+    It follows the trial protocol (:class:`~difffeat_tune.search._protocol.TrialProtocol`) as
+    the local engine does: ``suggest`` reads the plan from storage first and asks the study only
+    when something is pending, so it never blocks Tune's driver loop. It returns ``None`` while
+    the plan waits for running trials (the heuristic's phase barrier; Tune asks again later), and
     ``Searcher.FINISHED`` once the plan is finished or ``n_trials`` trials were asked. Reads while
-    waiting are spaced ``poll_interval`` seconds apart (a trial completing triggers an immediate
+    waiting are spaced ``poll_interval`` seconds apart (a trial told triggers an immediate
     re-read), and stale trials of dead workers are failed then.
 
     Every trial gets the user attributes a local trial gets (``phase``, ``modality``, ``config``,
     then one attribute per metric, ``epochs_run``, ``seconds``, ``split``); failed trials get
     ``error``. Per-epoch scores are the trial's intermediate values, so the study's pruner (see
     :class:`OptunaPruningScheduler`) acts on them as it does locally.
+
+    The study in storage is the search's whole state: :meth:`save` writes the study's name and
+    :meth:`restore` checks it; a pickled searcher (Tune pickles it with the Tuner's state)
+    reopens the study and leaves the heartbeats and callbacks on the driver.
 
     Args:
         space: the search space.
@@ -212,185 +212,126 @@ class DiffFeatSearch(OptunaSearch):
     """
 
     def __init__(self, space: SearchSpace, options: SearchOptions, *, study: optuna.Study,
-                 callbacks: Sequence[OptunaCallback] = (), poll_interval: float = 0.5) -> None:
-        super().__init__(space=None, metric=METRIC, mode=MODE, sampler=study.sampler,
-                         study_name=study.study_name, storage=study._storage)
+                 callbacks: Sequence[OptunaCallback] = (), poll_interval: float = POLL_INTERVAL) -> None:
+        super().__init__(metric=METRIC, mode=MODE)
         self._search_space = space
         self._options = options
-        self._pruner = study.pruner
-        self._budget = options.n_trials
-        self._callbacks = list(callbacks)
         self._poll_interval = float(poll_interval)
-        self._init_runtime()
-        self._space = self._define_by_run  # suggestions go through suggest_config (conditional space)
-        self._ot_study = study
+        self._open(study, callbacks)
 
-    # -- state that never leaves the driver ---------------------------------------------------
-
-    def _init_runtime(self) -> None:
-        self._asked = 0
-        self._next_read = 0.0
+    def _open(self, study: optuna.Study, callbacks: Sequence[OptunaCallback]) -> None:
+        self._protocol = TrialProtocol(study, self._search_space, self._options, callbacks=callbacks,
+                                       poll_interval=self._poll_interval)
+        self._live: dict[str, Asked] = {}  # by Tune trial id
         self._tune_trials: dict[str, Trial] = {}
-        self._reported: dict[str, int] = {}
-        self._pruned: set[str] = set()
-        self._heartbeat: Heartbeat | None = None  # the driver records its running trials' heartbeats
-        self._enqueued = True  # WAITING trials in the study at the last read of the plan (ask pops one first)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        # Tune pickles the searcher with the Tuner's state: leave out the live study, the threads
-        # and the callbacks (e.g. closures over a progress display), which stay on the driver.
-        for key in ("_ot_study", "_ot_trials", "_tune_trials", "_heartbeat", "_callbacks"):
-            state.pop(key, None)
+        # What reopens the study; the live study, the heartbeats and the callbacks (e.g. closures
+        # over a progress display) stay on the driver.
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_protocol", "_live", "_tune_trials")}
+        study = self.study
+        state["_reopen"] = (study.study_name, study._storage, study.sampler, study.pruner)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        name, storage, sampler, pruner = state.pop("_reopen")
         self.__dict__.update(state)
-        self._init_runtime()
-        self._ot_trials = {}
-        self._callbacks = []
-        self._setup_study(MODE)
+        self._open(optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), ())
 
     def save(self, checkpoint_path: str) -> None:
-        """The study in storage is the search's state: save only what identifies it."""
+        """The study in storage is the search's state: save only its name (checked by :meth:`restore`)."""
         with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"study_name": self._study_name, "asked": self._asked}, handle)
+            pickle.dump({"study_name": self.study.study_name}, handle)
 
     def restore(self, checkpoint_path: str) -> None:
-        logger.info("DiffFeatSearch resumes from the Optuna study %r, not from %s", self._study_name, checkpoint_path)
-
-    # -- the study ----------------------------------------------------------------------------
-
-    def _setup_study(self, mode: str | list[str]) -> None:
-        self._ot_study = optuna.create_study(storage=self._storage, sampler=self._sampler, pruner=self._pruner,
-                                             study_name=self._study_name, direction="maximize", load_if_exists=True)
+        """Check that the checkpoint is of this searcher's study (which resumes from storage)."""
+        with open(checkpoint_path, "rb") as handle:
+            saved = pickle.load(handle)
+        name = saved.get("study_name") if isinstance(saved, dict) else None
+        if name != self.study.study_name:
+            raise ConfigError(f"Tune checkpoint {checkpoint_path}: it is of study {name!r}, "
+                              f"not of {self.study.study_name!r}",
+                              "restore the Tune run with a searcher over the study it ran")
+        logger.info("DiffFeatSearch resumes the Optuna study %r from its storage", name)
 
     @property
     def study(self) -> optuna.Study:
         """The Optuna study the search writes to."""
-        return self._ot_study
+        return self._protocol.study
+
+    @property
+    def protocol(self) -> TrialProtocol:
+        """The trial protocol the searcher follows."""
+        return self._protocol
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         """Accept Tune's ``param_space`` if it is the search space's :meth:`SearchSpace.to_tune`."""
         if metric not in (None, METRIC) or mode not in (None, MODE):
             raise ConfigError(f"DiffFeatSearch optimises {METRIC!r} ({MODE}), not {metric!r} ({mode})")
-        if config:
-            expected = self.convert_search_space(self._search_space.to_tune())
-            given = self.convert_search_space(config)
-            if given != expected:
-                raise ConfigError("Tune's param_space is not the search space's to_tune()",
-                                  "pass param_space=space.to_tune() for the space given to DiffFeatSearch")
+        if config and _choices(config) != _choices(self._search_space.to_tune()):
+            raise ConfigError("Tune's param_space is not the search space's to_tune()",
+                              "pass param_space=space.to_tune() for the space given to DiffFeatSearch")
         return True
 
-    def _define_by_run(self, trial: optuna.Trial) -> None:
-        suggest_config(trial, self._search_space)
-
-    def availability(self) -> str:
-        """``"ask"`` (something is pending), ``"wait"`` (running trials must end first) or ``"finished"``."""
-        state = plan_state(self._ot_study, self._search_space, self._options)
-        self._enqueued = state.enqueued > 0
-        return "finished" if state.finished else "ask" if state.can_ask else "wait"
+    def finished(self) -> bool:
+        """Whether the plan is finished (nothing left to ask, nothing running)."""
+        state = self._protocol.next_state(block=False)
+        return state is not None and state.finished
 
     # -- Tune's searcher interface ------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self._budget is not None and self._asked >= self._budget:
+        protocol = self._protocol
+        if protocol.spent:
             return Searcher.FINISHED
-        now = time.monotonic()
-        if now < self._next_read:
+        state = protocol.next_state(block=False)
+        if state is None:
             return None
-        availability = self.availability()
-        if availability == "finished":
+        if state.finished:
             return Searcher.FINISHED
-        if availability == "wait":
-            self._next_read = now + self._poll_interval
-            fail_stale(self._ot_study)
+        asked = protocol.ask(1, state)
+        if not asked:  # another process took the last pending configuration, or a surplus trial
             return None
-        try:
-            ot_trial = ask(self._ot_study, enqueued=self._enqueued)  # the driver records the heartbeats (Heartbeat)
-        except TimeoutError:  # another process took the last pending configuration: wait
-            self._next_read = now + self._poll_interval
-            return None
-        # At once: a driver dying from here on leaves a stale trial (the samplers beat it before it holds a configuration).
-        self._beating().add(ot_trial._trial_id, beat=not getattr(self._ot_study.sampler, "beats_claims", False))
-        try:
-            with deferred_writes(ot_trial):  # the parameters and the configuration's attributes in one write
-                config = suggest_config(ot_trial, self._search_space)
-                record_config(ot_trial, config)
-        except optuna.TrialPruned:  # a surplus trial (nothing left for it): close it, check again
-            self._beating().discard(ot_trial._trial_id)
-            self._tell(ot_trial, None, TrialState.PRUNED)
-            return None
-        self._ot_trials[trial_id] = ot_trial
-        self._asked += 1
-        params = config.to_params()
+        self._live[trial_id] = asked[0]
+        params = asked[0].config.to_params()
         return {k: params.get(k) for k in _PARAMS}  # absent axes are None in the Tune config
 
     def report(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         """Record a per-epoch score as the trial's intermediate value; return whether to prune it."""
-        ot_trial = self._ot_trials.get(trial_id)
-        epoch = result.get(R_EPOCH)
-        if ot_trial is None or result.get(R_FINAL) or result.get(R_ERROR) or epoch is None:
+        asked = self._live.get(trial_id)
+        epoch, score = result.get(R_EPOCH), result.get(METRIC)
+        if asked is None or result.get(R_FINAL) or result.get(R_ERROR) or epoch is None:
             return False
-        score = result.get(METRIC)
-        if epoch <= self._reported.get(trial_id, 0) or score is None or not math.isfinite(score):
-            return trial_id in self._pruned
-        self._reported[trial_id] = int(epoch)
-        ot_trial.report(float(score), int(epoch))
-        if isinstance(self._pruner, optuna.pruners.NopPruner) or not ot_trial.should_prune():
-            return False
-        self._pruned.add(trial_id)
-        return True
+        return asked.pruned if score is None else self._protocol.report(asked, int(epoch), float(score))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.pop(trial_id, None)
-        if ot_trial is None:
+        asked = self._live.pop(trial_id, None)
+        if asked is None:
             return
-        result = result or {}
-        attrs: dict[str, Any] = {}
-        value: float | None = None
-        if error:
-            state, attrs[A.ERROR] = TrialState.FAIL, self._tune_error(trial_id)
-        elif result.get(R_ERROR):
-            state, attrs[A.ERROR] = TrialState.FAIL, A.first_line(str(result[R_ERROR]))
-        elif result.get(R_FINAL):
-            attrs.update(A.result_attrs(_metrics_of(result), int(result.get(R_EPOCHS, result.get(R_EPOCH, 0))),
-                                        float(result.get(R_SECONDS, 0.0)), result.get(R_SPLIT)))
-            value = float(result[METRIC])
-            state = TrialState.COMPLETE
-            if not math.isfinite(value):
-                state, value, attrs[A.ERROR] = TrialState.FAIL, None, f"the score is not finite ({value})"
-        elif trial_id in self._pruned:
-            state = TrialState.PRUNED
-            attrs[A.EPOCHS] = self._reported.get(trial_id, 0)
-            attrs[A.SECONDS] = round(float(result.get("time_total_s", 0.0)), 4)
-            attrs[A.SPLIT] = self._ot_study.user_attrs.get(A.SELECTION_SPLIT)
-        else:
-            state = TrialState.FAIL
-            attrs[A.ERROR] = "stopped before it finished (the Ray Tune run ended or was interrupted)"
-        self._tell(ot_trial, value, state, attrs)
-        self._reported.pop(trial_id, None)
-        self._pruned.discard(trial_id)
-        self._tune_trials.pop(trial_id, None)
-        self._next_read = 0.0  # the plan may have moved on: read it at the next suggest
-
-    def _tell(self, ot_trial: optuna.Trial, value: float | None, state: TrialState,
-              attrs: Mapping[str, Any] | None = None) -> None:
-        """The result's user attributes, the state and the value in one write (see :func:`finish`)."""
-        self._beating().discard(ot_trial._trial_id)
         try:
-            frozen = finish(self._ot_study, ot_trial, state, value, attrs)
-        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile (driver paused too long)
-            logger.warning("trial %d was already finished in storage; its result is not recorded", ot_trial.number)
-            return
-        except Exception:  # noqa: BLE001
-            logger.warning("could not record trial %d as %s", ot_trial.number, state.name, exc_info=True)
-            return
-        for callback in self._callbacks:
-            callback(self._ot_study, frozen)
+            self._tell(trial_id, asked, result or {}, error)
+        except Exception:
+            logger.warning("could not record trial %d", asked.trial.number, exc_info=True)
+        finally:
+            self._tune_trials.pop(trial_id, None)
+
+    def _tell(self, trial_id: str, asked: Asked, result: Mapping[str, Any], error: bool) -> None:
+        protocol = self._protocol
+        if error:
+            protocol.fail(asked, self._tune_error(trial_id))
+        elif result.get(R_ERROR):
+            protocol.fail(asked, str(result[R_ERROR]))
+        elif result.get(R_FINAL):
+            protocol.tell_result(asked, _trial_result(asked.config, result), history=False)
+        elif asked.pruned:
+            protocol.tell(asked, TrialState.PRUNED, attrs={
+                A.EPOCHS: asked.reported, A.SECONDS: round(float(result.get("time_total_s", 0.0)), 4),
+                A.SPLIT: self.study.user_attrs.get(A.SELECTION_SPLIT)})
+        else:
+            protocol.fail(asked, f"{STOPPED} (the Ray Tune run ended or was interrupted)")
 
     def register(self, trial: Trial) -> None:
         """Remember Tune's trial object (for its error file when Tune gives up on it)."""
@@ -403,26 +344,17 @@ class DiffFeatSearch(OptunaSearch):
             path = trial.error_file if trial is not None else None
             if path and os.path.exists(path):
                 text = Path(path).read_text(errors="replace")
-        except Exception:  # noqa: BLE001 - the generic message below is good enough
+        except Exception:
             logger.debug("cannot read the error file of trial %s", trial_id, exc_info=True)
         last = text.rsplit("Failure # ", 1)[-1].splitlines()[1:] if "Failure # " in text else []
         detail = next((line.strip() for line in last if line.strip()), "")
         return f"Ray Tune gave up on the trial after its worker failed: {detail or 'see the Ray Tune results folder'}"
 
-    # -- heartbeats and clean-up --------------------------------------------------------------
-
-    def _beating(self) -> Heartbeat:
-        if self._heartbeat is None:
-            self._heartbeat = Heartbeat(self._ot_study._storage)
-        return self._heartbeat
-
     def close(self) -> None:
-        """Stop the heartbeats and fail the trials that did not finish (so their configurations are retried)."""
-        for trial_id in list(self._ot_trials):
-            ot_trial = self._ot_trials.pop(trial_id)
-            self._tell(ot_trial, None, TrialState.FAIL, {A.ERROR: "the Ray driver stopped before the trial finished"})
-        if self._heartbeat is not None:
-            self._heartbeat.close()
+        """Fail the trials that did not finish (so their configurations are retried); stop the heartbeats."""
+        self._live.clear()
+        self._protocol.abandon("the Ray driver stopped before the trial finished")
+        self._protocol.close()
 
 
 def _metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
@@ -432,6 +364,18 @@ def _metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
         return {str(k): float(v) for k, v in nested.items()}
     prefix = f"{R_METRICS}/"
     return {k[len(prefix):]: float(v) for k, v in result.items() if k.startswith(prefix)}
+
+
+def _choices(config: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The values of each axis of a Tune ``param_space`` (``tune.choice`` domains, or constants)."""
+    return {k: list(getattr(v, "categories", [v])) for k, v in config.items()}
+
+
+def _trial_result(config: TrialConfig, result: Mapping[str, Any]) -> TrialResult:
+    """The :class:`TrialResult` of a final result reported by :func:`run_trial`."""
+    return TrialResult(config=config, score=float(result[METRIC]), metrics=_metrics_of(result),
+                       split=result.get(R_SPLIT), epochs_run=int(result.get(R_EPOCHS, result.get(R_EPOCH, 0))),
+                       history=[], seconds=float(result.get(R_SECONDS, 0.0)))
 
 
 class OptunaPruningScheduler(FIFOScheduler):
@@ -508,17 +452,46 @@ def run_ray(run: SearchRun, *, resources_per_trial: Mapping[str, float] | None =
         max_concurrent: trials at once (default: as many as the cluster's resources hold at start).
         max_failures: Tune's retries of a trial whose worker died (same Optuna trial).
         verbose: Tune's console verbosity (0 silent ... 3 detailed).
+
+    Raises:
+        ConfigError: an option of the wrong type or out of range (named as the option).
     """
+    _check_options(resources_per_trial, max_concurrent, max_failures, verbose)
     settings = run.settings
     location = ViewLocation.of(run.view)
     searcher = DiffFeatSearch(settings.space, settings.search, study=run.study, callbacks=run.callbacks)
-    fail_stale(run.study)
-    if searcher.availability() == "finished":
+    if searcher.finished():
+        searcher.close()
         return
     spec = WorkerSpec(location, settings.probe, settings.device, settings.space.d_alg)
     _tune(searcher, settings.space, spec, run.study.study_name, ray_address=settings.search.ray_address,
           results_dir=settings.search.runs / "ray", resources_per_trial=resources_per_trial,
           max_concurrent=max_concurrent, max_failures=max_failures, device=settings.device, verbose=verbose)
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ConfigError(f"the ray engine's option {name} must be an integer {span}, got {value!r}", field=name)
+
+
+def _check_options(resources_per_trial: Mapping[str, float] | None, max_concurrent: int | None,
+                   max_failures: int, verbose: int) -> None:
+    """The Ray engine's options, checked before Ray starts (one clear error instead of Tune's)."""
+    if resources_per_trial is not None:
+        if not isinstance(resources_per_trial, Mapping) or not resources_per_trial:
+            raise ConfigError(f"the ray engine's option resources_per_trial must be a mapping of resource names "
+                              f"to amounts, got {resources_per_trial!r}", 'e.g. {"cpu": 1, "gpu": 0.25}',
+                              field="resources_per_trial")
+        for name, amount in resources_per_trial.items():
+            if not isinstance(name, str) or isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+                    or not amount >= 0:
+                raise ConfigError(f"the ray engine's option resources_per_trial: {name!r} must be a "
+                                  f"non-negative amount, got {amount!r}", field="resources_per_trial")
+    if max_concurrent is not None:
+        _check_int("max_concurrent", max_concurrent, 1)
+    _check_int("max_failures", max_failures, 0)
+    _check_int("verbose", verbose, 0, 3)
 
 
 def _tune(searcher: DiffFeatSearch, space: SearchSpace, spec: WorkerSpec, study_name: str, *,
@@ -548,5 +521,13 @@ def _tune(searcher: DiffFeatSearch, space: SearchSpace, spec: WorkerSpec, study_
             ray.shutdown()
 
 
-__all__ = ["DiffFeatSearch", "OptunaPruningScheduler", "ViewLocation", "WorkerSpec", "run_ray", "run_trial",
-           "default_resources", "DEFAULT_GPU_FRACTION"]
+__all__ = [
+    "DEFAULT_GPU_FRACTION",
+    "DiffFeatSearch",
+    "OptunaPruningScheduler",
+    "ViewLocation",
+    "WorkerSpec",
+    "default_resources",
+    "run_ray",
+    "run_trial",
+]

@@ -247,7 +247,7 @@ def test_the_trials_of_a_dead_driver_go_stale_and_are_retried(db_url: str, tiny_
     dead = _searcher(tiny_space, db_url, "d", storage=storage, poll_interval=0.01)
     first = {f"a{i}": dead.suggest(f"a{i}") for i in range(6)}  # every unimodal configuration
     assert all(first.values()) and dead.suggest("a6") is None
-    dead._beating().close()  # the driver dies: no more heartbeats, nothing told
+    dead.protocol.close()  # the driver dies: no more heartbeats, nothing told
     time.sleep(2.5)
     alive = _searcher(tiny_space, db_url, "d", storage=storage, poll_interval=0.01)
     assert alive.suggest("b0") is None  # the first look fails the stale trials...
@@ -297,3 +297,42 @@ def test_n_trials_budget_and_pickling(db_url: str, tmp_path: Path, small_space) 
     assert spec.location == location and hash(spec) == hash(WorkerSpec(location, probe, "cpu", 32))
     with pytest.raises(ConfigError, match="shared folder"):
         ViewLocation("s3://bucket/features", "synthetic")
+
+
+def test_the_searcher_is_a_plain_tune_searcher_whose_checkpoint_names_its_study(  # type: ignore[no-untyped-def]
+        db_url: str, tmp_path: Path, tiny_space) -> None:
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = _searcher(tiny_space, db_url, "c")
+    assert isinstance(searcher, Searcher) and not isinstance(searcher, OptunaSearch)
+    assert searcher.metric == "score" and searcher.mode == "max"
+    assert searcher.suggest("a") is not None
+    checkpoint = tmp_path / "searcher.pkl"
+    searcher.save(str(checkpoint))
+    assert pickle.loads(checkpoint.read_bytes()) == {"study_name": "c"}  # everything else is in the study
+    again = _searcher(tiny_space, db_url, "c")
+    again.restore(str(checkpoint))  # the same study: resumes from storage
+    other = _searcher(tiny_space, db_url, "other")
+    with pytest.raises(ConfigError, match="of study 'c', not of 'other'"):
+        other.restore(str(checkpoint))
+    with pytest.raises(ConfigError, match="param_space"):
+        searcher.set_search_properties(None, None, {"modality": ray.tune.choice(["image"])})
+    for s in (searcher, again, other):
+        s.close()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"max_concurrent": 0}, "max_concurrent must be an integer of at least 1, got 0"),
+    ({"max_failures": -1}, "max_failures must be an integer of at least 0, got -1"),
+    ({"verbose": 7}, "verbose must be an integer from 0 to 3, got 7"),
+    ({"resources_per_trial": {"cpu": -1}}, "resources_per_trial: 'cpu' must be a non-negative amount"),
+    ({"resources_per_trial": 2}, "resources_per_trial must be a mapping"),
+    ({"workers": 2}, "the ray engine takes no option 'workers'"),
+])
+def test_ray_engine_options_are_checked_before_ray_starts(  # type: ignore[no-untyped-def]
+        options: dict[str, object], message: str, tmp_path: Path, db_url: str, tiny_space) -> None:
+    view = write_synthetic_store(tmp_path / "features")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        run_study(view, tiny_space, db_url, "o", engine="ray", engine_options=options, runs=tmp_path, **RECIPE)
+    assert not (tmp_path / "ray").exists()  # Tune never started
+    assert optuna.load_study(study_name="o", storage=db_url).trials == []  # nothing was asked
