@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from difffeat_tune._errors import BackboneError, ConfigError, DataError
+from difffeat_tune._errors import DataError
 from difffeat_tune.backbones._base import Encoded, seeded_normal
 from difffeat_tune.backbones._plaid_net import (
-    MUP_BASE_WIDTH,
     GammaBounds,
     NoiseSchedule,
     PlaidConfig,
@@ -22,16 +21,10 @@ from difffeat_tune.backbones._plaid_net import (
 )
 from difffeat_tune.backbones.plaid import PlaidBackbone, build_tiny_plaid, load_plaid
 from difffeat_tune.data._base import Split
+from tests.backbones.tiny_models import PLAID_CAPTIONS as CAPTIONS
+from tests.backbones.tiny_models import PLAID_TOKEN_LENGTH as TOKEN_LENGTH
+from tests.backbones.tiny_models import TinyModels
 
-CAPTIONS = (
-    "a dog runs on the green grass",
-    "two cats sleep on a red sofa",
-    "a man rides a bicycle in the city",
-    "In this photo, there are also some chairs, bottles.",
-    "a plate of food with broccoli and rice",
-    "a red bus waits at the stop in the rain",
-)
-TOKEN_LENGTH = 16
 BLOCKS = [8, 12, 16, 20, 24]
 
 
@@ -52,13 +45,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return build_tiny_plaid(tmp_path_factory.mktemp("plaid") / "tiny", CAPTIONS, seed=0)
+def tiny_folder(tiny_models: TinyModels):
+    return tiny_models.folder("plaid")
 
 
 @pytest.fixture(scope="module")
-def backbone(tiny_folder) -> PlaidBackbone:
-    return load(tiny_folder)
+def backbone(tiny_models: TinyModels) -> PlaidBackbone:
+    return tiny_models.backbone("plaid")  # type: ignore[return-value]  # DDIM, token length 16
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +131,6 @@ def test_tiny_build_is_deterministic_from_seed(tmp_path):
     assert not torch.equal(a["blocks.0.attn_qkv.weight"], c["blocks.0.attn_qkv.weight"])
 
 
-def test_reloaded_model_gives_identical_features_and_fingerprint(tiny_folder, backbone, batch):
-    again = load(tiny_folder)
-    assert again.fingerprint() == backbone.fingerprint()
-    first = backbone.features(batch, [0, 20], [12, 24])
-    second = again.features(again.encode(make_split(), range(len(CAPTIONS))), [0, 20], [12, 24])
-    assert all(torch.equal(first[t][b], second[t][b]) for t in first for b in first[t])
-
-
 def test_fingerprint_changes_with_weights(tmp_path, backbone):
     other = load(build_tiny_plaid(tmp_path / "seed1", CAPTIONS, seed=1))
     assert other.fingerprint() != backbone.fingerprint()
@@ -157,126 +142,12 @@ def test_config_is_inferred_from_shapes_without_config_json(tmp_path):
     assert load(folder).config == PlaidConfig(dim=32, n_blocks=3, n_heads=2, embed_dim=16, vocab_size=1024)
 
 
-@pytest.mark.parametrize(
-    "name", ["model.pt", "noise_schedule.pt", "gamma_bounds.pt", "embedding_matrix.pt", "tokenizer.json"]
-)
-def test_missing_file_names_its_path_and_the_source(tmp_path, name):
-    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
-    (folder / name).unlink()
-    with pytest.raises(BackboneError) as err:
-        load(folder)
-    assert str(folder / name) in str(err.value)
-    assert "igul222/plaid" in str(err.value)
-
-
-def test_wrong_shape_key_fails_strict_load_naming_key_and_shapes(tmp_path):
-    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
-    state = torch.load(folder / "model.pt", weights_only=True)
-    state["blocks.1.mlp.fc1.weight"] = torch.zeros(100, 64)
-    torch.save(state, folder / "model.pt")
-    with pytest.raises(BackboneError, match=r"blocks\.1\.mlp\.fc1\.weight has \[100, 64\], expected \[256, 64\]"):
-        load(folder)
-
-
-def test_missing_and_unexpected_keys_fail_strict_load(tmp_path):
-    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
-    state = torch.load(folder / "noise_schedule.pt", weights_only=True)
-    state["W3"] = state.pop("W2")
-    torch.save(state, folder / "noise_schedule.pt")
-    with pytest.raises(BackboneError, match=r"missing keys \[W2\]; unexpected keys \[W3\]"):
-        load(folder)
-
-
-def test_bad_options_are_config_errors(tiny_folder):
-    with pytest.raises(ConfigError, match="noising"):
-        load(tiny_folder, noising="gaussian")
-    with pytest.raises(ConfigError, match="inversion_step"):
-        load(tiny_folder, inversion_step=0)
-
-
-# ---------------------------------------------------------------- the network itself
-
-
-def test_blocks_return_residual_stream_and_readout_scale_is_applied_once(backbone, batch):
-    net = backbone.net
-    z = backbone.noisy_embeddings(batch, [0])[0]
-    gamma = backbone.schedule_at([0])[0].expand(len(batch))
-    hidden = {}
-    handle = net.blocks[-1].register_forward_hook(lambda m, a, out: hidden.setdefault("last", out))
-    try:
-        with torch.no_grad():
-            readout = net.readout(z, gamma)
-    finally:
-        handle.remove()
-    h = hidden["last"]
-    assert h.shape == (len(batch), TOKEN_LENGTH, 64)
-    with torch.no_grad():  # LayerNorm written out: no bias, eps 1e-5, learned gain
-        normed = torch.nn.functional.layer_norm(h, (64,), eps=1e-5) * net.output_norm.weight
-        expected = net.output_linear.weight @ (normed * (MUP_BASE_WIDTH / 64))[..., None]
-        expected = expected[..., 0] + net.output_linear.bias
-    assert readout.shape == (len(batch), TOKEN_LENGTH, 1024)
-    torch.testing.assert_close(readout, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_logits_are_the_readout_plus_the_z_term(backbone, batch):
-    net = backbone.net
-    z = backbone.noisy_embeddings(batch, [20])[20]
-    gamma = backbone.schedule_at([20])[0].expand(len(batch))
-    emb = backbone.embedding.normalized()
-    with torch.no_grad():
-        logits = net(z, gamma, emb)
-        readout = net.readout(z, gamma)
-    coef = torch.sigmoid(-gamma).sqrt() / torch.sigmoid(gamma)
-    z_term = coef.float()[:, None, None] * torch.einsum("ble,ve->blv", z, emb)
-    torch.testing.assert_close(logits, readout + z_term, atol=1e-5, rtol=1e-5)
-    assert z_term.abs().max() > 1.0  # the term is not negligible at t = 20
-
-
-# ---------------------------------------------------------------- (c) features
-
-
-def test_features_have_shape_t_block_batch_width(backbone, batch):
-    feats = backbone.features(batch, [0, 10, 30], BLOCKS)
-    assert list(feats) == [0, 10, 30]
-    for per_block in feats.values():
-        assert list(per_block) == BLOCKS
-        for tensor in per_block.values():
-            assert tensor.shape == (len(CAPTIONS), 64)
-            assert tensor.dtype == torch.float32
-            assert torch.isfinite(tensor).all()
-
-
-def test_features_are_deterministic_across_calls(backbone, batch):
-    first = backbone.features(batch, [0, 20], BLOCKS)
-    second = backbone.features(batch, [0, 20], BLOCKS)
-    assert all(torch.equal(first[t][b], second[t][b]) for t in first for b in BLOCKS)
-
-
-def test_features_do_not_depend_on_batch_composition(backbone, batch):
-    full = backbone.features(batch, [0, 20], [8, 24])
-    split = make_split()
-    for row in (0, 3):
-        alone = backbone.features(backbone.encode(split, [row]), [0, 20], [8, 24])
-        for t in (0, 20):
-            for b in (8, 24):
-                torch.testing.assert_close(alone[t][b][0], full[t][b][row], atol=1e-4, rtol=1e-4)
-
-
 def test_features_do_not_depend_on_other_requested_timesteps(backbone, batch):
     together = backbone.features(batch, [0, 10, 25, 30], [12, 24])
     for t in (0, 10, 25, 30):
         alone = backbone.features(batch, [t], [12, 24])
         for b in (12, 24):
             torch.testing.assert_close(alone[t][b], together[t][b], atol=1e-5, rtol=1e-5)
-
-
-def test_features_are_not_degenerate(backbone, batch):
-    feats = backbone.features(batch, [0, 30], [8, 24])
-    for t in (0, 30):
-        assert (feats[t][8] - feats[t][24]).abs().max() > 1e-2  # blocks differ
-        rows = feats[t][24]
-        assert torch.cdist(rows, rows)[~torch.eye(len(rows), dtype=torch.bool)].min() > 1e-2  # captions differ
-    assert (feats[0][24] - feats[30][24]).abs().max() > 1e-2  # timesteps differ
 
 
 # ---------------------------------------------------------------- (d) tokens, mask and pooling
@@ -335,39 +206,6 @@ def test_settings_record_every_feature_changing_option(backbone):
 
 
 # ---------------------------------------------------------------- (e) noising
-
-
-def test_ddim_noising_ignores_the_noise_seed(tiny_folder, backbone, batch):
-    reseeded = load(tiny_folder, noise_seed=123)
-    assert reseeded.settings() == backbone.settings()
-    a = backbone.features(batch, [20], [24])[20][24]
-    b = reseeded.features(batch, [20], [24])[20][24]
-    assert torch.equal(a, b)
-
-
-def test_random_noising_depends_on_the_noise_seed(tiny_folder, batch):
-    seed0, again, seed1 = (load(tiny_folder, noising="random", noise_seed=s) for s in (0, 0, 1))
-    assert seed0.settings() != seed1.settings()
-    f0, f0b, f1 = (bb.features(batch, [20], [24])[20][24] for bb in (seed0, again, seed1))
-    assert torch.equal(f0, f0b)
-    assert (f0 - f1).abs().max() > 1e-3
-
-
-def test_random_noising_is_alpha_embedding_plus_sigma_seeded_noise(tiny_folder, batch):
-    bb = load(tiny_folder, noising="random", noise_seed=7)
-    z = bb.noisy_embeddings(batch, [30])[30]
-    _, alpha, sigma = bb.schedule_at([30])
-    x0 = bb.embedding.normalized()[batch.tensors["tokens"]]
-    eps = seeded_normal(batch.ids, 30, (TOKEN_LENGTH, 16), 7, torch.device("cpu"))
-    torch.testing.assert_close(z, float(alpha) * x0 + float(sigma) * eps)
-
-
-def test_ddim_at_t0_is_alpha0_times_clean_embedding(backbone, batch):
-    z0 = backbone.noisy_embeddings(batch, [0])[0]
-    _, alpha, _ = backbone.schedule_at([0])
-    matrix = backbone.embedding.matrix
-    normalized = matrix / (matrix.norm(dim=1, keepdim=True) + 1e-8)
-    torch.testing.assert_close(z0, float(alpha) * normalized[batch.tensors["tokens"]])
 
 
 def test_ddim_step_follows_the_model_prediction(backbone, batch):
@@ -558,74 +396,6 @@ def rows_through(bb: PlaidBackbone) -> Iterator[dict[str, object]]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-@pytest.mark.parametrize("timesteps", [[0, 10, 20, 30], [30, 0, 10, 25], [25], [5, 40, 20]])
-def test_ddim_features_equal_the_step_by_step_reference(backbone, batch, timesteps):
-    zs, expected = reference_ddim_features(backbone, batch, sorted(set(timesteps)), BLOCKS)
-    noisy = backbone.noisy_embeddings(batch, timesteps)
-    feats = backbone.features(batch, timesteps, BLOCKS)
-    assert list(feats) == timesteps
-    for t in timesteps:
-        torch.testing.assert_close(noisy[t], zs[t], atol=1e-5, rtol=1e-5)
-        for b in BLOCKS:
-            torch.testing.assert_close(feats[t][b], expected[t][b], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("max_pass_rows", [len(CAPTIONS), 256])
-def test_ddim_paper_grid_runs_each_grid_point_through_the_net_once(tiny_folder, batch, max_pass_rows):
-    bb = load(tiny_folder, max_pass_rows=max_pass_rows)
-    n = len(batch)
-    with rows_through(bb) as seen:
-        feats = bb.features(batch, [0, 10, 20, 30], BLOCKS)
-    # Full passes at 0, 10, 20 give features and the next step's logits; 30 stops after block 24.
-    # Separate inversion and feature passes would be 3 + 4 = 7 (7 n rows).
-    assert seen["passes"] == 4
-    assert seen["rows"] == [4 * n] * 24
-    _, expected = reference_ddim_features(bb, batch, [0, 10, 20, 30], BLOCKS)
-    for t in (0, 10, 20, 30):
-        for b in BLOCKS:
-            torch.testing.assert_close(feats[t][b], expected[t][b], atol=1e-5, rtol=1e-5)
-
-
-def test_ddim_end_of_trajectory_still_stops_after_the_deepest_block(backbone, batch):
-    n = len(batch)
-    with rows_through(backbone) as seen:
-        backbone.features(batch, [0, 10, 20, 30], [8, 12])
-    assert seen["passes"] == 4
-    # 0, 10 and 20 feed the trajectory (whole net); 30 only needs blocks 1..12.
-    assert seen["rows"] == [4 * n] * 12 + [3 * n] * 12
-
-
-@pytest.mark.parametrize(("max_pass_rows", "passes"), [(len(CAPTIONS), 5), (256, 4)])
-def test_ddim_off_grid_and_end_targets_share_stopped_passes(tiny_folder, batch, max_pass_rows, passes):
-    bb = load(tiny_folder, max_pass_rows=max_pass_rows)
-    n = len(batch)
-    with rows_through(bb) as seen:
-        bb.features(batch, [0, 10, 25, 30], [12, 24])
-    # Whole-net passes at 0, 10 (targets) and 20 (inversion only); 25 and 30 feed nothing.
-    assert seen["passes"] == passes
-    assert seen["rows"] == [5 * n] * 24
-
-
-def test_random_noising_batches_all_timesteps_in_one_stopped_pass(tiny_folder, batch):
-    bb = load(tiny_folder, noising="random")
-    with rows_through(bb) as seen:
-        bb.features(batch, [0, 10, 20, 30], [8, 12])
-    assert seen["passes"] == 1
-    assert seen["rows"] == [4 * len(batch)] * 12 + [0] * 12
-
-
-# ---------------------------------------------------------------- (f) validation
-
-
-@pytest.mark.parametrize(
-    ("timesteps", "blocks", "message"),
-    [([0], [0], "block 0"), ([0], [25], "block 25"), ([1000], [8], "timestep 1000"), ([-1], [8], "timestep -1")],
-)
-def test_out_of_range_timesteps_and_blocks_are_rejected(backbone, batch, timesteps, blocks, message):
-    with pytest.raises(BackboneError, match=message):
-        backbone.features(batch, timesteps, blocks)
 
 
 # ---------------------------------------------------------------- (g) captions
