@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from difffeat_tune._errors import DataError
+from difffeat_tune._errors import BackboneError, ConfigError, DataError
 from difffeat_tune.backbones._base import Encoded, seeded_normal
 from difffeat_tune.backbones._plaid_net import (
+    MUP_BASE_WIDTH,
     GammaBounds,
     NoiseSchedule,
     PlaidConfig,
@@ -140,6 +141,84 @@ def test_config_is_inferred_from_shapes_without_config_json(tmp_path):
     folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=3, dim=32, n_heads=2)
     (folder / "config.json").unlink()
     assert load(folder).config == PlaidConfig(dim=32, n_blocks=3, n_heads=2, embed_dim=16, vocab_size=1024)
+
+
+@pytest.mark.parametrize(
+    "name", ["model.pt", "noise_schedule.pt", "gamma_bounds.pt", "embedding_matrix.pt", "tokenizer.json"]
+)
+def test_missing_file_names_its_path_and_the_source(tmp_path, name):
+    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
+    (folder / name).unlink()
+    with pytest.raises(BackboneError) as err:
+        load(folder)
+    assert str(folder / name) in str(err.value)
+    assert "igul222/plaid" in str(err.value)
+
+
+def test_wrong_shape_key_fails_strict_load_naming_key_and_shapes(tmp_path):
+    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state["blocks.1.mlp.fc1.weight"] = torch.zeros(100, 64)
+    torch.save(state, folder / "model.pt")
+    with pytest.raises(BackboneError, match=r"blocks\.1\.mlp\.fc1\.weight has \[100, 64\], expected \[256, 64\]"):
+        load(folder)
+
+
+def test_missing_and_unexpected_keys_fail_strict_load(tmp_path):
+    folder = build_tiny_plaid(tmp_path / "m", CAPTIONS, n_blocks=2)
+    state = torch.load(folder / "noise_schedule.pt", weights_only=True)
+    state["W3"] = state.pop("W2")
+    torch.save(state, folder / "noise_schedule.pt")
+    with pytest.raises(BackboneError, match=r"missing keys \[W2\]; unexpected keys \[W3\]"):
+        load(folder)
+
+
+def test_bad_options_are_config_errors(tiny_folder):
+    with pytest.raises(ConfigError, match="noising"):
+        load(tiny_folder, noising="gaussian")
+    with pytest.raises(ConfigError, match="inversion_step"):
+        load(tiny_folder, inversion_step=0)
+
+
+# ---------------------------------------------------------------- the network itself
+
+
+def test_blocks_return_residual_stream_and_readout_scale_is_applied_once(backbone, batch):
+    net = backbone.net
+    z = backbone.noisy_embeddings(batch, [0])[0]
+    gamma = backbone.schedule_at([0])[0].expand(len(batch))
+    hidden = {}
+    handle = net.blocks[-1].register_forward_hook(lambda m, a, out: hidden.setdefault("last", out))
+    try:
+        with torch.no_grad():
+            readout = net.readout(z, gamma)
+    finally:
+        handle.remove()
+    h = hidden["last"]
+    assert h.shape == (len(batch), TOKEN_LENGTH, 64)
+    with torch.no_grad():  # LayerNorm written out: no bias, eps 1e-5, learned gain
+        normed = torch.nn.functional.layer_norm(h, (64,), eps=1e-5) * net.output_norm.weight
+        expected = net.output_linear.weight @ (normed * (MUP_BASE_WIDTH / 64))[..., None]
+        expected = expected[..., 0] + net.output_linear.bias
+    assert readout.shape == (len(batch), TOKEN_LENGTH, 1024)
+    torch.testing.assert_close(readout, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_are_the_readout_plus_the_z_term(backbone, batch):
+    net = backbone.net
+    z = backbone.noisy_embeddings(batch, [20])[20]
+    gamma = backbone.schedule_at([20])[0].expand(len(batch))
+    emb = backbone.embedding.normalized()
+    with torch.no_grad():
+        logits = net(z, gamma, emb)
+        readout = net.readout(z, gamma)
+    coef = torch.sigmoid(-gamma).sqrt() / torch.sigmoid(gamma)
+    z_term = coef.float()[:, None, None] * torch.einsum("ble,ve->blv", z, emb)
+    torch.testing.assert_close(logits, readout + z_term, atol=1e-5, rtol=1e-5)
+    assert z_term.abs().max() > 1.0  # the term is not negligible at t = 20
+
+
+# ---------------------------------------------------------------- (c) features
 
 
 def test_features_do_not_depend_on_other_requested_timesteps(backbone, batch):
@@ -396,6 +475,65 @@ def rows_through(bb: PlaidBackbone) -> Iterator[dict[str, object]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@pytest.mark.parametrize("timesteps", [[0, 10, 20, 30], [30, 0, 10, 25], [25], [5, 40, 20]])
+def test_ddim_features_equal_the_step_by_step_reference(backbone, batch, timesteps):
+    zs, expected = reference_ddim_features(backbone, batch, sorted(set(timesteps)), BLOCKS)
+    noisy = backbone.noisy_embeddings(batch, timesteps)
+    feats = backbone.features(batch, timesteps, BLOCKS)
+    assert list(feats) == timesteps
+    for t in timesteps:
+        torch.testing.assert_close(noisy[t], zs[t], atol=1e-5, rtol=1e-5)
+        for b in BLOCKS:
+            torch.testing.assert_close(feats[t][b], expected[t][b], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_pass_rows", [len(CAPTIONS), 256])
+def test_ddim_paper_grid_runs_each_grid_point_through_the_net_once(tiny_folder, batch, max_pass_rows):
+    bb = load(tiny_folder, max_pass_rows=max_pass_rows)
+    n = len(batch)
+    with rows_through(bb) as seen:
+        feats = bb.features(batch, [0, 10, 20, 30], BLOCKS)
+    # Full passes at 0, 10, 20 give features and the next step's logits; 30 stops after block 24.
+    # Separate inversion and feature passes would be 3 + 4 = 7 (7 n rows).
+    assert seen["passes"] == 4
+    assert seen["rows"] == [4 * n] * 24
+    _, expected = reference_ddim_features(bb, batch, [0, 10, 20, 30], BLOCKS)
+    for t in (0, 10, 20, 30):
+        for b in BLOCKS:
+            torch.testing.assert_close(feats[t][b], expected[t][b], atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_end_of_trajectory_still_stops_after_the_deepest_block(backbone, batch):
+    n = len(batch)
+    with rows_through(backbone) as seen:
+        backbone.features(batch, [0, 10, 20, 30], [8, 12])
+    assert seen["passes"] == 4
+    # 0, 10 and 20 feed the trajectory (whole net); 30 only needs blocks 1..12.
+    assert seen["rows"] == [4 * n] * 12 + [3 * n] * 12
+
+
+@pytest.mark.parametrize(("max_pass_rows", "passes"), [(len(CAPTIONS), 5), (256, 4)])
+def test_ddim_off_grid_and_end_targets_share_stopped_passes(tiny_folder, batch, max_pass_rows, passes):
+    bb = load(tiny_folder, max_pass_rows=max_pass_rows)
+    n = len(batch)
+    with rows_through(bb) as seen:
+        bb.features(batch, [0, 10, 25, 30], [12, 24])
+    # Whole-net passes at 0, 10 (targets) and 20 (inversion only); 25 and 30 feed nothing.
+    assert seen["passes"] == passes
+    assert seen["rows"] == [5 * n] * 24
+
+
+def test_random_noising_batches_all_timesteps_in_one_stopped_pass(tiny_folder, batch):
+    bb = load(tiny_folder, noising="random")
+    with rows_through(bb) as seen:
+        bb.features(batch, [0, 10, 20, 30], [8, 12])
+    assert seen["passes"] == 1
+    assert seen["rows"] == [4 * len(batch)] * 12 + [0] * 12
+
+
+# ---------------------------------------------------------------- (f) validation
 
 
 # ---------------------------------------------------------------- (g) captions
