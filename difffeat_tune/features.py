@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from difffeat_tune._defaults import (
@@ -63,45 +63,25 @@ class BackboneSettings:
     Attributes:
         image: ``tiny``, ``family:source`` or a plain source (a DiT hub id or folder).
         text: ``tiny``, ``family:source`` or a plain source (a Plaid folder).
-        vae: a separate VAE for latent-diffusion image backbones.
-        tokenizer: a tokenizer file for the text backbone.
-        noise_seed: seed of the image noise, of random text noising and of masking.
-        token_length: text length L in tokens (``None``: the data set's recommendation, else the
-            backbone's default).
-        text_noising: ``ddim`` (deterministic inversion) or ``random`` (continuous text diffusion).
-        inversion_step: DDIM inversion step in timesteps (``None``: the backbone's default).
-        resolution: image side in pixels for the diffusers image families (``None``: the model's own).
+        options: the backbones' load settings (VAE, tokenizer, noise seed, token length, text
+            noising, inversion step, resolution); their ``device`` is the run's, set when the
+            backbones load (:meth:`load_options`).
     """
 
     image: str = TINY
     text: str = TINY
-    vae: str | None = None
-    tokenizer: str | None = None
-    noise_seed: int = 0
-    token_length: int | None = None
-    text_noising: str = "ddim"
-    inversion_step: int | None = None
-    resolution: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("resolution", "token_length", "inversion_step"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"BackboneSettings.{name} must be positive, got {value}",
-                                  field=f"BackboneSettings.{name}")
+    options: LoadOptions = field(default_factory=LoadOptions)
 
     def name(self, modality: str) -> str:
         return self.image if modality == "image" else self.text
 
     def load_options(self, device: str | None, dataset: Dataset | None = None) -> LoadOptions:
-        """The backbones' :class:`LoadOptions`; the token length falls back on the data set's recommendation."""
-        token_length = self.token_length
+        """The backbones' :class:`LoadOptions` on ``device``; the token length falls back on the data set's recommendation."""
+        token_length = self.options.token_length
         if token_length is None and dataset is not None:
             recommended = dataset.options.get("recommended_token_length")
             token_length = int(recommended) if recommended is not None else None  # type: ignore[call-overload]
-        return LoadOptions(device=device, noise_seed=self.noise_seed, vae=self.vae, tokenizer=self.tokenizer,
-                           token_length=token_length, text_noising=self.text_noising,
-                           inversion_step=self.inversion_step, resolution=self.resolution)
+        return replace(self.options, device=device, token_length=token_length)
 
 
 @dataclass(frozen=True)
@@ -184,6 +164,7 @@ def ensure_features(
     progress: Callable[[str, int], None] | None = None,
     on_total: Callable[[str, int], None] | None = None,
     verify: bool = False,
+    dataset: Dataset | None = None,
 ) -> PreparedFeatures:
     """Extract whatever the request needs and is not yet in the store; return a view on it.
 
@@ -197,8 +178,9 @@ def ensure_features(
         on_total: ``on_total(modality, rows)`` once per modality before its work starts.
         verify: check the SHA-256 of every stored part; damaged parts are rebuilt (see
             :meth:`~difffeat_tune.store.Extraction.part_blocks`).
+        dataset: ``request.data`` already loaded (by a caller that read it first).
     """
-    dataset = request.data.load()
+    dataset = request.data.load() if dataset is None else dataset
     space = request.space.restricted_to(data_modalities(dataset))
     backbones = load_backbones(request, dataset, space)
     splits = request.store.splits or tuple(dataset.splits)

@@ -53,6 +53,7 @@ from typing import Literal, cast
 import torch
 from tokenizers import Tokenizer
 
+from difffeat_tune._defaults import DEFAULT_TEXT_NOISING
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError, ConfigError, DataError
 from difffeat_tune.backbones._base import NUM_TIMESTEPS, Backbone, Encoded, seeded_normal, weights_digest
@@ -155,7 +156,7 @@ class PlaidBackbone(Backbone):
         *,
         device: torch.device,
         token_length: int = DEFAULT_TOKEN_LENGTH,
-        noising: Noising = "ddim",
+        noising: Noising = DEFAULT_TEXT_NOISING,
         inversion_step: int = DEFAULT_INVERSION_STEP,
         noise_seed: int = 0,
         max_pass_rows: int = DEFAULT_MAX_PASS_ROWS,
@@ -460,7 +461,7 @@ def load_plaid(
     *,
     device: str | torch.device | None = None,
     token_length: int = DEFAULT_TOKEN_LENGTH,
-    noising: Noising = "ddim",
+    noising: Noising = DEFAULT_TEXT_NOISING,
     inversion_step: int = DEFAULT_INVERSION_STEP,
     noise_seed: int = 0,
     max_pass_rows: int = DEFAULT_MAX_PASS_ROWS,

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from difffeat_tune._defaults import DEFAULT_EPOCHS
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune.data._base import IGNORE
@@ -85,7 +86,7 @@ class TrainRecipe:
             Python threads training at once. None leaves torch's setting alone.
     """
 
-    epochs: int = 40
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
