@@ -489,7 +489,10 @@ class ProbeSet(Protocol):
         ...
 
     def logits(self, batch_idx: Tensor) -> Tensor:
-        """Training logits ``[K, B, C]`` of the training rows ``batch_idx``, every probe on its own features."""
+        """Training logits ``[K, B, C]`` of the training rows ``batch_idx``, every probe on its own features.
+
+        A set of one returns ``[B, C]`` (its loss then needs no stacked reduction).
+        """
         ...
 
     def val_logits(self) -> Tensor:
@@ -534,17 +537,26 @@ class _LossTargets:
         return cls(task, y_train.clamp(min=0).to(dtype), None if bool(weight.all()) else weight)
 
     def loss(self, logits: Tensor, batch_idx: Tensor) -> Tensor:
-        """Each probe's loss ``[K]`` on its ``[K, B, C]`` logits of the rows ``batch_idx``."""
+        """The batch's loss: a scalar for one probe's ``[B, C]`` logits, one per probe ``[K]`` for ``[K, B, C]``.
+
+        One probe takes torch's reducing losses: a step of a small probe costs about as much as
+        its few kernel launches, which the stacked form's extra reductions would add to.
+        """
+        stacked = logits.ndim == 3
         if self.task != "multilabel":
             labels = self.labels.index_select(0, batch_idx)
+            if not stacked:
+                return F.cross_entropy(logits, labels)
             per_row = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="none")
             return per_row.view(logits.shape[:2]).mean(dim=1)
         target = self.labels.index_select(0, batch_idx).expand_as(logits)
-        per_entry = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         if self.weight is None:
-            return per_entry.mean(dim=(1, 2))
+            if not stacked:
+                return F.binary_cross_entropy_with_logits(logits, target)
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
         weight = self.weight.index_select(0, batch_idx)
-        return (per_entry * weight).sum(dim=(1, 2)) / weight.sum().clamp(min=1.0)
+        per_entry = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+        return (per_entry.sum(dim=(1, 2)) if stacked else per_entry.sum()) / weight.sum().clamp(min=1.0)
 
 
 def _make_optimizer(parameters: Iterable[Tensor], recipe: TrainRecipe) -> torch.optim.Optimizer:
@@ -620,7 +632,7 @@ def run_epochs(probes: ProbeSet, data: TrainingData,
                 logits = probes.logits(batch_idx)
             losses = targets.loss(logits.float(), batch_idx)
             optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            (losses.sum() if losses.ndim else losses).backward()
             optimizer.step()
             loss_sum += losses.detach()
             n_batches += 1
@@ -706,7 +718,7 @@ class _OneHead:
         self.head.train()
 
     def logits(self, batch_idx: Tensor) -> Tensor:
-        return self.head(*[x.index_select(0, batch_idx).to(self.dtype) for x in self.train_x]).unsqueeze(0)
+        return self.head(*[x.index_select(0, batch_idx).to(self.dtype) for x in self.train_x])
 
     def val_logits(self) -> Tensor:
         return predict_logits(self.head, self.val_x, batch_size=self.eval_batch_size).unsqueeze(0)
