@@ -195,8 +195,9 @@ def ensure_features(
         request: the request.
         progress: ``progress(modality, rows)`` after each batch.
         on_total: ``on_total(modality, rows)`` once per modality before its work starts.
-        verify: check the SHA-256 of every stored part; damaged parts are rebuilt (see
-            :meth:`~difffeat_tune.store.Extraction.part_blocks`).
+        verify: check the SHA-256 of every stored part; damaged parts are rebuilt, and intact
+            ones found under a new modification time get it recorded (see
+            :meth:`~difffeat_tune.store.Extraction.repair`).
     """
     dataset = request.data.load()
     space = request.space.restricted_to(data_modalities(dataset))
@@ -217,9 +218,12 @@ def ensure_features(
         ))
     # Exactly the extractions of this request (others of the same data set may sit beside them).
     folders = {m: Path(r.folder) for m, r in zip(backbones, reports)}
+    extractions = {m: Extraction(folder) for m, folder in folders.items()}
+    if verify:  # checked and rebuilt above; record what was found intact under a new time
+        for ext in extractions.values():
+            ext.repair()
     view = FeatureView(store.dataset_dir(dataset.name, dataset.fingerprint()),
-                       image=Extraction(folders["image"]) if "image" in folders else None,
-                       text=Extraction(folders["text"]) if "text" in folders else None)
+                       image=extractions.get("image"), text=extractions.get("text"))
     return PreparedFeatures(view=view, dataset=dataset, space=space, reports=reports,
                             backbones={m: f.name for m, f in folders.items()})
 

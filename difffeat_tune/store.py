@@ -16,6 +16,10 @@ the ``id`` and ``bNN`` columns (Parquet column projection), memory-mapped. Every
 carries its full provenance in the Parquet schema metadata. Writes go to a temporary file that
 is renamed into place, and the manifest is rewritten the same way after each part: an
 interrupted extraction never leaves a part that looks complete.
+
+The manifest is a typed :class:`~difffeat_tune._manifest.Manifest`. Queries (``part_problem``,
+``part_blocks``, ``verify``, ``available``, ``load``) never change a file or the manifest; only
+``write_part``, ``forget_part`` and ``repair`` do.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,7 @@ import torch
 from difffeat_tune._defaults import DEFAULT_DTYPE
 from difffeat_tune._errors import StoreError
 from difffeat_tune._io import atomic_write, atomic_write_json
+from difffeat_tune._manifest import Manifest, PartEntry, PartKey
 from difffeat_tune._paths import local_folder
 from difffeat_tune._version import __version__
 from difffeat_tune.data._base import Dataset, Task
@@ -175,7 +180,12 @@ class Extraction:
                 raise StoreError(f"{info_path} belongs to key {self.info.get('key')}, not {key.digest}",
                                  f"delete {folder} or choose another store root")
         self._manifest_path = folder / "manifest.json"
-        self.manifest: dict = _read_json(self._manifest_path) if self._manifest_path.exists() else {}
+        self.manifest = Manifest.from_json(_read_json(self._manifest_path)) if self._manifest_path.exists() else Manifest()
+        #: Parts found intact (by checksum) under another size or time than recorded: key -> (bytes, mtime_ns).
+        self._intact: dict[PartKey, tuple[int, int]] = {}
+
+    def _save_manifest(self) -> None:
+        atomic_write_json(self._manifest_path, self.manifest.to_json())
 
     def create(self) -> None:
         """Write the folder's ``extraction.json`` (what makes it an extraction), unless it is there."""
@@ -200,68 +210,96 @@ class Extraction:
     def part_blocks(self, t: int, split: str, part: int, *, verify: bool = False) -> set[int]:
         """Blocks of a part that the manifest lists as complete, if its file is intact.
 
-        A part whose file is missing, or whose size or modification time differ from the manifest's
-        and whose SHA-256 then differs too, is damaged: it is dropped from the manifest (so it is
-        rebuilt, never trusted) and an empty set is returned. ``verify`` checks the SHA-256 of
-        every part, whatever its size and time.
+        A damaged part (see :meth:`part_problem`) gives an empty set, so that it is rebuilt,
+        never trusted; the manifest is not changed (:meth:`repair` does that).
         """
-        entry = self.manifest.get(split, {}).get(str(t), {}).get(str(part))
+        entry = self.manifest.get(PartKey(split, t, part))
         if entry is None:
             return set()
         problem = self.part_problem(t, split, part, verify=verify)
         if problem is not None:
             logger.warning("damaged feature shard %s (%s): it will be rebuilt", self.part_path(t, split, part), problem)
-            self.forget_part(t, split, part)
             return set()
-        return set(entry["blocks"])
+        return set(entry.blocks)
 
     def part_problem(self, t: int, split: str, part: int, *, verify: bool = False) -> str | None:
-        """Why a part recorded in the manifest cannot be trusted, or ``None`` if it is intact."""
-        entry = self.manifest.get(split, {}).get(str(t), {}).get(str(part))
+        """Why a part recorded in the manifest cannot be trusted, or ``None`` if it is intact.
+
+        A part whose file is missing, or whose size or modification time differ from the
+        manifest's and whose SHA-256 then differs too, is damaged. ``verify`` checks the SHA-256
+        whatever the size and time. A part found intact under a new time (e.g. copied) is
+        remembered by this object, not written: :meth:`repair` records its new time.
+        """
+        key = PartKey(split, t, part)
+        entry = self.manifest.get(key)
         path = self.part_path(t, split, part)
         if entry is None:
             return "not in the manifest"
         if not path.is_file():
             return "the file is missing"
-        if "sha256" not in entry:  # written by a release that recorded no checksum
+        if entry.sha256 is None:  # written by a release that recorded no checksum
             return None
         stat = path.stat()
-        if not verify and stat.st_size == entry.get("bytes") and stat.st_mtime_ns == entry.get("mtime_ns"):
+        seen = (stat.st_size, stat.st_mtime_ns)
+        if not verify and (seen == (entry.bytes, entry.mtime_ns) or self._intact.get(key) == seen):
             return None
-        if _sha256(path) != entry["sha256"]:
-            return f"checksum mismatch ({stat.st_size} bytes, the manifest says {entry.get('bytes')})"
-        entry["mtime_ns"] = stat.st_mtime_ns  # intact but touched (e.g. copied): trust its new time
+        if _sha256(path) != entry.sha256:
+            return f"checksum mismatch ({stat.st_size} bytes, the manifest says {entry.bytes})"
+        self._intact[key] = seen
         return None
 
     def forget_part(self, t: int, split: str, part: int) -> None:
         """Drop a part from the manifest (its file is left for inspection until it is rewritten)."""
-        parts = self.manifest.get(split, {}).get(str(t), {})
-        if parts.pop(str(part), None) is not None:
-            atomic_write_json(self._manifest_path, self.manifest)
+        if self.manifest.drop(PartKey(split, t, part)):
+            self._save_manifest()
+
+    def repair(self, *, full: bool = False) -> list[tuple[Path, str]]:
+        """Bring the manifest in line with the files: the one method that changes it without writing a part.
+
+        Damaged parts are dropped (they are rebuilt by the next extraction); intact parts found
+        under a new modification time get that time recorded, so the next check is cheap again.
+        The manifest is rewritten once, only if something changed.
+
+        Args:
+            full: check the SHA-256 of every part, whatever its size and time.
+
+        Returns:
+            The dropped parts as ``(path, reason)``.
+        """
+        damaged = self._damaged(full=full)
+        changed = False
+        for key, _ in damaged:
+            changed |= self.manifest.drop(key)
+        for key, (size, mtime_ns) in self._intact.items():
+            entry = self.manifest.get(key)
+            if entry is not None and (entry.bytes, entry.mtime_ns) != (size, mtime_ns):
+                self.manifest.entries[key] = replace(entry, bytes=size, mtime_ns=mtime_ns)
+                changed = True
+        if changed:
+            self._save_manifest()
+        return [(self.part_path(k.t, k.split, k.part), why) for k, why in damaged]
 
     def verify(self, *, full: bool = True) -> list[tuple[Path, str]]:
         """Every damaged part as ``(path, reason)``, checking each part's SHA-256 (``full``) or size and time."""
-        damaged = []
-        for split, by_t in self.manifest.items():
-            if split.startswith("_"):
-                continue
-            for t, parts in by_t.items():
-                for part in list(parts):
-                    problem = self.part_problem(int(t), split, int(part), verify=full)
-                    if problem is not None:
-                        damaged.append((self.part_path(int(t), split, int(part)), problem))
-        return damaged
+        return [(self.part_path(k.t, k.split, k.part), why) for k, why in self._damaged(full=full)]
+
+    def _damaged(self, *, full: bool) -> list[tuple[PartKey, str]]:
+        found = ((k, self.part_problem(k.t, k.split, k.part, verify=full)) for k in self.manifest)
+        return [(k, why) for k, why in found if why is not None]
 
     def available(self, split: str) -> dict[int, set[int]]:
         """``{t: blocks complete for every part}`` of a split."""
-        parts_total = self.manifest.get("_parts", {}).get(split)
+        parts_total = self.manifest.parts_total.get(split)
         out: dict[int, set[int]] = {}
-        for t_str, parts in self.manifest.get(split, {}).items():
-            if parts_total is None or len(parts) < parts_total:
+        if parts_total is None:
+            return out
+        for t in self.manifest.timesteps(split):
+            parts = self.manifest.parts(split, t)
+            if len(parts) < parts_total:
                 continue
-            blocks = set.intersection(*(set(p["blocks"]) for p in parts.values()))
+            blocks = set.intersection(*(set(p.blocks) for p in parts.values()))
             if blocks:
-                out[int(t_str)] = blocks
+                out[t] = blocks
         return out
 
     def write_part(self, t: int, split: str, part: int, ids: Sequence[str], features: Mapping[int, np.ndarray],
@@ -299,11 +337,10 @@ class Extraction:
                            metadata={_META_KEY: json.dumps(meta, default=str).encode()})
         _write_table(path, pa.Table.from_arrays(arrays, schema=schema))
         stat = path.stat()
-        self.manifest.setdefault("_parts", {})[split] = n_parts
-        self.manifest.setdefault(split, {}).setdefault(str(t), {})[str(part)] = {
-            "rows": len(ids), "blocks": blocks, "sha256": _sha256(path), "bytes": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns}
-        atomic_write_json(self._manifest_path, self.manifest)
+        entry = PartEntry(rows=len(ids), blocks=tuple(blocks), sha256=_sha256(path), bytes=stat.st_size,
+                          mtime_ns=stat.st_mtime_ns)
+        self.manifest.record(PartKey(split, t, part), entry, n_parts=n_parts)
+        self._save_manifest()
         return path
 
     def load(self, t: int, block: int, split: str, device: torch.device | str = "cpu",
@@ -314,8 +351,8 @@ class Extraction:
             StoreError: naming the file, for a missing (t, block), a truncated or corrupt part, a
                 row count that disagrees with the manifest, or a NaN/Inf value.
         """
-        entries = self.manifest.get(split, {}).get(str(t))
-        n_parts = self.manifest.get("_parts", {}).get(split)
+        entries = self.manifest.parts(split, t)
+        n_parts = self.manifest.parts_total.get(split)
         have = self.available(split)
         if not entries or n_parts is None or t not in have or block not in have[t]:
             listing = ", ".join(f"t={tt}: blocks {sorted(bb)}" for tt, bb in sorted(have.items())) or "nothing"
@@ -339,7 +376,7 @@ class Extraction:
             except (OSError, pa.ArrowException) as exc:
                 raise StoreError(f"cannot read feature shard {path}: {exc}",
                                  f"delete {path} and re-run the same `difffeat-tune extract` to rebuild it") from exc
-            expected = entries[str(part)]["rows"]
+            expected = entries[part].rows
             if table.num_rows != expected:
                 raise StoreError(f"feature shard {path} has {table.num_rows} rows, the manifest says {expected}",
                                  f"delete {path} and re-run the extraction")
