@@ -109,6 +109,11 @@ class Manifest:
         self.parts_total[key.split] = n_parts
         self.entries[key] = entry
 
+    def merge(self, other: Manifest) -> None:
+        """Take every part count and entry of ``other`` (its entries win over this one's)."""
+        self.parts_total.update(other.parts_total)
+        self.entries.update(other.entries)
+
     def drop(self, key: PartKey) -> bool:
         """Forget a part; ``True`` if it was recorded."""
         return self.entries.pop(key, None) is not None

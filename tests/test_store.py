@@ -12,9 +12,15 @@ import pytest
 import torch
 
 from difffeat_tune._errors import StoreError
-from difffeat_tune.data._base import Dataset
 from difffeat_tune._manifest import Manifest, PartEntry, PartKey
-from difffeat_tune.store import Extraction, ExtractionKey, FeatureStore, block_column, check_aligned
+from difffeat_tune.data._base import Dataset
+from difffeat_tune.store import (
+    Extraction,
+    ExtractionKey,
+    FeatureStore,
+    block_column,
+    check_aligned,
+)
 
 
 def _key(**settings: object) -> ExtractionKey:
