@@ -28,7 +28,7 @@ from difffeat_tune._defaults import (
     DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROTOCOL, DEFAULT_SPACE, TINY,
 )
 from difffeat_tune._errors import ConfigError, DiffFeatError
-from difffeat_tune._paths import local_folder
+from difffeat_tune._paths import local_folder, store_location
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.search._options import COMPARED, SearchOptions, study_name
 
@@ -154,7 +154,9 @@ def _check_paths(**paths: Optional[Path]) -> None:
         if given is None:
             continue
         flag = f"--{option.replace('_', '-')}"
-        path = local_folder(given, flag)  # before anything is created: never a folder named "s3:"
+        path = store_location(given, flag) if option == "features" else local_folder(given, flag)
+        if not isinstance(path, Path):  # an object store: checked when the store opens
+            continue
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{flag} {path} is a file, not a folder", f"give {flag} a folder")
         try:

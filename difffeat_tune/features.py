@@ -14,10 +14,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from difffeat_tune._defaults import (
-    DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DTYPE, DEFAULT_FEATURES, DEFAULT_SPACE, TINY,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DATASET,
+    DEFAULT_DTYPE,
+    DEFAULT_FEATURES,
+    DEFAULT_SPACE,
+    TINY,
 )
 from difffeat_tune._errors import ConfigError
-from difffeat_tune._paths import local_folder
+from difffeat_tune._paths import local_folder, store_location
+from difffeat_tune._store_fs import Location
 from difffeat_tune.backbones._base import MODALITIES, Backbone
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._registry import load_backbone
@@ -89,19 +95,19 @@ class StoreSettings:
     """Where features go and how they are extracted.
 
     Attributes:
-        features: the feature store's folder.
+        features: the feature store's folder, or an object-store URI (``s3://bucket/prefix``...).
         dtype: stored dtype, ``float16`` or ``float32``.
         batch_size: rows per extraction batch.
         splits: the splits to extract (``None``: all).
     """
 
-    features: Path = DEFAULT_FEATURES
+    features: Location = DEFAULT_FEATURES
     dtype: str = DEFAULT_DTYPE
     batch_size: int = DEFAULT_BATCH_SIZE
     splits: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "features", local_folder(self.features, "StoreSettings.features"))
+        object.__setattr__(self, "features", store_location(self.features, "StoreSettings.features"))
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown feature dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if self.batch_size < 1:
@@ -176,8 +182,9 @@ def ensure_features(
         request: the request.
         progress: ``progress(modality, rows)`` after each batch.
         on_total: ``on_total(modality, rows)`` once per modality before its work starts.
-        verify: check the SHA-256 of every stored part; damaged parts are rebuilt (see
-            :meth:`~difffeat_tune.store.Extraction.part_blocks`).
+        verify: check the SHA-256 of every stored part; damaged parts are rebuilt, and intact
+            ones found under a new modification time get it recorded (see
+            :meth:`~difffeat_tune.store.Extraction.repair`).
         dataset: ``request.data`` already loaded (by a caller that read it first).
     """
     dataset = request.data.load() if dataset is None else dataset
@@ -198,10 +205,13 @@ def ensure_features(
             on_total=(lambda n, m=modality: on_total(m, n)) if on_total else None, verify=verify,
         ))
     # Exactly the extractions of this request (others of the same data set may sit beside them).
-    folders = {m: Path(r.folder) for m, r in zip(backbones, reports)}
-    view = FeatureView(store.dataset_dir(dataset.name, dataset.fingerprint()),
-                       image=Extraction(folders["image"]) if "image" in folders else None,
-                       text=Extraction(folders["text"]) if "text" in folders else None)
+    base = store.dataset_dir(dataset.name, dataset.fingerprint())
+    folders = {m: base / m / store_location(r.folder, "extraction folder").name for m, r in zip(backbones, reports)}
+    extractions = {m: Extraction(folder) for m, folder in folders.items()}
+    if verify:  # checked and rebuilt above; record what was found intact under a new time
+        for ext in extractions.values():
+            ext.repair()
+    view = FeatureView(base, image=extractions.get("image"), text=extractions.get("text"))
     return PreparedFeatures(view=view, dataset=dataset, space=space, reports=reports,
                             backbones={m: f.name for m, f in folders.items()})
 
