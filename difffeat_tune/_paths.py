@@ -54,7 +54,7 @@ def local_folder(value: str | os.PathLike[str], option: str) -> Path:
     raise ConfigError(f"{option} {shown}: {match['scheme']}:// locations are not supported; this needs a local "
                       "or shared-filesystem folder",
                       f"give {option} a folder path (a file:// URI is fine); only the feature store (--features) "
-                      "can be in object storage")
+                      "can be in object storage", field=option)
 
 
 def store_location(value: str | os.PathLike[str], option: str) -> Path | ObjectPath:

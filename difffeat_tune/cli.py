@@ -170,7 +170,7 @@ def _check_paths(**paths: Optional[Path]) -> None:
 
 #: The command-line option of each setting that an error may name (``ConfigError.field``).
 OPTION_OF_FIELD = {
-    "TrainRecipe.epochs": "--epochs", "StoreSettings.batch_size": "--batch-size",
+    "TrainRecipe.epochs": "--epochs", "StoreSettings.batch_size": "--batch-size", "DataSettings.root": "--root",
     "ObjectiveSettings.memory_budget": "--memory-budget",
     "SearchOptions.radius": "--radius", "SearchOptions.workers": "--workers", "SearchOptions.threads": "--threads",
     "SearchOptions.batch_trials": "--batch-trials", "SearchOptions.n_trials": "--n-trials",
