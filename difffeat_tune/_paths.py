@@ -6,8 +6,12 @@ import os
 import re
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from difffeat_tune._errors import ConfigError
-from difffeat_tune._store_fs import ObjectPath
+
+if TYPE_CHECKING:  # pyarrow is imported only when a bucket is named (``--help`` stays light)
+    from difffeat_tune._store_fs import ObjectPath
 
 #: Environment variable that moves the cache (tests point it at a temporary folder).
 CACHE_ENV = "DIFFFEAT_TUNE_CACHE"
@@ -72,10 +76,12 @@ def store_location(value: str | os.PathLike[str], option: str) -> Path | ObjectP
         >>> str(store_location("s3:/bucket/features", "--features"))
         's3://bucket/features'
     """
-    if isinstance(value, ObjectPath):
-        return value
+    if not isinstance(value, (str, os.PathLike)):
+        return value  # an ObjectPath, parsed before
     text = os.fspath(value)
     match = _URI.match(text)
     if match is None or match["scheme"].lower() == "file":
         return local_folder(text, option)
+    from difffeat_tune._store_fs import ObjectPath
+
     return ObjectPath.parse(re.sub(r"([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", r"\1://", text))
