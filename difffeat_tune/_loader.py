@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,27 @@ class _Batches(TorchDataset):  # type: ignore[type-arg]
             return _Failure(type(exc), exc.message, exc.hint)
 
 
+def input_batches(stage: InputStage, jobs: Sequence[Job], workers: int, *, pin: bool = False,
+                  prefetch: int = PREFETCH_BATCHES) -> Iterator[Encoded]:
+    """The batches of ``jobs`` through ``stage`` alone, in order, on CPU (pinned if ``pin``).
+
+    Raises:
+        DataError: as the input stage raises it, named by row id (and file).
+    """
+    if workers < 0:
+        raise ValueError(f"loader workers must be 0 or more, got {workers}")
+    if workers == 0 or len(jobs) <= 1:
+        for split, rows in jobs:
+            yield stage(split, rows)
+        return
+    loader = DataLoader(_Batches(stage, jobs), batch_size=None, shuffle=False, num_workers=min(workers, len(jobs)),
+                        prefetch_factor=prefetch, pin_memory=pin)
+    for item in loader:
+        if isinstance(item, _Failure):
+            raise item.error()
+        yield item
+
+
 def prepared_batches(backbone: Backbone, jobs: Sequence[Job], workers: int,
                      prefetch: int = PREFETCH_BATCHES) -> Iterator[Encoded]:
     """The batches of ``jobs``, in order, encoded and on the backbone's device.
@@ -109,17 +131,12 @@ def prepared_batches(backbone: Backbone, jobs: Sequence[Job], workers: int,
 
     Close the iterator (``contextlib.closing``) when leaving early: that stops the workers.
     """
-    if workers < 0:
-        raise ValueError(f"loader workers must be 0 or more, got {workers}")
     stage = backbone.input_stage()
-    if stage is None or workers == 0 or len(jobs) <= 1:
-        for split, rows in jobs:  # a backbone without an input stage prepares its batches whole
-            yield backbone.encode(split, rows) if stage is None else backbone.to_device(stage(split, rows))
+    if stage is None:  # a backbone without an input stage prepares its batches whole, here
+        for split, rows in jobs:
+            yield backbone.encode(split, rows)
         return
-    pin = pins_memory(backbone.device)
-    loader = DataLoader(_Batches(stage, jobs), batch_size=None, shuffle=False, num_workers=min(workers, len(jobs)),
-                        prefetch_factor=prefetch, pin_memory=pin)
-    for item in loader:
-        if isinstance(item, _Failure):
-            raise item.error()
-        yield backbone.to_device(item, non_blocking=pin)
+    pin = pins_memory(backbone.device) and workers > 0
+    with closing(input_batches(stage, jobs, workers, pin=pin, prefetch=prefetch)) as batches:
+        for batch in batches:
+            yield backbone.to_device(batch, non_blocking=pin)

@@ -4,6 +4,12 @@ Each batch is prepared once (VAE latents or tokens), then every requested timest
 the backbone, several timesteps per pass, and every requested block comes out of that same pass
 (which stops after the deepest block). Rows are written in parts of ``rows_per_part``; a part
 already complete in the store is skipped, and a part missing only some blocks computes just those.
+
+The work is planned first (:func:`plan_extraction`) as a list of :class:`Unit` (one part of a
+split, for some timesteps), then each unit is computed by one loop (:func:`compute_unit`) and
+written through the store (:func:`write_unit`). Inputs are prepared ahead of the model by loader
+worker processes (:mod:`difffeat_tune._loader`, ``loader_workers``); the same units run on Ray
+actors in :mod:`difffeat_tune.extract_ray`, which writes the same files at the same paths.
 """
 
 from __future__ import annotations
@@ -128,20 +134,29 @@ class Plan:
         return sum(u.row_passes for u in self.units)
 
 
-def plan_extraction(
-    dataset: Dataset,
-    backbone: Backbone,
-    store: FeatureStore,
-    timesteps: Sequence[int],
-    blocks: Sequence[int],
-    *,
-    splits: Sequence[str] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    timesteps_per_unit: int | None = None,
-    dtype: str = DEFAULT_DTYPE,
-    rows_per_part: int | None = None,
-    verify: bool = False,
-) -> Plan:
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How an extraction is cut and stored (the arguments of :func:`extract` of the same names).
+
+    Attributes:
+        splits: which splits (``None``: all).
+        batch_size: rows prepared per batch.
+        timesteps_per_pass: timesteps sharing one forward pass (``None``: all of them).
+        dtype: "float16" or "float32" storage.
+        rows_per_part: rows per part file for a new extraction folder.
+        verify: check the SHA-256 of every stored part; a damaged part is rebuilt.
+    """
+
+    splits: Sequence[str] | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    timesteps_per_pass: int | None = None
+    dtype: str = DEFAULT_DTYPE
+    rows_per_part: int | None = None
+    verify: bool = False
+
+
+def plan_extraction(dataset: Dataset, backbone: Backbone, store: FeatureStore, timesteps: Sequence[int],
+                    blocks: Sequence[int], settings: ExtractSettings, *, unit_per_pass: bool = False) -> Plan:
     """Validate a request and list its units (split x part, or split x part x timestep group).
 
     Nothing is computed. When there is work, the data set's labels and the extraction's folder
@@ -149,13 +164,17 @@ def plan_extraction(
     is dropped from it, to be rebuilt).
 
     Args:
-        timesteps_per_unit: split each part's timesteps into groups of this many, one unit each
-            (``None``: one unit per part with all its timesteps, so each batch is prepared once).
+        unit_per_pass: one unit per group of ``settings.timesteps_per_pass`` timesteps of a part
+            (more units for more workers); otherwise one unit per part with all its timesteps, so
+            each batch is prepared once.
         Others: as :func:`extract`.
 
     Raises:
         ConfigError, BackboneError, DataError: as :func:`check_request`, and a batch size below 1.
     """
+    splits, batch_size, dtype = settings.splits, settings.batch_size, settings.dtype
+    rows_per_part, verify = settings.rows_per_part, settings.verify
+    timesteps_per_unit = settings.timesteps_per_pass if unit_per_pass else None
     timesteps = sorted(set(timesteps))
     blocks = sorted(set(blocks))
     splits = list(dataset.splits) if splits is None else list(splits)
@@ -278,8 +297,8 @@ def extract(
     Returns:
         An :class:`ExtractReport`. Parts finished before an error stay in the store.
     """
-    plan = plan_extraction(dataset, backbone, store, timesteps, blocks, splits=splits, batch_size=batch_size,
-                           dtype=dtype, rows_per_part=rows_per_part, verify=verify)
+    settings = ExtractSettings(splits, batch_size, timesteps_per_pass, dtype, rows_per_part, verify)
+    plan = plan_extraction(dataset, backbone, store, timesteps, blocks, settings)
     ext = plan.extraction
     report = ExtractReport(modality=backbone.modality, folder=str(ext.folder), parts_skipped=plan.parts_skipped)
     if on_total is not None:

@@ -30,7 +30,7 @@ Example:
     >>> from difffeat_tune.backbones._registry import load_backbone
     >>> load = partial(load_backbone, "tiny", "image", LoadOptions(device="cpu"))  # doctest: +SKIP
     >>> report = extract_ray(dataset, load(), FeatureStore("runs/features"), [10, 50], [8, 12],
-    ...                      load=load, actors=4)  # doctest: +SKIP
+    ...                      load=load, settings=ExtractSettings(batch_size=32), actors=4)  # doctest: +SKIP
 
 Notes:
     Every actor must see the store's folder at the same path (a shared file system). ``ray`` is
@@ -47,14 +47,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from difffeat_tune._defaults import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE
 from difffeat_tune._errors import BackboneError, DiffFeatError
 from difffeat_tune._io import atomic_write_json
 from difffeat_tune._loader import prepared_batches
 from difffeat_tune.backbones._base import Backbone
 from difffeat_tune.data._base import Dataset
 from difffeat_tune.extract import (
-    ExtractReport, Progress, Unit, compute_unit, extraction_provenance, plan_extraction, unit_jobs, write_unit,
+    ExtractReport, ExtractSettings, Progress, Unit, compute_unit, extraction_provenance, plan_extraction, unit_jobs, write_unit,
 )
 from difffeat_tune.store import Extraction, FeatureStore
 
@@ -146,16 +145,11 @@ def extract_ray(
     blocks: Sequence[int],
     *,
     load: Callable[[], Backbone],
+    settings: ExtractSettings | None = None,
     actors: int | None = None,
     ray_address: str | None = None,
-    splits: Sequence[str] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    timesteps_per_pass: int | None = None,
-    dtype: str = DEFAULT_DTYPE,
-    rows_per_part: int | None = None,
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
-    verify: bool = False,
     loader_workers: int = DEFAULT_ACTOR_LOADER_WORKERS,
     on_started: Callable[[list[Any]], None] | None = None,
 ) -> ExtractReport:
@@ -165,6 +159,8 @@ def extract_ray(
         backbone: the backbone as the driver loaded it (for the plan: key, widths, checks).
         load: builds the same backbone on a worker; picklable (e.g. a ``functools.partial`` of
             :func:`~difffeat_tune.backbones._registry.load_backbone`). Each actor calls it once.
+        settings: splits, batch size, dtype, part size, verification; ``timesteps_per_pass``
+            also cuts each part's timesteps into units of that many.
         actors: how many actors (``None``: :func:`default_actors`).
         ray_address: the cluster to join (``None``: the Ray this process runs, else a local one).
         progress: called with the rows x timesteps of each unit as it finishes.
@@ -179,9 +175,9 @@ def extract_ray(
     Raises:
         BackboneError: an actor cannot load the backbone, or loads other weights than the driver.
     """
-    plan = plan_extraction(dataset, backbone, store, timesteps, blocks, splits=splits, batch_size=batch_size,
-                           timesteps_per_unit=timesteps_per_pass, dtype=dtype, rows_per_part=rows_per_part,
-                           verify=verify)
+    settings = settings or ExtractSettings()
+    batch_size, timesteps_per_pass = settings.batch_size, settings.timesteps_per_pass
+    plan = plan_extraction(dataset, backbone, store, timesteps, blocks, settings, unit_per_pass=True)
     ext = plan.extraction
     report = ExtractReport(modality=backbone.modality, folder=str(ext.folder), parts_skipped=plan.parts_skipped)
     if on_total is not None:

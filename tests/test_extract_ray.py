@@ -19,7 +19,7 @@ from difffeat_tune.backbones._family import LoadOptions  # noqa: E402
 from difffeat_tune.backbones._registry import load_backbone  # noqa: E402
 from difffeat_tune.backbones.dit import build_tiny_dit, load_dit  # noqa: E402
 from difffeat_tune.data._base import Dataset  # noqa: E402
-from difffeat_tune.extract import extract  # noqa: E402
+from difffeat_tune.extract import ExtractSettings, extract  # noqa: E402
 from difffeat_tune.extract_ray import extract_ray  # noqa: E402
 from difffeat_tune.store import FeatureStore  # noqa: E402
 
@@ -69,13 +69,14 @@ def test_two_actors_write_the_store_a_local_extraction_writes(tmp_path: Path, to
                     rows_per_part=16, loader_workers=0)
     done: list[int] = []
     remote = extract_ray(toy_dataset, backbone, FeatureStore(tmp_path / "ray"), timesteps, blocks, load=load,
-                         actors=2, batch_size=8, rows_per_part=16, timesteps_per_pass=1, progress=done.append)
+                         actors=2, settings=ExtractSettings(batch_size=8, rows_per_part=16, timesteps_per_pass=1),
+                         progress=done.append)
     assert remote.parts_written == local.parts_written == 8 and remote.rows == local.rows
     assert sum(done) == local.rows  # the driver's progress covers every unit
     assert Path(remote.folder).relative_to(tmp_path / "ray") == Path(local.folder).relative_to(tmp_path / "local")
     _assert_same_store(Path(local.folder), Path(remote.folder), modality, (tmp_path / "local", tmp_path / "ray"))
     again = extract_ray(toy_dataset, backbone, FeatureStore(tmp_path / "ray"), timesteps, blocks, load=load,
-                        actors=2, batch_size=8, rows_per_part=16)
+                        actors=2, settings=ExtractSettings(batch_size=8, rows_per_part=16))
     assert again.parts_written == 0 and again.parts_skipped == 8  # resumable: nothing left to do
 
 
@@ -95,7 +96,8 @@ def test_a_killed_actor_loses_only_its_unit_which_is_redone(tmp_path: Path, toy_
             ray.kill(actors[1])  # the other actor is busy with its first unit
 
     remote = extract_ray(toy_dataset, backbone, FeatureStore(tmp_path / "ray"), timesteps, blocks, load=load,
-                         actors=2, batch_size=4, rows_per_part=8, timesteps_per_pass=1, on_started=actors.extend,
+                         actors=2, settings=ExtractSettings(batch_size=4, rows_per_part=8, timesteps_per_pass=1),
+                         on_started=actors.extend,
                          progress=kill_after_the_first_unit)
     assert "the unit is redone" in caplog.text
     assert remote.parts_written == local.parts_written == 2 * (5 + 2) == len(finished)
