@@ -189,7 +189,8 @@ def bench_pipeline(folder: Path, jpegs: int, workers: int, xl_rows: int, xl_batc
           f"ratio {rates[workers] / rates[0]:.2f}x")
 
     xl = load_dit(build_tiny_dit(folder / "dit-xl", width=1152, heads=16, image_size=256), device="cpu")
-    sub = Split("bench", split.ids[:xl_rows], split.labels[:xl_rows], None, split.images)
+    (folder / "xl-images").mkdir()
+    sub = _jpeg_split(folder / "xl-images", xl_rows)
     dataset = Dataset("bench", ("x",), "multilabel", {"bench": sub})
     t, block = [50], [4]
     batches = [xl.input_stage()(sub, range(i, min(xl_rows, i + xl_batch))) for i in range(0, xl_rows, xl_batch)]
