@@ -33,27 +33,34 @@ Example:
     ...                      load=load, settings=ExtractSettings(batch_size=32), actors=4)  # doctest: +SKIP
 
 Notes:
-    Every actor must see the store's folder at the same path (a shared file system). ``ray`` is
+    Every actor must see the store: a folder at the same path on every node (a shared file
+    system), or a bucket (``s3://...``, credentials from each node's environment). ``ray`` is
     imported only when this function runs.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 from difffeat_tune._errors import BackboneError, DiffFeatError
-from difffeat_tune._io import atomic_write_json
 from difffeat_tune._loader import prepared_batches
+from difffeat_tune._manifest import Manifest, PartEntry, PartKey
 from difffeat_tune.backbones._base import Backbone
 from difffeat_tune.data._base import Dataset
 from difffeat_tune.extract import (
-    ExtractReport, ExtractSettings, Progress, Unit, compute_unit, extraction_provenance, plan_extraction, unit_jobs, write_unit,
+    ExtractReport,
+    ExtractSettings,
+    Progress,
+    Unit,
+    compute_unit,
+    extraction_provenance,
+    plan_extraction,
+    unit_jobs,
+    write_unit,
 )
 from difffeat_tune.store import Extraction, FeatureStore
 
@@ -64,28 +71,26 @@ DEFAULT_ACTOR_LOADER_WORKERS = 0
 
 
 class _ActorExtraction(Extraction):
-    """The extraction as an actor sees it: parts written to their paths, manifest changes kept aside.
+    """The extraction as an actor sees it: parts written to their paths, the manifest never saved.
 
-    ``write_part`` writes the part file atomically and records it in this object's manifest,
-    which is saved to a scratch file of the actor, never to the extraction's ``manifest.json``
-    (the driver's alone). Stands in for a store method that writes a part without recording it.
+    ``write_part`` writes the part file atomically and records it in this object's manifest in
+    memory only; the driver, the manifest's only writer, records the entries the actor returns.
     """
 
-    def __init__(self, folder: Path, scratch: Path) -> None:
-        super().__init__(folder)
-        self._manifest_path = scratch
+    def _save_manifest(self, changed: Manifest | None = None) -> None:
+        pass
 
-    def entry(self, t: int, split: str, part: int) -> dict[str, Any]:
+    def entry(self, t: int, split: str, part: int) -> PartEntry:
         """The manifest entry ``write_part`` made for one part."""
-        return dict(self.manifest[split][str(t)][str(part)])
+        entry = self.manifest.get(PartKey(split, t, part))
+        assert entry is not None, "write_part records every part it writes"
+        return entry
 
 
-def _record(ext: Extraction, unit: Unit, entries: Mapping[int, Mapping[str, Any]]) -> None:
+def _record(ext: Extraction, unit: Unit, entries: Mapping[int, PartEntry]) -> None:
     """Record a finished unit's parts in the extraction's manifest (the driver's side of ``write_part``)."""
-    ext.manifest.setdefault("_parts", {})[unit.split] = unit.n_parts
-    for t, entry in entries.items():
-        ext.manifest.setdefault(unit.split, {}).setdefault(str(t), {})[str(unit.part)] = dict(entry)
-    atomic_write_json(ext.folder / "manifest.json", ext.manifest)
+    ext.record_parts({PartKey(unit.split, t, unit.part): entry for t, entry in entries.items()},
+                     n_parts=unit.n_parts)
 
 
 class _UnitWorker:
@@ -105,11 +110,10 @@ class _UnitWorker:
         except DiffFeatError as exc:
             self.error = exc
         self.dataset = dataset
-        self.folder = Path(folder)
+        self.folder = folder
         self.batch_size = batch_size
         self.timesteps_per_pass = timesteps_per_pass
         self.loader_workers = loader_workers
-        self.scratch = Path(tempfile.mkdtemp(prefix="difffeat-actor-")) / "manifest.json"
 
     def ready(self) -> str:
         """The actor's device, once its backbone is loaded; the load's error otherwise."""
@@ -117,9 +121,9 @@ class _UnitWorker:
             raise self.error
         return str(self.backbone.device)
 
-    def run(self, unit: Unit) -> dict[int, dict[str, Any]]:
+    def run(self, unit: Unit) -> dict[int, PartEntry]:
         """Compute and write one unit; return ``{t: manifest entry}`` of its parts."""
-        ext = _ActorExtraction(self.folder, self.scratch)  # the manifest as the driver last wrote it
+        ext = _ActorExtraction(self.folder)  # the manifest as the driver last wrote it
         jobs = unit_jobs(self.dataset, [unit], self.batch_size)
         with closing(prepared_batches(self.backbone, jobs, self.loader_workers)) as batches:
             values = compute_unit(self.backbone, unit, batches, batch_size=self.batch_size,

@@ -378,12 +378,19 @@ class Extraction:
         stat = sfs.info(path)
         entry = PartEntry(rows=len(ids), blocks=tuple(blocks), sha256=sfs.sha256(path), bytes=stat.size,
                           mtime_ns=stat.mtime_ns)
-        key = PartKey(split, t, part)
-        self.manifest.record(key, entry, n_parts=n_parts)
-        recorded = Manifest()
-        recorded.record(key, entry, n_parts=n_parts)
-        self._save_manifest(recorded)
+        self.record_parts({PartKey(split, t, part): entry}, n_parts=n_parts)
         return path
+
+    def record_parts(self, entries: Mapping[PartKey, PartEntry], *, n_parts: int) -> None:
+        """Record complete parts of one split of ``n_parts`` parts, saving the manifest once.
+
+        :meth:`write_part` records its own part; a driver records here the parts its workers wrote.
+        """
+        recorded = Manifest()
+        for key, entry in entries.items():
+            self.manifest.record(key, entry, n_parts=n_parts)
+            recorded.record(key, entry, n_parts=n_parts)
+        self._save_manifest(recorded)
 
     def load(self, t: int, block: int, split: str, device: torch.device | str = "cpu",
              dtype: torch.dtype = torch.float32) -> Features:
