@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,23 @@ def restore_rng(generator: torch.Generator, state: dict[str, torch.Tensor]) -> N
     torch.set_rng_state(state["torch"])
 
 
+def log_losses(sums: dict[str, float], parts: Mapping[str, float], step: int, *, every: int, last: int,
+               log: Callable[[int, dict[str, float]], None] | None, start: float) -> dict[str, float]:
+    """Add one step's losses to the running sums; every ``every`` steps (and at step ``last``) call
+    ``log`` with their means since the last call and the seconds since ``start``.
+
+    Returns:
+        The sums to carry on with (new ones after a ``log`` call; they are checkpointed as they are).
+    """
+    for key, value in parts.items():
+        sums[key] = sums.get(key, 0.0) + value
+    if log is None or (step % every != 0 and step != last):
+        return sums
+    count = step % every or every
+    log(step, {**{k: v / count for k, v in sums.items()}, "seconds": time.perf_counter() - start})
+    return {}
+
+
 def warmup_cosine(warmup: int, steps: int, final_ratio: float) -> Any:
     """The learning-rate factor of step ``s``: linear warm-up over ``warmup`` steps, then a cosine to ``final_ratio``.
 
@@ -111,4 +129,4 @@ def warmup_cosine(warmup: int, steps: int, final_ratio: float) -> Any:
     return factor
 
 
-__all__ = ["EVERY_SECONDS", "Checkpoints", "restore_rng", "rng_state", "warmup_cosine"]
+__all__ = ["EVERY_SECONDS", "Checkpoints", "log_losses", "restore_rng", "rng_state", "warmup_cosine"]

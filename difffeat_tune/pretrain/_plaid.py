@@ -55,7 +55,7 @@ from difffeat_tune.backbones._plaid_net import (
     clean_prediction,
     z_logits,
 )
-from difffeat_tune.pretrain._checkpoint import Checkpoints, restore_rng, rng_state, warmup_cosine
+from difffeat_tune.pretrain._checkpoint import Checkpoints, log_losses, restore_rng, rng_state, warmup_cosine
 
 #: ``log(step, losses)`` is called every ``log_every`` steps.
 Log = Callable[[int, dict[str, float]], None]
@@ -296,12 +296,7 @@ def train_plaid(tokens: torch.Tensor, vocab_size: int, recipe: PlaidRecipe, *, l
         parts["loss"] = float(loss.detach())
         if not math.isfinite(parts["loss"]):
             raise FloatingPointError(f"Plaid training diverged at step {step}: {parts}")
-        for key, value in parts.items():
-            sums[key] = sums.get(key, 0.0) + value
-        if log is not None and (step % recipe.log_every == 0 or step == recipe.steps):
-            count = step % recipe.log_every or recipe.log_every
-            log(step, {**{k: v / count for k, v in sums.items()}, "seconds": time.perf_counter() - start})
-            sums = {}
+        sums = log_losses(sums, parts, step, every=recipe.log_every, last=recipe.steps, log=log, start=start)
         if checkpoints is not None and checkpoints.due(stage, step, recipe.steps):
             checkpoints.save(stage, {"recipe": asdict(recipe), "step": step, "model": _state(modules),
                                      "average": _state(average) if average is not None else None,

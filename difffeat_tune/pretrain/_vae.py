@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from difffeat_tune.pretrain._checkpoint import Checkpoints, restore_rng, rng_state, warmup_cosine
+from difffeat_tune.pretrain._checkpoint import Checkpoints, log_losses, restore_rng, rng_state, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +148,7 @@ def train_vae(pixels: np.ndarray, recipe: VAERecipe, *, log: Log | None = None,
         loss.backward()
         optimizer.step()
         schedule.step()
-        for key, value in parts.items():
-            sums[key] = sums.get(key, 0.0) + value
-        if log is not None and (step % recipe.log_every == 0 or step == recipe.steps):
-            count = step % recipe.log_every or recipe.log_every
-            log(step, {**{k: v / count for k, v in sums.items()}, "seconds": time.perf_counter() - start})
-            sums = {}
+        sums = log_losses(sums, parts, step, every=recipe.log_every, last=recipe.steps, log=log, start=start)
         if checkpoints is not None and checkpoints.due(stage, step, recipe.steps):
             checkpoints.save(stage, {"recipe": asdict(recipe), "step": step, "model": vae.state_dict(),
                                      "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
