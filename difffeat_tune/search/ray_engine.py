@@ -298,8 +298,8 @@ class DiffFeatSearch(Searcher):
             return None
         self._live[trial_id] = asked[0]
         params = asked[0].config.to_params()
-        # Absent axes are None in the Tune config; so is the proxy of a trial that trains a probe.
-        return {**{k: params.get(k) for k in _PARAMS}, C_PROXY: asked[0].proxy}
+        config = {k: params.get(k) for k in _PARAMS}  # absent axes are None in the Tune config
+        return {**config, C_PROXY: asked[0].proxy} if asked[0].proxy else config
 
     def report(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         """Record a per-epoch score as the trial's intermediate value; return whether to prune it."""
