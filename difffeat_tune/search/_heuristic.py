@@ -262,10 +262,10 @@ class HeuristicSampler(BaseSampler):
                 if claim.proxy:  # after the claim is gone, for the same reason
                     storage.set_trial_user_attr(trial._trial_id, _plan.PROXY_ATTR, None)
             elif fresh:  # waiting, or giving up as surplus, is decided on a fresh read only
-                if status.exhausted or not status.running or self._wait_timeout == 0:
+                if status.exhausted or not status.in_progress or self._wait_timeout == 0:
                     self._mark_surplus(study, trial, "the plan is exhausted" if status.exhausted else
                                        "nothing to evaluate now (the rest is enqueued or does not match the "
-                                       "enqueued parameters)" if not status.running else
+                                       "enqueued parameters)" if not status.in_progress else
                                        "nothing pending now (other trials run the rest; wait_timeout=0)")
                     return
                 self._wait(study, trial, status, time.monotonic() - started)
@@ -276,10 +276,10 @@ class HeuristicSampler(BaseSampler):
         if self._wait_timeout is not None and waited >= self._wait_timeout:
             self._abort(study, trial, TimeoutError(
                 f"HeuristicSampler: trial {trial.number} waited {waited:.1f} s for a configuration; "
-                f"{len(status.running)} configuration(s) are still running (phase {status.phase}) and none is "
+                f"{len(status.in_progress)} configuration(s) are still running (phase {status.phase}) and none is "
                 "pending. A dead worker's trial is only failed if the storage has a heartbeat "
                 "(RDBStorage(heartbeat_interval=...))"))
-        _logger.debug("trial %d waits: nothing pending, %d configuration(s) running", trial.number, len(status.running))
+        _logger.debug("trial %d waits: nothing pending, %d running", trial.number, len(status.in_progress))
         fail_stale(study)
         time.sleep(self._poll_interval * (0.75 + 0.5 * self._rng.random()))
 

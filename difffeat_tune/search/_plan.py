@@ -311,6 +311,11 @@ class PlanStatus:
         return not self.pending and not self.proxy_pending and not self.exhausted
 
     @property
+    def in_progress(self) -> tuple[TrialConfig, ...]:
+        """Configurations RUNNING trials train or score by the proxy (the plan moves on when they end)."""
+        return self.running + self.proxy_running
+
+    @property
     def total_planned(self) -> int | None:
         """Configurations in the whole plan, or ``None`` while the fusion plan is unknown."""
         counts = [self.planned[p] for p in PHASES]

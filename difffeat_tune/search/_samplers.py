@@ -75,7 +75,7 @@ class PlanState:
     def of(cls, status: PlanStatus) -> PlanState:
         """The counts of a heuristic plan (its enqueued configurations are what a trial asked now pops)."""
         return cls(pending=len(status.pending) + len(status.queued) + len(status.proxy_pending),
-                   running=len(status.running) + len(status.proxy_running), finished=status.exhausted,
+                   running=len(status.in_progress), finished=status.exhausted,
                    enqueued=status.enqueued)
 
 

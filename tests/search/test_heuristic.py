@@ -426,6 +426,16 @@ def test_racing_proxy_claims_score_each_config_once_then_train_the_top_ones(tmp_
         assert len(trained) == 4 + status.planned["fusion"]
 
 
+def test_trials_asked_while_only_proxy_trials_run_wait_for_them(tmp_path: Path) -> None:
+    # One modality: nothing is pending from the last proxy claim until every score is in.
+    space = SearchSpace("medium", image=_space(tmp_path, "medium").image, text=None, fusion_methods=())
+    study = _study(HeuristicSampler(space, proxy="ridge", proxy_top=2, poll_interval=0.01, seed=0))
+    study.optimize(make_objective(space, sleep=0.02), n_jobs=4)
+    assert plan_status(study).exhausted and len(_completed(study, space)) == 9 + 2
+    # Only the threads finding the plan exhausted at the end get a surplus trial.
+    assert sum(1 for t in study.trials if t.user_attrs.get("surplus")) <= 3
+
+
 def test_failing_config_is_retried_up_to_max_failures_then_skipped(tmp_path: Path) -> None:
     space = _space(tmp_path, "medium")
     broken = TrialConfig("image", image=(10, 4), d_alg=64)
