@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from difffeat_tune.backbones._registry import FAMILY_TABLE, families, load_backbone, load_image_backbone, load_text_backbone
     from difffeat_tune.config import FUSION_METHODS, TrialConfig
     from difffeat_tune.data import Dataset, Split, load_dataset
-    from difffeat_tune.extract import extract
+    from difffeat_tune.extract import ExtractSettings, extract
+    from difffeat_tune.extract_ray import extract_ray
     from difffeat_tune.features import (
         BackboneSettings, DataSettings, FeatureRequest, PreparedFeatures, StoreSettings, ensure_features,
     )
@@ -57,6 +58,8 @@ _LAZY: dict[str, str] = {
     "Split": "difffeat_tune.data",
     "load_dataset": "difffeat_tune.data",
     "extract": "difffeat_tune.extract",
+    "ExtractSettings": "difffeat_tune.extract",
+    "extract_ray": "difffeat_tune.extract_ray",
     "BackboneSettings": "difffeat_tune.features",
     "DataSettings": "difffeat_tune.features",
     "FeatureRequest": "difffeat_tune.features",

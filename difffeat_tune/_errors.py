@@ -42,7 +42,8 @@ class ConfigError(DiffFeatError):
         """The same error with its field called ``label`` (e.g. ``--epochs``)."""
         if self.field is None:
             return self
-        return ConfigError(self.message.replace(self.field, label), self.hint, field=label)
+        hint = None if self.hint is None else self.hint.replace(self.field, label)
+        return ConfigError(self.message.replace(self.field, label), hint, field=label)
 
 
 class StorageError(DiffFeatError):

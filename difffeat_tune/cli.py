@@ -13,32 +13,51 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
-from datetime import datetime
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from difffeat_tune._defaults import (
-    DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DTYPE, DEFAULT_FEATURES, DEFAULT_FUSION, DEFAULT_HOST,
-    DEFAULT_PORT, DEFAULT_RUNS, DEFAULT_SPACE, REPORT_PAGE, TINY,
+    DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_EPOCHS, DEFAULT_FEATURES,
+    DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROTOCOL, DEFAULT_SPACE, TINY,
 )
 from difffeat_tune._errors import ConfigError, DiffFeatError
-from difffeat_tune._paths import local_folder
+from difffeat_tune._paths import local_folder, store_location
+from difffeat_tune.backbones._family import LoadOptions
+from difffeat_tune.search._options import COMPARED, SearchOptions, study_name
 
 if TYPE_CHECKING:
-    import optuna
-
-    from difffeat_tune.features import PreparedFeatures
+    from difffeat_tune.data._base import Dataset
+    from difffeat_tune.features import FeatureRequest, PreparedFeatures
+    from difffeat_tune.report import Report
+    from difffeat_tune.search._run import Callback, SearchRun
+    from difffeat_tune.search.compare import Comparison
     from difffeat_tune.search.runner import SearchSummary
     from difffeat_tune.search._settings import Settings
 
+
+def _default(cls: type, name: str) -> str:
+    """The default of the dataclass field ``cls.name`` as help shows it: the dataclass holds the
+    value, every option defaults to "not given" (``None``) and so takes it."""
+    found = next(f for f in fields(cls) if f.name == name)
+    value = found.default if found.default is not MISSING else found.default_factory()  # type: ignore[misc]
+    return ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _option(text: str, default: object) -> Any:
+    """A Typer option whose help shows ``default`` (the dataclass's value, or the ``_defaults``
+    constant the dataclass reads) while the option itself defaults to ``None``."""
+    return typer.Option(help=text, show_default=str(default))
+
+
 app = typer.Typer(help="Find the best diffusion-feature configuration (Diff-Feat) for multi-label classification.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-run_app = typer.Typer(help="Run a search study (resumes when the study already exists).", no_args_is_help=True)
-app.add_typer(run_app, name="run")
 #: Width of the results on stdout when it is not a terminal (a file, a pipe, `make`'s log): wide
 #: enough that a configuration fits its table cell; a terminal uses its own width.
 PIPED_WIDTH = 160
@@ -47,41 +66,43 @@ out = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 # -- options shared by the commands (Typer reads the help from the Annotated metadata) ---------------
+# Every option that goes into the settings defaults to None ("not given"): the dataclass behind
+# it holds the default, and the help shows that value.
 
-DatasetOpt = Annotated[str, typer.Option(help="Data set: 'shapes' (embedded), 'shapes-enhanced', coco, coco-enhanced, coco-plain, vg500, voc2007, cifar100, tiny-imagenet, ag-news (with --root), or a manifest path.")]
+DatasetOpt = Annotated[Optional[str], _option("Data set: 'shapes' (embedded), 'shapes-enhanced', coco, coco-enhanced, coco-plain, vg500, voc2007, cifar100, tiny-imagenet, ag-news (with --root), or a manifest path.", DEFAULT_DATASET)]
 RootOpt = Annotated[Optional[Path], typer.Option(help="Folder of a public data set's files (coco, vg500, ...).")]
-FeaturesOpt = Annotated[Path, typer.Option(help="Feature-store folder.")]
-SpaceOpt = Annotated[str, typer.Option(help="Search space: a name in searchspaces/ or a .toml path.")]
-ImageBackboneOpt = Annotated[str, typer.Option(help="'tiny', family:source (see `difffeat-tune backbones`), or a DiT hub id or folder.")]
+FeaturesOpt = Annotated[Optional[Path], _option("Feature-store folder.", DEFAULT_FEATURES)]
+SpaceOpt = Annotated[Optional[str], _option("Search space: a name in searchspaces/ or a .toml path.", DEFAULT_SPACE)]
+ImageBackboneOpt = Annotated[Optional[str], _option("'tiny', family:source (see `difffeat-tune backbones`), or a DiT hub id or folder.", TINY)]
 VaeOpt = Annotated[Optional[str], typer.Option(help="Separate VAE for a latent-diffusion image backbone (hub id or folder).")]
-TextBackboneOpt = Annotated[str, typer.Option(help="'tiny', family:source (see `difffeat-tune backbones`), or a folder with Plaid's weight files.")]
+TextBackboneOpt = Annotated[Optional[str], _option("'tiny', family:source (see `difffeat-tune backbones`), or a folder with Plaid's weight files.", TINY)]
 TokenizerOpt = Annotated[Optional[str], typer.Option(help="Tokenizer file (default: the one in the text backbone's folder).")]
-DeviceOpt = Annotated[str, typer.Option(help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'.")]
-BatchOpt = Annotated[int, typer.Option(help="Rows per extraction batch (each goes through every timestep).")]
-DtypeOpt = Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the image noise, of random text noising and of masking.")]
+DeviceOpt = Annotated[Optional[str], _option("'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'.", DEFAULT_DEVICE)]
+BatchOpt = Annotated[Optional[int], _option("Rows per extraction batch (each goes through every timestep).", DEFAULT_BATCH_SIZE)]
+DtypeOpt = Annotated[Optional[str], _option("Stored feature dtype: float16 or float32.", DEFAULT_DTYPE)]
+SeedOpt = Annotated[Optional[int], _option("Seed of the image noise, of random text noising and of masking.", _default(LoadOptions, "noise_seed"))]
 TokenLengthOpt = Annotated[Optional[int], typer.Option(help="Text token length L (pad with end-of-text, or truncate); default: the data set's recommendation, else the backbone's.")]
-NoisingOpt = Annotated[str, typer.Option(help="Text noising: 'ddim' (deterministic inversion) or 'random'.")]
+NoisingOpt = Annotated[Optional[str], _option("Text noising: 'ddim' (deterministic inversion) or 'random'.", _default(LoadOptions, "text_noising"))]
 InversionOpt = Annotated[Optional[int], typer.Option(help="DDIM-inversion step in timesteps (default: the backbone's).")]
 ResolutionOpt = Annotated[Optional[int], typer.Option(help="Image side in pixels for diffusers image families (default: the model's own).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details and tracebacks.")]
 StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite:///<runs>/studies.db).")]
-RunsOpt = Annotated[Path, typer.Option(help="Runs folder (SQLite studies, comparisons, reports).")]
+RunsOpt = Annotated[Optional[Path], _option("Runs folder (SQLite studies, comparisons, reports).", _default(SearchOptions, "runs"))]
 StudyOpt = Annotated[Optional[str], typer.Option(help="Study name (default: <dataset>-<sampler>); reuse it to resume.")]
-WorkersOpt = Annotated[int, typer.Option(help="Trial loops in this process (threads); more processes may share --storage.")]
+WorkersOpt = Annotated[Optional[int], _option("Trial loops in this process (threads); more processes may share --storage.", _default(SearchOptions, "workers"))]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="Torch threads of this process (default: cores // workers).")]
 BatchTrialsOpt = Annotated[Optional[int], typer.Option(help="Probes trained together as one computation (default: automatic; 1 with a pruner).")]
-FusionOpt = Annotated[str, typer.Option(help="Fusion method(s), comma-separated, or 'all'.")]
-NeighbourhoodOpt = Annotated[str, typer.Option(help="Heuristic neighbourhood: cross, box or radius.")]
-RadiusOpt = Annotated[int, typer.Option(help="Neighbourhood radius in grid steps.")]
-PrunerOpt = Annotated[str, typer.Option(help="none, median or halving (over probe epochs).")]
-EpochsOpt = Annotated[Optional[int], typer.Option(help="Probe epochs (default: the space's, else 40).")]
+FusionOpt = Annotated[Optional[str], _option("Fusion method(s), comma-separated, or 'all'.", _default(SearchOptions, "fusion_methods"))]
+NeighbourhoodOpt = Annotated[Optional[str], _option("Heuristic neighbourhood: cross, box or radius.", _default(SearchOptions, "neighbourhood"))]
+RadiusOpt = Annotated[Optional[int], _option("Neighbourhood radius in grid steps.", _default(SearchOptions, "radius"))]
+PrunerOpt = Annotated[Optional[str], _option("none, median or halving (over probe epochs).", _default(SearchOptions, "pruner"))]
+EpochsOpt = Annotated[Optional[int], typer.Option(help=f"Probe epochs (default: the space's, else {DEFAULT_EPOCHS}).")]
 MemoryBudgetOpt = Annotated[Optional[str], typer.Option(help="Memory the search's probes may hold on the device (cached features and the batches trained), e.g. 8GiB, 6GB, 512MiB (default: 60% of the free memory).")]
-ProtocolOpt = Annotated[str, typer.Option(help="'validation' (select on val, report test) or 'paper' (select on the evaluation split).")]
+ProtocolOpt = Annotated[Optional[str], _option("'validation' (select on val, report test) or 'paper' (select on the evaluation split).", DEFAULT_PROTOCOL)]
 NTrialsOpt = Annotated[Optional[int], typer.Option(help="Stop after this many new trials (resume later).")]
-GridSeedOpt = Annotated[int, typer.Option(help="Seed of the grid order.")]
-EngineOpt = Annotated[str, typer.Option(help="'local' (this process) or 'ray' (Ray Tune trials on a Ray cluster).")]
+GridSeedOpt = Annotated[Optional[int], _option("Seed of the grid order.", _default(SearchOptions, "seed"))]
+EngineOpt = Annotated[Optional[str], _option("'local' (this process) or 'ray' (Ray Tune trials on a Ray cluster).", _default(SearchOptions, "engine"))]
 RayAddressOpt = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join ('auto', 'host:port'); default: a private local Ray.")]
 NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write the report (runs/reports/<study>/) at the end.")]
 
@@ -133,7 +154,9 @@ def _check_paths(**paths: Optional[Path]) -> None:
         if given is None:
             continue
         flag = f"--{option.replace('_', '-')}"
-        path = local_folder(given, flag)  # before anything is created: never a folder named "s3:"
+        path = store_location(given, flag) if option == "features" else local_folder(given, flag)
+        if not isinstance(path, Path):  # an object store: checked when the store opens
+            continue
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{flag} {path} is a file, not a folder", f"give {flag} a folder")
         try:
@@ -147,12 +170,12 @@ def _check_paths(**paths: Optional[Path]) -> None:
 
 #: The command-line option of each setting that an error may name (``ConfigError.field``).
 OPTION_OF_FIELD = {
-    "TrainRecipe.epochs": "--epochs", "StoreSettings.batch_size": "--batch-size",
+    "TrainRecipe.epochs": "--epochs", "StoreSettings.batch_size": "--batch-size", "DataSettings.root": "--root",
     "ObjectiveSettings.memory_budget": "--memory-budget",
     "SearchOptions.radius": "--radius", "SearchOptions.workers": "--workers", "SearchOptions.threads": "--threads",
     "SearchOptions.batch_trials": "--batch-trials", "SearchOptions.n_trials": "--n-trials",
-    "BackboneSettings.resolution": "--resolution", "BackboneSettings.token_length": "--token-length",
-    "BackboneSettings.inversion_step": "--inversion-step",
+    "LoadOptions.resolution": "--resolution", "LoadOptions.token_length": "--token-length",
+    "LoadOptions.inversion_step": "--inversion-step",
 }
 
 
@@ -167,43 +190,42 @@ def _settings(**options: Any) -> Settings:
         raise
 
 
-def _build_settings(**options: Any) -> Settings:
+def _given(**values: Any) -> dict[str, Any]:
+    """The options the user gave: ``None`` is "not given", so the dataclass's default applies."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _build_settings(*, dataset: str | None = None, root: Path | None = None, image_backbone: str | None = None,
+                    text_backbone: str | None = None, features: Path | None = None, dtype: str | None = None,
+                    batch_size: int | None = None, splits: tuple[str, ...] | None = None, space: str | None = None,
+                    device: str | None = None, fusion: str | None = None, memory_budget: str | None = None,
+                    **rest: Any) -> Settings:
+    """``rest`` holds the :class:`LoadOptions` fields (``--vae``, ``--noise-seed``, ...) and the
+    fields :meth:`Settings.create` takes as overrides (``--epochs``, ``--protocol``, the
+    :class:`SearchOptions`)."""
     from difffeat_tune.features import BackboneSettings, DataSettings, StoreSettings
-    from difffeat_tune.probe.objective import ObjectiveSettings
-    from difffeat_tune.search._options import SearchOptions
     from difffeat_tune.search._settings import Settings
 
-    get = options.get
-    _check_paths(features=get("features"), runs=get("runs"))
-    data = DataSettings(dataset=get("dataset", DEFAULT_DATASET), root=get("root"))
-    backbones = BackboneSettings(
-        image=get("image_backbone", TINY), text=get("text_backbone", TINY), vae=get("vae"),
-        tokenizer=get("tokenizer"), noise_seed=get("noise_seed", 0), token_length=get("token_length"),
-        text_noising=get("text_noising", "ddim"), inversion_step=get("inversion_step"), resolution=get("resolution"))
-    store = StoreSettings(features=get("features", DEFAULT_FEATURES), dtype=get("dtype", DEFAULT_DTYPE),
-                          batch_size=get("batch_size", DEFAULT_BATCH_SIZE), splits=get("splits"))
-    search = SearchOptions(
-        sampler=get("sampler", "heuristic"), neighbourhood=get("neighbourhood", "cross"), radius=get("radius", 1),
-        pruner=get("pruner", "none"), workers=get("workers", 1), threads=get("threads"),
-        batch_trials=get("batch_trials"), seed=get("seed", 0), n_trials=get("n_trials"),
-        engine=get("engine", "local"), ray_address=get("ray_address"), storage=get("storage"),
-        study_name=get("study_name"), runs=get("runs", DEFAULT_RUNS))
-    return Settings.create(space=get("space", DEFAULT_SPACE), data=data, backbones=backbones, store=store,
-                           probe=ObjectiveSettings(protocol=get("protocol", "validation"),
-                                                   memory_budget=_bytes(get("memory_budget"), "--memory-budget")),
-                           search=search,
-                           device=get("device", "auto"), fusion=get("fusion", DEFAULT_FUSION),
-                           epochs=get("epochs"))
+    _check_paths(features=features, runs=rest.get("runs"))
+    load = {f.name: rest.pop(f.name) for f in fields(LoadOptions) if f.name in rest}
+    backbones = BackboneSettings(**_given(image=image_backbone, text=text_backbone),
+                                 options=LoadOptions(**_given(**load)))
+    return Settings.create(
+        **_given(space=space, device=device, fusion=fusion), data=DataSettings(**_given(dataset=dataset, root=root)),
+        backbones=backbones,
+        store=StoreSettings(**_given(features=features, dtype=dtype, batch_size=batch_size, splits=splits)),
+        memory_budget=_bytes(memory_budget, "--memory-budget"), **rest)
 
 
-def _prepare(settings: Settings, quiet: bool, verify: bool = False) -> PreparedFeatures:
-    """Extract (or reuse) the settings' features under a rich progress bar, one bar per modality."""
+def _prepare(request: FeatureRequest, quiet: bool, *, verify: bool = False,
+             dataset: Dataset | None = None) -> PreparedFeatures:
+    """Extract (or reuse) the request's features under a rich progress bar, one bar per modality."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from difffeat_tune.features import ensure_features
 
     if quiet:
-        return ensure_features(settings.features, verify=verify)
+        return ensure_features(request, verify=verify, dataset=dataset)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console) as bar:
         tasks: dict[str, TaskID] = {}
@@ -217,57 +239,63 @@ def _prepare(settings: Settings, quiet: bool, verify: bool = False) -> PreparedF
             speed = bar.tasks[tasks[modality]].speed
             bar.update(tasks[modality], speed=f"{speed:,.0f} samples/s" if speed else "")
 
-        return ensure_features(settings.features, progress=progress, on_total=on_total, verify=verify)
+        return ensure_features(request, progress=progress, on_total=on_total, verify=verify, dataset=dataset)
 
 
-@contextmanager
-def _trial_progress(quiet: bool, what: str) -> Iterator[Callable[..., None]]:
-    """A spinner with the trial count and the best score so far, as an Optuna callback."""
-    if quiet:
-        yield lambda study, trial: None
-        return
-    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+def _trial_progress(quiet: bool) -> Callable[[SearchRun], Any]:
+    """``progress(run)`` for :func:`~difffeat_tune.search.runner.run_search`: a spinner with the
+    trial count and the best score so far while the run's trials go on."""
 
-    with Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.completed} trials"),
-                  TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task(escape(what), total=None, best="")
-        best: list[tuple[float, int]] = []  # (value, -number) of the best trial told here
+    @contextmanager
+    def progress(run: SearchRun) -> Iterator[Callback]:
+        if quiet:
+            yield lambda study, trial: None
+            return
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-        def callback(study, trial) -> None:  # type: ignore[no-untyped-def]
-            # From the trial just told, not study.best_trial: that would read the storage every trial.
-            if trial.value is not None and trial.state.name == "COMPLETE" and (
-                    not best or (trial.value, -trial.number) > best[0]):
-                best[:] = [(trial.value, -trial.number)]
-                bar.update(task, best=escape(f"best {100 * trial.value:.2f} ({trial.user_attrs.get('config', '')})"))
-            bar.update(task, advance=1)
+        what = f"{run.settings.search.sampler} search ({run.study.study_name})"
+        with Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.completed} trials"),
+                      TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task(escape(what), total=None, best="")
+            best: list[tuple[float, int]] = []  # (value, -number) of the best trial told here
 
-        yield callback
+            def callback(study, trial) -> None:  # type: ignore[no-untyped-def]
+                # From the trial just told, not study.best_trial: that would read the storage every trial.
+                if trial.value is not None and trial.state.name == "COMPLETE" and (
+                        not best or (trial.value, -trial.number) > best[0]):
+                    best[:] = [(trial.value, -trial.number)]
+                    bar.update(task, best=escape(f"best {100 * trial.value:.2f} ({trial.user_attrs.get('config', '')})"))
+                bar.update(task, advance=1)
+
+            yield callback
+
+    return progress
 
 
 # -- extract --------------------------------------------------------------------------------------
 
 @app.command()
 def extract(
-    dataset: DatasetOpt = DEFAULT_DATASET,
+    dataset: DatasetOpt = None,
     root: RootOpt = None,
-    features: FeaturesOpt = DEFAULT_FEATURES,
-    space: SpaceOpt = DEFAULT_SPACE,
+    features: FeaturesOpt = None,
+    space: SpaceOpt = None,
     modality: Annotated[str, typer.Option(help="'image', 'text' or 'both'.")] = "both",
-    image_backbone: ImageBackboneOpt = TINY,
+    image_backbone: ImageBackboneOpt = None,
     vae: VaeOpt = None,
-    text_backbone: TextBackboneOpt = TINY,
+    text_backbone: TextBackboneOpt = None,
     tokenizer: TokenizerOpt = None,
     image_timesteps: Annotated[Optional[str], typer.Option(help="Comma-separated image timesteps (default: the space's).")] = None,
     image_blocks: Annotated[Optional[str], typer.Option(help="Comma-separated 1-based image blocks (default: the space's).")] = None,
     text_timesteps: Annotated[Optional[str], typer.Option(help="Comma-separated text timesteps (default: the space's).")] = None,
     text_blocks: Annotated[Optional[str], typer.Option(help="Comma-separated 1-based text blocks (default: the space's).")] = None,
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits (default: all).")] = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
-    dtype: DtypeOpt = DEFAULT_DTYPE,
-    noise_seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = None,
+    dtype: DtypeOpt = None,
+    noise_seed: SeedOpt = None,
     token_length: TokenLengthOpt = None,
-    text_noising: NoisingOpt = "ddim",
+    text_noising: NoisingOpt = None,
     inversion_step: InversionOpt = None,
     resolution: ResolutionOpt = None,
     threads: ThreadsOpt = None,
@@ -294,10 +322,10 @@ def extract(
     if modality != "both":
         grid = grid.restricted_to((modality,))
     configure_threads(1, threads)
-    prepared = _prepare(settings.with_space(grid), quiet=as_json, verify=verify)
+    prepared = _prepare(settings.with_space(grid).features, quiet=as_json, verify=verify)
     summary = {
         "dataset": prepared.view.folder.name,
-        "store": str(features),
+        "store": str(settings.store.features),
         "extractions": [
             {"modality": r.modality, "folder": r.folder, "parts_written": r.parts_written,
              "parts_skipped": r.parts_skipped, "rows": r.rows, "seconds": round(r.seconds, 3),
@@ -310,7 +338,7 @@ def extract(
         return
     from rich.table import Table
 
-    table = Table(title=escape(f"features of {summary['dataset']} in {features}"))
+    table = Table(title=escape(f"features of {summary['dataset']} in {settings.store.features}"))
     for col in ("modality", "parts written", "parts reused", "samples", "samples/s", "folder"):
         table.add_column(col)
     for r in summary["extractions"]:  # type: ignore[union-attr]
@@ -319,41 +347,42 @@ def extract(
     out.print(table)
 
 
-# -- run heuristic / run grid / compare ----------------------------------------------------------
+# -- run NAME / compare --------------------------------------------------------------------------
 
 def _search_command(kind: str) -> Callable[..., None]:
+    """The command ``run <kind>`` (a sampler of ``SAMPLERS``), or ``compare``."""
     def command(
-        dataset: DatasetOpt = DEFAULT_DATASET,
+        dataset: DatasetOpt = None,
         root: RootOpt = None,
-        features: FeaturesOpt = DEFAULT_FEATURES,
-        space: SpaceOpt = DEFAULT_SPACE,
+        features: FeaturesOpt = None,
+        space: SpaceOpt = None,
         storage: StorageOpt = None,
         study_name: StudyOpt = None,
-        runs: RunsOpt = DEFAULT_RUNS,
-        workers: WorkersOpt = 1,
+        runs: RunsOpt = None,
+        workers: WorkersOpt = None,
         threads: ThreadsOpt = None,
         batch_trials: BatchTrialsOpt = None,
-        fusion: FusionOpt = DEFAULT_FUSION,
-        neighbourhood: NeighbourhoodOpt = "cross",
-        radius: RadiusOpt = 1,
-        pruner: PrunerOpt = "none",
+        fusion: FusionOpt = None,
+        neighbourhood: NeighbourhoodOpt = None,
+        radius: RadiusOpt = None,
+        pruner: PrunerOpt = None,
         epochs: EpochsOpt = None,
-        protocol: ProtocolOpt = "validation",
+        protocol: ProtocolOpt = None,
         memory_budget: MemoryBudgetOpt = None,
         n_trials: NTrialsOpt = None,
-        seed: GridSeedOpt = 0,
-        engine: EngineOpt = "local",
+        seed: GridSeedOpt = None,
+        engine: EngineOpt = None,
         ray_address: RayAddressOpt = None,
-        image_backbone: ImageBackboneOpt = TINY,
+        image_backbone: ImageBackboneOpt = None,
         vae: VaeOpt = None,
-        text_backbone: TextBackboneOpt = TINY,
+        text_backbone: TextBackboneOpt = None,
         tokenizer: TokenizerOpt = None,
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
-        dtype: DtypeOpt = DEFAULT_DTYPE,
-        noise_seed: SeedOpt = 0,
+        device: DeviceOpt = None,
+        batch_size: BatchOpt = None,
+        dtype: DtypeOpt = None,
+        noise_seed: SeedOpt = None,
         token_length: TokenLengthOpt = None,
-        text_noising: NoisingOpt = "ddim",
+        text_noising: NoisingOpt = None,
         inversion_step: InversionOpt = None,
         resolution: ResolutionOpt = None,
         no_report: NoReportOpt = False,
@@ -362,7 +391,7 @@ def _search_command(kind: str) -> Callable[..., None]:
     ) -> None:
         _setup_logging(verbose)
         options = {k: v for k, v in locals().items() if k not in ("as_json", "verbose", "kind", "no_report")}
-        settings = _settings(**options, sampler="grid" if kind == "grid" else "heuristic")
+        settings = _settings(**options, sampler=None if kind == "compare" else kind)
         # With --json, stdout carries the JSON alone: anything a library prints (Ray Tune's status) goes to stderr.
         with redirect_stdout(sys.stderr) if as_json else nullcontext():
             result = (_compare(settings, as_json, report=not no_report) if kind == "compare"
@@ -372,161 +401,114 @@ def _search_command(kind: str) -> Callable[..., None]:
         elif kind != "compare":
             _print_summary(result, settings.search.storage_url())  # type: ignore[arg-type]
 
-    command.__doc__ = {
-        "heuristic": "Algorithm 1: every unimodal (t, b), then fusion around each modality's best.",
-        "grid": "The full-grid baseline: every image (t, b) x text (t, b) pair (Optuna's GridSampler).",
-        "compare": "Run (or reuse) the heuristic and the grid study on the same features and compare them.",
-    }[kind]
+    first, second = COMPARED
+    command.__doc__ = (f"Run (or reuse) the {first} and the {second} study on the same features and compare them."
+                       if kind == "compare" else
+                       f"Run (or resume) a study with the {kind} sampler (`difffeat-tune run --help` says what "
+                       "each sampler does).")
     return command
 
 
-def _run(settings: Settings, quiet: bool, *, report: bool = True) -> SearchSummary:
-    from difffeat_tune._device import configure_threads
-    from difffeat_tune.probe.objective import Objective
-    from difffeat_tune.search.runner import parse_storage_url, run_search
+class _SamplerGroup(TyperGroup):
+    """``run NAME`` for every entry of ``SAMPLERS``, read from the table when a command runs or
+    ``run --help`` lists them (``run NAME --help`` imports nothing heavy)."""
 
-    parse_storage_url(settings.search.storage_url())  # a malformed URL or a missing driver, before any extraction
-    finished = _finished_summary(settings, report=report)
-    if finished is not None:
-        if report and not quiet:
-            _say_report_is_current(settings.search.runs / "reports" / finished.study_name / REPORT_PAGE)
-        return finished
-    prepared = _prepare(settings, quiet)
-    settings = settings.with_space(prepared.space)
-    configure_threads(settings.search.workers, settings.search.threads)
-    name = settings.search.study_name_for(prepared.view.folder.name)
-    objective = Objective(prepared.view, settings.probe, device=settings.device)
-    with _trial_progress(quiet, f"{settings.search.sampler} search ({name})") as callback:
-        summary = run_search(settings, prepared.view, callbacks=[callback], objective=objective)
-    if report:
-        _report(settings, summary.study_name, objective, quiet)
-    return summary
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from difffeat_tune.search._samplers import SAMPLERS
 
+        ctx.meta["samplers"] = {name: kind.summary for name, kind in SAMPLERS.items()}
+        return list(SAMPLERS)
 
-def _finished_summary(settings: Settings, *, report: bool) -> SearchSummary | None:
-    """The summary of a study with nothing left to do, read without loading backbones or features.
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        summary = ctx.meta.get("samplers", {}).get(cmd_name)
+        sub.command(cmd_name, short_help=summary)(_search_command(cmd_name))
+        return typer.main.get_command(sub)
 
-    A finished plan, the best configuration already evaluated (when asked) and, unless
-    ``report`` is off, a report newer than the study's last trial: a re-run then only reads the
-    storage. Anything else (or no such study yet) returns ``None``: the full path runs.
-    """
-    import optuna
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and not ctx.resilient_parsing and "--help" not in args[1:]:
+            from difffeat_tune.search._samplers import SAMPLERS
 
-    from difffeat_tune.features import data_modalities
-    from difffeat_tune.search import _attrs as A
-    from difffeat_tune.search._samplers import plan_state
-    from difffeat_tune.search._storage import open_storage
-    from difffeat_tune.search.runner import summarize
-    from difffeat_tune.store import FeatureStore
-
-    dataset = settings.data.load()
-    settings = settings.with_space(settings.space.restricted_to(data_modalities(dataset)))
-    search = settings.search
-    name = search.study_name_for(FeatureStore(settings.store.features).dataset_dir(dataset.name,
-                                                                                   dataset.fingerprint()).name)
-    storage = open_storage(search.storage_url())
-    if name not in {s.study_name for s in storage.get_all_studies()}:
-        return None
-    study = optuna.load_study(study_name=name, storage=storage)
-    if not plan_state(study, settings.space, search).finished:
-        return None
-    try:
-        best = study.best_trial
-    except ValueError:
-        return None
-    if search.evaluate_best and study.user_attrs.get(A.EVAL_TRIAL) != best.number:
-        return None
-    if report and not _report_is_current(storage, study, search.runs / "reports" / name / REPORT_PAGE):
-        return None
-    return summarize(study)
+            if args[0] not in SAMPLERS:
+                ctx.fail(f"No sampler {args[0]!r}: use one of {', '.join(SAMPLERS)}.")
+        return super().resolve_command(ctx, args)
 
 
-def _say_report_is_current(page: Path) -> None:
-    console.print(escape(f"Report: {page} (up to date; `difffeat-tune report` redraws it)"))
+run_app = typer.Typer(cls=_SamplerGroup, no_args_is_help=True,
+                      help="Run a search study with one of the samplers (resumes when the study already exists).")
+app.add_typer(run_app, name="run")
 
 
-def _report_is_current(storage: optuna.storages.BaseStorage, study: optuna.Study, page: Path) -> bool:
-    """Whether ``page`` was written after the last change of every study it draws: the study, and
-    the other study of a ``compare`` pair when the storage holds it (its comparison figure)."""
-    import optuna
+def _features(settings: Settings, quiet: bool) -> Callable[[FeatureRequest, Dataset], PreparedFeatures]:
+    """How the search commands prepare their features: with progress bars, then this process's
+    torch threads set for the search's workers."""
+    def prepare(request: FeatureRequest, dataset: Dataset) -> PreparedFeatures:
+        from difffeat_tune._device import configure_threads
 
-    from difffeat_tune.search._options import companion_name
+        prepared = _prepare(request, quiet, dataset=dataset)
+        configure_threads(settings.search.workers, settings.search.threads)
+        return prepared
 
-    if not page.is_file():
-        return False
-    studies = [study]
-    other = companion_name(study.study_name)
-    if other is not None and other in {s.study_name for s in storage.get_all_studies()}:
-        studies.append(optuna.load_study(study_name=other, storage=storage))
-    written = datetime.fromtimestamp(page.stat().st_mtime)  # local time, as Optuna's datetimes
-    for each in studies:
-        trials = each.get_trials(deepcopy=False)
-        changes = [t.datetime_complete or t.datetime_start for t in trials]
-        if any(t.datetime_complete is None for t in trials) or None in changes:
-            return False
-        if not all(change < written for change in changes):  # type: ignore[operator]
-            return False
-    return True
+    return prepare
 
 
-def _report(settings: Settings, study_name: str, objective: object, quiet: bool) -> None:
-    """Write the study's report (figures, page, dashboard note) and say where it is; keep an up-to-date one."""
-    from difffeat_tune.report import write_report
-
-    import optuna
-
-    from difffeat_tune.search._storage import open_storage
-
-    folder = settings.search.runs / "reports" / study_name
-    storage = open_storage(settings.search.storage_url(), heartbeat=False)
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    if _report_is_current(storage, study, folder / REPORT_PAGE):
-        if not quiet:
-            _say_report_is_current(folder / REPORT_PAGE)
-        return
-    written = write_report(storage, study_name, folder,
-                           device=settings.device, objective=objective, space=settings.space)  # type: ignore[arg-type]
-    if not quiet:
+def _on_report(quiet: bool) -> Callable[[Path, Report | None], None]:
+    """Say where the report is: drawn now (with what it left out), or up to date."""
+    def said(page: Path, written: Report | None) -> None:
+        if quiet:
+            return
+        if written is None:
+            console.print(escape(f"Report: {page} (up to date; `difffeat-tune report` redraws it)"))
+            return
         console.print(escape(f"Report: {written.html} ({len(written.figures)} figures, {written.seconds:.1f} s)"))
         for what, why in written.skipped.items():
             console.print(escape(f"  not in the report: {what}: {why}"))
 
+    return said
 
-def _compare(settings: Settings, quiet: bool, *, report: bool = True):  # type: ignore[no-untyped-def]
+
+def _run(settings: Settings, quiet: bool, *, report: bool = True) -> SearchSummary:
+    from difffeat_tune.search.runner import run_search
+
+    return run_search(settings, prepare=_features(settings, quiet), progress=_trial_progress(quiet),
+                      report=report, on_report=_on_report(quiet))
+
+
+def _compare(settings: Settings, quiet: bool, *, report: bool = True) -> Comparison:
+    """Both studies of :data:`COMPARED` on the same features and objective, then their comparison."""
     from dataclasses import replace
 
-    from difffeat_tune._device import configure_threads
     from difffeat_tune.probe.objective import Objective
-    from difffeat_tune.search._options import study_name
+    from difffeat_tune.search._study_report import write_study_report
     from difffeat_tune.search.compare import Comparison
-    from difffeat_tune.search.runner import open_storage, parse_storage_url, run_search
+    from difffeat_tune.search.runner import open_storage, run_search
 
-    parse_storage_url(settings.search.storage_url())
-    prepared = _prepare(settings, quiet)
+    import optuna
+
+    storage = open_storage(settings.search.storage_url())  # a bad URL is named before any extraction
+    prepared = _features(settings, quiet)(settings.features, settings.data.load())
     settings = settings.with_space(prepared.space)
-    configure_threads(settings.search.workers, settings.search.threads)
     base = settings.search.study_base(prepared.view.folder.name)
     objective = Objective(prepared.view, settings.probe, device=settings.device)
-    summaries = {}
-    for sampler in ("heuristic", "grid"):
-        each = replace(settings, search=replace(settings.search, sampler=sampler, study_name=study_name(base, sampler)))
-        with _trial_progress(quiet, f"{sampler} search ({study_name(base, sampler)})") as callback:
-            summaries[sampler] = run_search(each, prepared.view, callbacks=[callback], objective=objective)
-    comparison = Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"])
-    paths = comparison.save(settings.search.runs, base, open_storage(settings.search.storage_url(), heartbeat=False))
+    summaries = [run_search(replace(settings, search=settings.search.for_sampler(sampler, base)), prepared.view,
+                            objective=objective, storage=storage, progress=_trial_progress(quiet))
+                 for sampler in COMPARED]
+    comparison = Comparison(heuristic=summaries[0], grid=summaries[1])
+    paths = comparison.save(settings.search.runs, base, storage)
     if not quiet:
         from rich.table import Table
 
-        table = Table(title=escape(f"heuristic vs grid on {base}"))
-        for col in ("", "heuristic", "grid"):
+        table = Table(title=escape(f"{' vs '.join(COMPARED)} on {base}"))
+        for col in ("", *COMPARED):
             table.add_column(col)
         for row in comparison.rows():
             table.add_row(*(escape(cell) for cell in row))
         out.print(table)
         out.print(escape(f"{comparison.regret_sentence()} Saved {', '.join(str(p) for p in paths)} and a "
                          "note on both studies."))
-    if report:  # the heuristic's report holds the comparison (the grid's landscape with the heuristic's pairs)
-        _report(settings, f"{base}-heuristic", objective, quiet)
+    if report:  # the first study's report holds the comparison (the grid's landscape with the heuristic's pairs)
+        first = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+        write_study_report(storage, first, settings, objective, _on_report(quiet))
     return comparison
 
 
@@ -566,8 +548,6 @@ def _print_summary(summary: SearchSummary, storage: str) -> None:
     out.print(f"Browse it: [bold]{escape(f'difffeat-tune dashboard --storage {storage}')}[/]", soft_wrap=True)
 
 
-run_app.command("heuristic")(_search_command("heuristic"))
-run_app.command("grid")(_search_command("grid"))
 app.command("compare")(_search_command("compare"))
 
 
@@ -576,10 +556,10 @@ app.command("compare")(_search_command("compare"))
 @app.command()
 def report(
     storage: StorageOpt = None,
-    study_name: Annotated[str, typer.Option(help="The study (e.g. shapes-heuristic).")] = "shapes-heuristic",
-    runs: RunsOpt = DEFAULT_RUNS,
+    study_name: Annotated[str, typer.Option(help="The study.")] = study_name(DEFAULT_DATASET, _default(SearchOptions, "sampler")),
+    runs: RunsOpt = None,
     out_dir: Annotated[Optional[Path], typer.Option(help="Report folder (default: <runs>/reports/<study>).")] = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
     no_features: Annotated[bool, typer.Option("--no-features", help="Skip what re-trains from the feature store (test scores of the unimodal bests, per-class AP, t-SNE).")] = False,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -587,13 +567,13 @@ def report(
     """Write a study's figures (A(t, b), fusion grid, best of each modality, t-SNE...) as HTML, PNG, PDF and into the dashboard."""
     _setup_logging(verbose)
     from difffeat_tune.report import write_report
-    from difffeat_tune.search._storage import default_storage, open_storage
+    from difffeat_tune.search._storage import open_storage
 
-    url = storage or default_storage(local_folder(runs, "--runs"))
-    opened = open_storage(url, heartbeat=False, create=False)  # first: a missing database is not created
-    _check_paths(out_dir=out_dir or runs / "reports" / study_name)
-    written = write_report(opened, study_name, out_dir or runs / "reports" / study_name, device=device,
-                           features=not no_features)
+    search = _search_options(storage, runs)
+    opened = open_storage(search.storage_url(), heartbeat=False, create=False)  # first: a missing database is not created
+    folder = out_dir or search.report_folder(study_name)
+    _check_paths(out_dir=folder)
+    written = write_report(opened, study_name, folder, device=device or DEFAULT_DEVICE, features=not no_features)
     if as_json:
         out.print_json(json.dumps(written.as_dict(), default=str))
         return
@@ -604,21 +584,26 @@ def report(
         out.print(escape(f"  not in the report: {what}: {why}"))
 
 
+def _search_options(storage: str | None, runs: Path | None) -> SearchOptions:
+    """Where the studies are, for the commands that only read them (report, dashboard)."""
+    return SearchOptions(**_given(storage=storage, runs=None if runs is None else local_folder(runs, "--runs")))
+
+
 # -- dashboard, backbones -------------------------------------------------------------------------
 
 @app.command()
 def dashboard(
     storage: StorageOpt = None,
-    runs: RunsOpt = DEFAULT_RUNS,
+    runs: RunsOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="Port.")] = DEFAULT_PORT,
 ) -> None:
     """Start optuna-dashboard on the study storage."""
     from difffeat_tune.dashboard import check_address, serve_dashboard
-    from difffeat_tune.search._storage import default_storage, open_storage
+    from difffeat_tune.search._storage import open_storage
 
     check_address(host, port)
-    url = storage or default_storage(local_folder(runs, "--runs"))
+    url = _search_options(storage, runs).storage_url()
     opened = open_storage(url, heartbeat=False, create=False)  # a read-only command creates no database
     console.print(f"optuna-dashboard on [bold]http://{host}:{port}[/] for {escape(url)} (Ctrl-C to stop)")
     serve_dashboard(opened, host=host, port=port)

@@ -11,8 +11,16 @@ from difffeat_tune._defaults import DEFAULT_FUSION
 from difffeat_tune._errors import ConfigError
 
 #: The probe heads by name -> ``"module:Class"`` (imported when built): the one table to extend
-#: with a new head (its class, with ``from_widths`` and ``n_inputs``, and a line here). "linear"
-#: is the unimodal probe; every other head is a fusion method, in the paper's order.
+#: with a new head. "linear" is the unimodal probe; every other head is a fusion method, in the
+#: paper's order, and every shipped search space searches all of them (their ``[fusion]`` tables
+#: list no ``methods``). The contract of a fusion head's class (an ``nn.Module``; subclassing
+#: ``difffeat_tune.probe.heads._FusionHead`` gives the first three and ``forward``):
+#: ``n_inputs = 2``; ``batchable`` (True only if its layers are ``nn.Linear`` and its forward
+#: works on ``[K, batch, width]`` inputs: it then trains stacked with ``train_heads``);
+#: ``from_widths(widths, n_classes, *, d_alg, n_tokens)`` building it for an image feature of
+#: width ``widths[0]`` and a text feature of ``widths[1]``; ``fuse(image, text)``, the fused
+#: representation, read by a final ``nn.Linear`` ``classifier``; ``forward(image, text)``, the
+#: logits ``classifier(fuse(image, text))``.
 HEAD_TABLE: Mapping[str, str] = MappingProxyType({
     "linear": "difffeat_tune.probe.heads:LinearProbe",
     "simple_concat": "difffeat_tune.probe.heads:SimpleConcat",

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from difffeat_tune._defaults import (
-    DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DTYPE, DEFAULT_FEATURES, DEFAULT_SPACE, TINY,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DATASET,
+    DEFAULT_DTYPE,
+    DEFAULT_FEATURES,
+    DEFAULT_SPACE,
+    TINY,
 )
 from difffeat_tune._errors import ConfigError
-from difffeat_tune._paths import local_folder
+from difffeat_tune._paths import local_folder, store_location
+from difffeat_tune._store_fs import Location
 from difffeat_tune.backbones._base import MODALITIES, Backbone
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._registry import load_backbone
@@ -63,45 +69,25 @@ class BackboneSettings:
     Attributes:
         image: ``tiny``, ``family:source`` or a plain source (a DiT hub id or folder).
         text: ``tiny``, ``family:source`` or a plain source (a Plaid folder).
-        vae: a separate VAE for latent-diffusion image backbones.
-        tokenizer: a tokenizer file for the text backbone.
-        noise_seed: seed of the image noise, of random text noising and of masking.
-        token_length: text length L in tokens (``None``: the data set's recommendation, else the
-            backbone's default).
-        text_noising: ``ddim`` (deterministic inversion) or ``random`` (continuous text diffusion).
-        inversion_step: DDIM inversion step in timesteps (``None``: the backbone's default).
-        resolution: image side in pixels for the diffusers image families (``None``: the model's own).
+        options: the backbones' load settings (VAE, tokenizer, noise seed, token length, text
+            noising, inversion step, resolution); their ``device`` is the run's, set when the
+            backbones load (:meth:`load_options`).
     """
 
     image: str = TINY
     text: str = TINY
-    vae: str | None = None
-    tokenizer: str | None = None
-    noise_seed: int = 0
-    token_length: int | None = None
-    text_noising: str = "ddim"
-    inversion_step: int | None = None
-    resolution: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("resolution", "token_length", "inversion_step"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"BackboneSettings.{name} must be positive, got {value}",
-                                  field=f"BackboneSettings.{name}")
+    options: LoadOptions = field(default_factory=LoadOptions)
 
     def name(self, modality: str) -> str:
         return self.image if modality == "image" else self.text
 
     def load_options(self, device: str | None, dataset: Dataset | None = None) -> LoadOptions:
-        """The backbones' :class:`LoadOptions`; the token length falls back on the data set's recommendation."""
-        token_length = self.token_length
+        """The backbones' :class:`LoadOptions` on ``device``; the token length falls back on the data set's recommendation."""
+        token_length = self.options.token_length
         if token_length is None and dataset is not None:
             recommended = dataset.options.get("recommended_token_length")
             token_length = int(recommended) if recommended is not None else None  # type: ignore[call-overload]
-        return LoadOptions(device=device, noise_seed=self.noise_seed, vae=self.vae, tokenizer=self.tokenizer,
-                           token_length=token_length, text_noising=self.text_noising,
-                           inversion_step=self.inversion_step, resolution=self.resolution)
+        return replace(self.options, device=device, token_length=token_length)
 
 
 @dataclass(frozen=True)
@@ -109,19 +95,19 @@ class StoreSettings:
     """Where features go and how they are extracted.
 
     Attributes:
-        features: the feature store's folder.
+        features: the feature store's folder, or an object-store URI (``s3://bucket/prefix``...).
         dtype: stored dtype, ``float16`` or ``float32``.
         batch_size: rows per extraction batch.
         splits: the splits to extract (``None``: all).
     """
 
-    features: Path = DEFAULT_FEATURES
+    features: Location = DEFAULT_FEATURES
     dtype: str = DEFAULT_DTYPE
     batch_size: int = DEFAULT_BATCH_SIZE
     splits: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "features", local_folder(self.features, "StoreSettings.features"))
+        object.__setattr__(self, "features", store_location(self.features, "StoreSettings.features"))
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown feature dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if self.batch_size < 1:
@@ -184,6 +170,7 @@ def ensure_features(
     progress: Callable[[str, int], None] | None = None,
     on_total: Callable[[str, int], None] | None = None,
     verify: bool = False,
+    dataset: Dataset | None = None,
 ) -> PreparedFeatures:
     """Extract whatever the request needs and is not yet in the store; return a view on it.
 
@@ -195,10 +182,12 @@ def ensure_features(
         request: the request.
         progress: ``progress(modality, rows)`` after each batch.
         on_total: ``on_total(modality, rows)`` once per modality before its work starts.
-        verify: check the SHA-256 of every stored part; damaged parts are rebuilt (see
-            :meth:`~difffeat_tune.store.Extraction.part_blocks`).
+        verify: check the SHA-256 of every stored part; damaged parts are rebuilt, and intact
+            ones found under a new modification time get it recorded (see
+            :meth:`~difffeat_tune.store.Extraction.repair`).
+        dataset: ``request.data`` already loaded (by a caller that read it first).
     """
-    dataset = request.data.load()
+    dataset = request.data.load() if dataset is None else dataset
     space = request.space.restricted_to(data_modalities(dataset))
     backbones = load_backbones(request, dataset, space)
     splits = request.store.splits or tuple(dataset.splits)
@@ -216,10 +205,13 @@ def ensure_features(
             on_total=(lambda n, m=modality: on_total(m, n)) if on_total else None, verify=verify,
         ))
     # Exactly the extractions of this request (others of the same data set may sit beside them).
-    folders = {m: Path(r.folder) for m, r in zip(backbones, reports)}
-    view = FeatureView(store.dataset_dir(dataset.name, dataset.fingerprint()),
-                       image=Extraction(folders["image"]) if "image" in folders else None,
-                       text=Extraction(folders["text"]) if "text" in folders else None)
+    base = store.dataset_dir(dataset.name, dataset.fingerprint())
+    folders = {m: base / m / store_location(r.folder, "extraction folder").name for m, r in zip(backbones, reports)}
+    extractions = {m: Extraction(folder) for m, folder in folders.items()}
+    if verify:  # checked and rebuilt above; record what was found intact under a new time
+        for ext in extractions.values():
+            ext.repair()
+    view = FeatureView(base, image=extractions.get("image"), text=extractions.get("text"))
     return PreparedFeatures(view=view, dataset=dataset, space=space, reports=reports,
                             backbones={m: f.name for m, f in folders.items()})
 

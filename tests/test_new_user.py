@@ -29,15 +29,16 @@ def _one_line(err: str) -> str:
 # -- 1. URIs the store cannot serve --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["extract", "run heuristic", "compare"])
-def test_an_object_store_uri_is_refused_and_no_folder_is_named_after_its_scheme(
-        command: str, project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("command", "option"), [("extract", "--root"), ("run heuristic", "--runs"), ("compare", "--runs")])
+def test_an_object_store_uri_is_refused_where_only_folders_serve_and_no_folder_is_named_after_its_scheme(
+        command: str, option: str, project: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # the feature store may live in a bucket (tests/test_object_store.py); runs and data roots may not
     monkeypatch.chdir(tmp_path)
     args = [*command.split(), "--dataset", str(project / "metadata.jsonl"), "--space", str(project / "space.toml"),
-            "--device", "cpu", "--features", "s3://bucket/x"]
+            "--device", "cpu", "--features", str(tmp_path / "features"), option, "s3://bucket/x"]
     code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err
-    assert "--features s3://bucket/x: s3:// locations are not supported" in _one_line(err)
+    assert f"{option} s3://bucket/x: s3:// locations are not supported" in _one_line(err)
     assert not (tmp_path / "s3:").exists() and not list(tmp_path.rglob("*.parquet"))
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,15 @@ import pytest
 import torch
 
 from difffeat_tune._errors import StoreError
+from difffeat_tune._manifest import Manifest, PartEntry, PartKey
 from difffeat_tune.data._base import Dataset
-from difffeat_tune.store import ExtractionKey, FeatureStore, block_column, check_aligned
+from difffeat_tune.store import (
+    Extraction,
+    ExtractionKey,
+    FeatureStore,
+    block_column,
+    check_aligned,
+)
 
 
 def _key(**settings: object) -> ExtractionKey:
@@ -146,3 +155,88 @@ def test_unknown_dataset_lists_what_the_store_holds(tmp_path: Path, toy_dataset:
     store.write_dataset(toy_dataset)
     with pytest.raises(StoreError, match=r"toy-"):
         store.view("coco")
+
+
+# -- the manifest: typed, read from the layout every release wrote, never changed by a query -----
+
+def _old_layout_manifest(path: Path, rows: int, blocks: list[int]) -> dict:
+    """``manifest.json`` exactly as the untyped code wrote it, for one part at t=30 of split val."""
+    stat = path.stat()
+    return {
+        "_parts": {"val": 1},
+        "val": {"30": {"0": {"blocks": blocks, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "rows": rows,
+                             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}},
+    }
+
+
+def test_a_manifest_in_the_old_layout_is_read_and_written_back_in_it(tmp_path: Path, toy_dataset: Dataset) -> None:
+    store = FeatureStore(tmp_path)
+    store.write_dataset(toy_dataset)
+    ext, values = _write(store, toy_dataset, _key())
+    old = _old_layout_manifest(ext.part_path(30, "val", 0), len(toy_dataset.split("val")), [8, 12])
+    (ext.folder / "manifest.json").write_text(json.dumps(old, indent=1, sort_keys=True))
+    reopened = Extraction(ext.folder)
+    assert reopened.manifest.parts_total == {"val": 1}
+    assert reopened.manifest.get(PartKey("val", 30, 0)) == PartEntry(
+        rows=16, blocks=(8, 12), sha256=old["val"]["30"]["0"]["sha256"], bytes=old["val"]["30"]["0"]["bytes"],
+        mtime_ns=old["val"]["30"]["0"]["mtime_ns"])
+    assert reopened.available("val") == {30: {8, 12}} and reopened.verify() == []
+    torch.testing.assert_close(store.view("toy").load("image", 30, 12, "val").values, torch.from_numpy(values[12]))
+    assert Manifest.from_json(old).to_json() == old
+    reopened.forget_part(30, "val", 0)  # a write keeps the layout: the split's table stays, the part goes
+    assert json.loads((ext.folder / "manifest.json").read_text()) == {"_parts": {"val": 1}}
+
+
+def test_an_entry_without_a_checksum_from_the_first_releases_is_trusted(tmp_path: Path, toy_dataset: Dataset) -> None:
+    store = FeatureStore(tmp_path)
+    ext, _ = _write(store, toy_dataset, _key())
+    old = {"_parts": {"val": 1}, "val": {"30": {"0": {"rows": 16, "blocks": [8, 12]}}}}
+    (ext.folder / "manifest.json").write_text(json.dumps(old))
+    reopened = Extraction(ext.folder)
+    assert reopened.manifest.get(PartKey("val", 30, 0)) == PartEntry(rows=16, blocks=(8, 12))
+    assert reopened.part_problem(30, "val", 0) is None and reopened.part_blocks(30, "val", 0) == {8, 12}
+
+
+def _manifest_state(ext: Extraction) -> tuple[bytes, int, dict]:
+    path = ext.folder / "manifest.json"
+    return path.read_bytes(), path.stat().st_mtime_ns, ext.manifest.to_json()
+
+
+def test_queries_never_change_the_manifest_even_for_a_touched_or_damaged_part(tmp_path: Path,
+                                                                              toy_dataset: Dataset) -> None:
+    store = FeatureStore(tmp_path)
+    store.write_dataset(toy_dataset)
+    ext, _ = _write(store, toy_dataset, _key())
+    ext.write_part(50, "val", 0, toy_dataset.split("val").ids,
+                   {8: np.ones((16, 4), np.float32)}, n_parts=1, provenance={})
+    touched, damaged = ext.part_path(30, "val", 0), ext.part_path(50, "val", 0)
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))  # as a copy would
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    before = _manifest_state(ext)
+    assert ext.part_problem(30, "val", 0) is None
+    assert ext.part_problem(50, "val", 0, verify=True).startswith("checksum mismatch")
+    assert ext.part_blocks(30, "val", 0) == {8, 12} and ext.part_blocks(50, "val", 0) == set()
+    assert [p for p, _ in ext.verify()] == [damaged] and ext.available("val") == {30: {8, 12}, 50: {8}}
+    store.view("toy").load("image", 30, 8, "val")
+    with pytest.raises(StoreError, match="is damaged"):
+        store.view("toy").load("image", 50, 8, "val")
+    assert _manifest_state(ext) == before and _manifest_state(Extraction(ext.folder)) == before
+
+
+def test_repair_drops_damaged_parts_and_records_the_new_time_of_intact_ones(tmp_path: Path,
+                                                                           toy_dataset: Dataset) -> None:
+    store = FeatureStore(tmp_path)
+    ext, _ = _write(store, toy_dataset, _key())
+    ext.write_part(50, "val", 0, toy_dataset.split("val").ids,
+                   {8: np.ones((16, 4), np.float32)}, n_parts=1, provenance={})
+    touched, damaged = ext.part_path(30, "val", 0), ext.part_path(50, "val", 0)
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    assert Extraction(ext.folder).repair() == [(damaged, ext.part_problem(50, "val", 0))]
+    repaired = Extraction(ext.folder)
+    assert repaired.manifest.get(PartKey("val", 50, 0)) is None
+    assert repaired.manifest.get(PartKey("val", 30, 0)).mtime_ns == touched.stat().st_mtime_ns
+    before = _manifest_state(repaired)
+    assert repaired.repair() == [] and _manifest_state(repaired) == before  # nothing left to change: no write

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,13 +37,77 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def to(self, device: torch.device, *, non_blocking: bool = False) -> Encoded:
+        """The same batch with every tensor on ``device`` (``non_blocking`` from pinned memory)."""
+        return Encoded(self.ids, {k: v.to(device, non_blocking=non_blocking) for k, v in self.tensors.items()})
+
+    def pin_memory(self) -> Encoded:
+        """The same batch in page-locked memory (called by a ``DataLoader`` with ``pin_memory=True``)."""
+        return Encoded(self.ids, {k: v.pin_memory() for k, v in self.tensors.items()})
+
+
+#: ``prepare(inputs, ids, split_name) -> CPU tensors``: PIL images or captions of a batch, in row order.
+Prepare = Callable[[list[Any], tuple[str, ...], str], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class InputStage:
+    """The CPU half of :meth:`Backbone.encode`: read rows, decode and crop images or tokenise captions.
+
+    It holds no model weights (only what ``prepare`` needs: a resolution, an image processor, a
+    tokenizer), so that it can run in data-loader worker processes while the device runs the model
+    on earlier batches. ``prepare`` must be picklable (a module-level function or a
+    ``functools.partial`` of one) for workers started by ``spawn``.
+
+    Example:
+        >>> stage = backbone.input_stage()  # doctest: +SKIP
+        >>> batch = backbone.to_device(stage(split, range(8)))  # == backbone.encode(split, range(8))
+    """
+
+    modality: Modality
+    prepare: Prepare
+
+    def __call__(self, split: Split, indices: Sequence[int]) -> Encoded:
+        rows, ids = split_rows(split, indices, self.modality)
+        if self.modality == "image":
+            assert split.images is not None
+            inputs: list[Any] = [split.images.load(i) for i in rows]
+        else:
+            assert split.captions is not None
+            inputs = [split.captions[i] for i in rows]
+        return Encoded(ids, self.prepare(inputs, ids, split.name))
+
+
+def check_split(split: Split, modality: Modality) -> None:
+    """Raise :class:`DataError` if ``split`` lacks the input of a ``modality`` backbone."""
+    if modality == "image" and split.images is None:
+        raise DataError(f"split {split.name!r} has no images, so it cannot go through the image backbone")
+    if modality == "text" and split.captions is None:
+        raise DataError(f"split {split.name!r} has no captions, so it cannot go through the text backbone")
+
+
+def split_rows(split: Split, indices: Sequence[int], modality: Modality) -> tuple[list[int], tuple[str, ...]]:
+    """Rows ``indices`` of ``split`` and their ids, after checking the split has the modality's input.
+
+    Raises:
+        DataError: the split lacks the input, or an index is out of range.
+    """
+    check_split(split, modality)
+    rows = [int(i) for i in indices]
+    for i in rows:
+        if not 0 <= i < len(split):
+            raise DataError(f"split {split.name!r} has {len(split)} rows; index {i} is out of range")
+    return rows, tuple(split.ids[i] for i in rows)
+
 
 class Backbone(ABC):
     """A diffusion Transformer that returns pooled block features at given timesteps.
 
     Subclasses set ``modality``, ``name``, ``num_blocks``, ``width``, ``num_timesteps`` and
-    ``device`` and implement the four abstract methods. A backbone whose blocks differ in width
-    (a U-Net) sets ``width`` to the widest and overrides :meth:`block_widths`.
+    ``device``, implement the three abstract methods, and either :meth:`input_stage` (with
+    :meth:`to_device` where the device does more than receive the tensors, e.g. a VAE) or
+    :meth:`encode` itself. A backbone whose blocks differ in width (a U-Net) sets ``width`` to the
+    widest and overrides :meth:`block_widths`.
     """
 
     modality: Modality
@@ -65,9 +129,24 @@ class Backbone(ABC):
     def fingerprint(self) -> str:
         """A hash identifying the weights and configuration (not the extraction settings)."""
 
-    @abstractmethod
+    def input_stage(self) -> InputStage | None:
+        """The CPU half of :meth:`encode`, for data-loader workers; ``None``: :meth:`encode` runs whole.
+
+        A backbone that returns ``None`` (the default) still extracts, with its inputs prepared
+        in the main process.
+        """
+        return None
+
+    def to_device(self, prepared: Encoded, *, non_blocking: bool = False) -> Encoded:
+        """The device half of :meth:`encode`: a batch from :meth:`input_stage` onto :attr:`device`."""
+        return prepared.to(self.device, non_blocking=non_blocking)
+
     def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
-        """Prepare rows ``indices`` of ``split`` for :meth:`features`."""
+        """Prepare rows ``indices`` of ``split`` for :meth:`features` (input stage, then device stage)."""
+        stage = self.input_stage()
+        if stage is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither input_stage nor encode")
+        return self.to_device(stage(split, indices))
 
     @abstractmethod
     def features(
@@ -96,10 +175,7 @@ class Backbone(ABC):
 
     def check_split(self, split: Split) -> None:
         """Raise :class:`DataError` if ``split`` lacks this backbone's input."""
-        if self.modality == "image" and split.images is None:
-            raise DataError(f"split {split.name!r} has no images, so it cannot go through the image backbone")
-        if self.modality == "text" and split.captions is None:
-            raise DataError(f"split {split.name!r} has no captions, so it cannot go through the text backbone")
+        check_split(split, self.modality)
 
     def request(self, timesteps: Sequence[int], blocks: Sequence[int]) -> tuple[list[int], list[int]]:
         """Validate a features request; return its distinct timesteps (in order) and blocks (sorted).
@@ -123,12 +199,7 @@ class Backbone(ABC):
         Raises:
             DataError: the split lacks the input, or an index is out of range.
         """
-        self.check_split(split)
-        rows = [int(i) for i in indices]
-        for i in rows:
-            if not 0 <= i < len(split):
-                raise DataError(f"split {split.name!r} has {len(split)} rows; index {i} is out of range")
-        return rows, tuple(split.ids[i] for i in rows)
+        return split_rows(split, indices, self.modality)
 
 
 def seeded_normal(

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from difffeat_tune._defaults import DEFAULT_TEXT_NOISING
+from difffeat_tune._errors import ConfigError
+
 if TYPE_CHECKING:
     from difffeat_tune.backbones._base import Backbone, Modality
 
@@ -38,6 +41,10 @@ class LoadOptions:
         inversion_step: DDIM inversion step in timesteps (``None``: the family's default).
         resolution: image side in pixels for diffusers image families (``None``: the model's
             own, from its config; e.g. 512 for PixArt-XL-2-512x512, 1024 for SD3 and Flux).
+
+    Raises:
+        ConfigError: ``token_length``, ``inversion_step`` or ``resolution`` is not positive
+            (the error's ``field`` is e.g. ``LoadOptions.resolution``).
     """
 
     device: str | None = None
@@ -45,9 +52,15 @@ class LoadOptions:
     vae: str | None = None
     tokenizer: str | None = None
     token_length: int | None = None
-    text_noising: str = "ddim"
+    text_noising: str = DEFAULT_TEXT_NOISING
     inversion_step: int | None = None
     resolution: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("token_length", "inversion_step", "resolution"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"LoadOptions.{name} must be positive, got {value}", field=f"LoadOptions.{name}")
 
 
 @dataclass(frozen=True)

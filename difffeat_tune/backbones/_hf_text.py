@@ -26,6 +26,7 @@ import json
 import logging
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,11 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from difffeat_tune._errors import BackboneError, ConfigError, DataError
-from difffeat_tune.backbones._base import Encoded
+from difffeat_tune.backbones._base import Encoded, InputStage
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._hf_base import TransformersBackbone, load_backbone
 from difffeat_tune.backbones._hf_load import Checkpoint, precision_name, resolve_checkpoint
 from difffeat_tune.backbones._hooks import capture_blocks, masked_mean_pool
-from difffeat_tune.data._base import Split
 
 logger = logging.getLogger(__name__)
 
@@ -138,41 +138,11 @@ class TransformersTextBackbone(TransformersBackbone):
         Raises:
             DataError: a caption is empty, or keeps no token of its own within ``token_length``.
         """
-        for row_id, caption in zip(ids, captions, strict=True):
-            if not isinstance(caption, str) or not caption.strip():
-                raise DataError(f"split {split_name!r}: caption of row id {row_id!r} is empty",
-                                "give every row a non-empty caption, or remove the row")
-        enc = self.tokenizer(
-            list(captions), padding="max_length", truncation=True, max_length=self.token_length,
-            return_attention_mask=True, return_special_tokens_mask=True, return_tensors="pt",
-        )
-        tokens = enc["input_ids"].long()
-        attention = enc["attention_mask"].bool()
-        real = attention & ~enc["special_tokens_mask"].bool()
-        full = int(attention.all(dim=1).sum())
-        if full:
-            logger.debug("%d of %d captions fill all %d tokens (truncated, or exactly that long)",
-                         full, len(captions), self.token_length)
-        for row_id, row in zip(ids, real, strict=True):
-            if not bool(row.any()):
-                raise DataError(
-                    f"split {split_name!r}: caption of row id {row_id!r} has no token of its own within "
-                    f"{self.token_length} tokens",
-                    "fix the caption, or raise the token length",
-                )
-        return tokens, attention, real
+        return _tokenized(self.tokenizer, self.token_length, captions, ids, split_name)
 
-    def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
-        """Tokenise rows ``indices``: ``{"tokens", "attention", "real"}``, each ``[B, L]`` on the device.
-
-        Raises:
-            DataError: the split has no captions, an index is out of range, or a caption is empty.
-        """
-        rows, ids = self.split_rows(split, indices)
-        assert split.captions is not None
-        tokens, attention, real = self.tokenize([split.captions[i] for i in rows], ids, split.name)
-        return Encoded(ids, {"tokens": tokens.to(self.device), "attention": attention.to(self.device),
-                             "real": real.to(self.device)})
+    def input_stage(self) -> InputStage:
+        """Captions tokenised: ``{"tokens", "attention", "real"}``, each ``[B, L]`` (on CPU)."""
+        return InputStage("text", partial(_token_batch, self.tokenizer, self.token_length))
 
     # ------------------------------------------------------------------ features
 
@@ -324,6 +294,41 @@ def load_tokenizer(checkpoint: Checkpoint, tokenizer: str | None, what: str) -> 
         raise BackboneError(f"{source.source!r} holds no usable tokenizer for {what} (nothing but special tokens)",
                             hint)
     return loaded
+
+
+def _tokenized(tokenizer: PreTrainedTokenizerBase, token_length: int, captions: Sequence[str], ids: Sequence[str],
+               split_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:meth:`TransformersTextBackbone.tokenize` with the tokenizer and length given."""
+    for row_id, caption in zip(ids, captions, strict=True):
+        if not isinstance(caption, str) or not caption.strip():
+            raise DataError(f"split {split_name!r}: caption of row id {row_id!r} is empty",
+                            "give every row a non-empty caption, or remove the row")
+    enc = tokenizer(
+        list(captions), padding="max_length", truncation=True, max_length=token_length,
+        return_attention_mask=True, return_special_tokens_mask=True, return_tensors="pt",
+    )
+    tokens = enc["input_ids"].long()
+    attention = enc["attention_mask"].bool()
+    real = attention & ~enc["special_tokens_mask"].bool()
+    full = int(attention.all(dim=1).sum())
+    if full:
+        logger.debug("%d of %d captions fill all %d tokens (truncated, or exactly that long)",
+                     full, len(captions), token_length)
+    for row_id, row in zip(ids, real, strict=True):
+        if not bool(row.any()):
+            raise DataError(
+                f"split {split_name!r}: caption of row id {row_id!r} has no token of its own within "
+                f"{token_length} tokens",
+                "fix the caption, or raise the token length",
+            )
+    return tokens, attention, real
+
+
+def _token_batch(tokenizer: PreTrainedTokenizerBase, token_length: int, captions: list[str], ids: tuple[str, ...],
+                 split_name: str) -> dict[str, torch.Tensor]:
+    """The input stage of a transformers text backbone: a batch's captions tokenised."""
+    tokens, attention, real = _tokenized(tokenizer, token_length, captions, ids, split_name)
+    return {"tokens": tokens, "attention": attention, "real": real}
 
 
 def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -25,12 +26,11 @@ from torch import nn
 from transformers import AutoImageProcessor
 
 from difffeat_tune._errors import BackboneError, ConfigError
-from difffeat_tune.backbones._base import Encoded
+from difffeat_tune.backbones._base import Encoded, InputStage
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._hf_base import TransformersBackbone, load_backbone
 from difffeat_tune.backbones._hf_load import Checkpoint, precision_name
 from difffeat_tune.backbones._hooks import Pool, capture_blocks
-from difffeat_tune.data._base import Split
 
 VisionPooling = Literal["mean-patch-tokens", "cls"]
 POOLINGS: tuple[VisionPooling, ...] = ("mean-patch-tokens", "cls")
@@ -99,18 +99,9 @@ class VisionEncoderBackbone(TransformersBackbone):
             "feature_version": FEATURE_VERSION,
         }
 
-    def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
-        """Pixels of rows ``indices`` through the image processor: ``{"pixels": [B, 3, H, W]}``.
-
-        Raises:
-            DataError: the split has no images, or an index is out of range.
-        """
-        rows, ids = self.split_rows(split, indices)
-        assert split.images is not None
-        if not rows:
-            return Encoded(ids, {"pixels": torch.zeros((0, 3, 1, 1), device=self.device)})
-        pixels = self.processor(images=[split.images.load(i) for i in rows], return_tensors="pt")["pixel_values"]
-        return Encoded(ids, {"pixels": pixels.to(self.device)})
+    def input_stage(self) -> InputStage:
+        """Images through the image processor: ``{"pixels": [B, 3, H, W]}`` (on CPU)."""
+        return InputStage("image", partial(_processed_batch, self.processor))
 
     def features(
         self, batch: Encoded, timesteps: Sequence[int], blocks: Sequence[int]
@@ -194,6 +185,14 @@ def family_loader(load: Callable[..., VisionEncoderBackbone]) -> Callable[[str, 
         return load(source, device=options.device)
 
     return load_with_options
+
+
+def _processed_batch(processor: Any, images: list[Any], ids: tuple[str, ...], split_name: str
+                     ) -> dict[str, torch.Tensor]:
+    """``{"pixels": [B, 3, H, W]}`` of a batch's images through ``processor``."""
+    if not images:
+        return {"pixels": torch.zeros((0, 3, 1, 1))}
+    return {"pixels": processor(images=images, return_tensors="pt")["pixel_values"]}
 
 
 def load_image_processor(checkpoint: Checkpoint, what: str) -> Any:

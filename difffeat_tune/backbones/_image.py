@@ -10,10 +10,14 @@ the VAE's config (SD/PixArt: scaling 0.18215, no shift; SD3: 1.5305 and 0.0609; 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
+
+from difffeat_tune.backbones._base import InputStage
 
 #: Recorded in the backbones' settings (part of the feature-store key).
 PREPROCESS = "resize-shorter-bicubic+center-crop"
@@ -31,6 +35,19 @@ def center_crop_pixels(image: Image.Image, size: int) -> torch.Tensor:
     cropped = resized.crop((left, top, left + size, top + size))
     pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32)).permute(2, 0, 1)
     return pixels / 127.5 - 1.0
+
+
+def _cropped_batch(images: list[Image.Image], ids: tuple[str, ...], split_name: str, *, size: int
+                   ) -> dict[str, torch.Tensor]:
+    """``{"pixels": float32 [B, 3, size, size]}`` of a batch's images (resized, centre-cropped)."""
+    if not images:
+        return {"pixels": torch.zeros((0, 3, size, size))}
+    return {"pixels": torch.stack([center_crop_pixels(image, size) for image in images])}
+
+
+def pixel_stage(size: int) -> InputStage:
+    """The input stage of a latent-diffusion backbone: images resized and centre-cropped to ``size``."""
+    return InputStage("image", partial(_cropped_batch, size=size))
 
 
 def vae_factor(vae: AutoencoderKL) -> int:

@@ -28,11 +28,11 @@ from diffusers import AutoencoderKL, DiffusionPipeline
 from torch import nn
 
 from difffeat_tune._device import autocast_dtype, resolve_device
-from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
+from difffeat_tune.backbones._base import Backbone, Encoded, InputStage, seeded_normal, weights_digest
 from difffeat_tune.backbones._conditioning import Conditioning, pipeline_conditioning
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._hooks import Select, capture_blocks, first_output, mean_pool
-from difffeat_tune.backbones._image import PREPROCESS, VAE_LATENT, center_crop_pixels, vae_factor, vae_latents
+from difffeat_tune.backbones._image import PREPROCESS, VAE_LATENT, pixel_stage, vae_factor, vae_latents
 from difffeat_tune.backbones._noising import DDPMNoising, Noising
 from difffeat_tune.backbones._pipeline import (
     PipelineFolder,
@@ -44,7 +44,6 @@ from difffeat_tune.backbones._pipeline import (
     read_scheduler_config,
     resolve_pipeline,
 )
-from difffeat_tune.data._base import Split
 
 logger = logging.getLogger(__name__)
 
@@ -210,12 +209,12 @@ class LatentDiffusionBackbone(Backbone):
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
-    def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
-        self.check_split(split)
-        assert split.images is not None
-        pixels = torch.stack([center_crop_pixels(split.images.load(i), self.resolution) for i in indices])
-        latents = vae_latents(self.vae, pixels.to(self.device))
-        return Encoded(ids=tuple(split.ids[i] for i in indices), tensors={"latents": latents})
+    def input_stage(self) -> InputStage:
+        return pixel_stage(self.resolution)
+
+    def to_device(self, prepared: Encoded, *, non_blocking: bool = False) -> Encoded:
+        pixels = prepared.tensors["pixels"].to(self.device, non_blocking=non_blocking)
+        return Encoded(ids=prepared.ids, tensors={"latents": vae_latents(self.vae, pixels)})
 
     def noisy_latents(self, batch: Encoded, t: int) -> torch.Tensor:
         """The batch's latents at timestep ``t`` (float32), with noise seeded per (seed, row id, t)."""

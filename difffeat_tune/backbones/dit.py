@@ -23,12 +23,11 @@ from PIL import Image
 
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError
-from difffeat_tune.backbones._base import Backbone, Encoded, seeded_normal, weights_digest
+from difffeat_tune.backbones._base import Backbone, Encoded, InputStage, seeded_normal, weights_digest
 from difffeat_tune.backbones._family import LoadOptions, looks_like_path
 from difffeat_tune.backbones._hooks import capture_blocks, mean_pool
-from difffeat_tune.backbones._image import center_crop_pixels
+from difffeat_tune.backbones._image import center_crop_pixels, pixel_stage
 from difffeat_tune.backbones._registry import default_source, family
-from difffeat_tune.data._base import Split
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +105,14 @@ class DiTBackbone(Backbone):
         """Resize the shorter side to the model's resolution, centre-crop, scale to [-1, 1] (CHW)."""
         return center_crop_pixels(image, self.resolution)
 
-    def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
-        self.check_split(split)
-        assert split.images is not None
-        pixels = torch.stack([self.preprocess(split.images.load(i)) for i in indices]).to(self.device)
+    def input_stage(self) -> InputStage:
+        return pixel_stage(self.resolution)
+
+    def to_device(self, prepared: Encoded, *, non_blocking: bool = False) -> Encoded:
+        pixels = prepared.tensors["pixels"].to(self.device, non_blocking=non_blocking)
         with torch.inference_mode():
             latents = self.vae.encode(pixels).latent_dist.mean * self.latent_scale
-        return Encoded(ids=tuple(split.ids[i] for i in indices), tensors={"latents": latents.float()})
+        return Encoded(ids=prepared.ids, tensors={"latents": latents.float()})
 
     def noisy_latents(self, batch: Encoded, t: int) -> torch.Tensor:
         """The latents at timestep ``t``: the scheduler's ``add_noise`` with seeded noise, in float32.

@@ -47,15 +47,17 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Literal, cast
 
 import torch
 from tokenizers import Tokenizer
 
+from difffeat_tune._defaults import DEFAULT_TEXT_NOISING
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import BackboneError, ConfigError, DataError
-from difffeat_tune.backbones._base import NUM_TIMESTEPS, Backbone, Encoded, seeded_normal, weights_digest
+from difffeat_tune.backbones._base import NUM_TIMESTEPS, Backbone, Encoded, InputStage, seeded_normal, weights_digest
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._registry import family
 from difffeat_tune.backbones._hooks import capture_blocks, masked_mean_pool
@@ -88,7 +90,6 @@ from difffeat_tune.backbones._plaid_tokenizer import (
     own_tokenizer,
     train_tokenizer,
 )
-from difffeat_tune.data._base import Split
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class PlaidBackbone(Backbone):
         *,
         device: torch.device,
         token_length: int = DEFAULT_TOKEN_LENGTH,
-        noising: Noising = "ddim",
+        noising: Noising = DEFAULT_TEXT_NOISING,
         inversion_step: int = DEFAULT_INVERSION_STEP,
         noise_seed: int = 0,
         max_pass_rows: int = DEFAULT_MAX_PASS_ROWS,
@@ -244,48 +245,11 @@ class PlaidBackbone(Backbone):
         Raises:
             DataError: a caption is empty, whitespace only, or not a string.
         """
-        for row_id, caption in zip(ids, captions, strict=True):
-            if not isinstance(caption, str) or not caption.strip():
-                raise DataError(
-                    f"split {split_name!r}: caption of row id {row_id!r} is empty",
-                    "give every row a non-empty caption, or remove the row",
-                )
-        length = self.token_length
-        tokens = torch.full((len(captions), length), PAD_ID, dtype=torch.long)
-        mask = torch.zeros((len(captions), length), dtype=torch.bool)
-        truncated = 0
-        for i, (row_id, enc) in enumerate(
-            zip(ids, self.tokenizer.encode_batch(list(captions), add_special_tokens=False), strict=True)
-        ):
-            token_ids = enc.ids
-            if not token_ids:
-                raise DataError(
-                    f"split {split_name!r}: caption of row id {row_id!r} gives no tokens",
-                    "give every row a caption the tokenizer can encode, or remove the row",
-                )
-            truncated += len(token_ids) > length
-            token_ids = token_ids[:length]
-            tokens[i, : len(token_ids)] = torch.tensor(token_ids, dtype=torch.long)
-            mask[i, : len(token_ids)] = True
-        if truncated:
-            logger.debug("%d of %d captions truncated to %d tokens", truncated, len(captions), length)
-        return tokens, mask
+        return _tokenized(self.tokenizer, self.token_length, captions, ids, split_name)
 
-    def encode(self, split: Split, indices: Sequence[int]) -> Encoded:
-        """Tokenise rows ``indices`` of ``split``: ``{"tokens": long [B, L], "mask": bool [B, L]}``.
-
-        Raises:
-            DataError: the split has no captions, an index is out of range, or a caption is empty.
-        """
-        self.check_split(split)
-        assert split.captions is not None
-        rows = [int(i) for i in indices]
-        for i in rows:
-            if not 0 <= i < len(split):
-                raise DataError(f"split {split.name!r} has {len(split)} rows; index {i} is out of range")
-        ids = tuple(split.ids[i] for i in rows)
-        tokens, mask = self.tokenize([split.captions[i] for i in rows], ids, split.name)
-        return Encoded(ids, {"tokens": tokens.to(self.device), "mask": mask.to(self.device)})
+    def input_stage(self) -> InputStage:
+        """Captions tokenised: ``{"tokens": long [B, L], "mask": bool [B, L]}`` (on CPU)."""
+        return InputStage("text", partial(_token_batch, self.tokenizer, self.token_length))
 
     # ------------------------------------------------------------------ schedule and noising
 
@@ -454,13 +418,51 @@ class PlaidBackbone(Backbone):
 # ---------------------------------------------------------------------- loading
 
 
+def _tokenized(tokenizer: Tokenizer, token_length: int, captions: Sequence[str], ids: Sequence[str],
+               split_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`PlaidBackbone.tokenize` with the tokenizer and length given."""
+    for row_id, caption in zip(ids, captions, strict=True):
+        if not isinstance(caption, str) or not caption.strip():
+            raise DataError(
+                f"split {split_name!r}: caption of row id {row_id!r} is empty",
+                "give every row a non-empty caption, or remove the row",
+            )
+    length = token_length
+    tokens = torch.full((len(captions), length), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(captions), length), dtype=torch.bool)
+    truncated = 0
+    for i, (row_id, enc) in enumerate(
+        zip(ids, tokenizer.encode_batch(list(captions), add_special_tokens=False), strict=True)
+    ):
+        token_ids = enc.ids
+        if not token_ids:
+            raise DataError(
+                f"split {split_name!r}: caption of row id {row_id!r} gives no tokens",
+                "give every row a caption the tokenizer can encode, or remove the row",
+            )
+        truncated += len(token_ids) > length
+        token_ids = token_ids[:length]
+        tokens[i, : len(token_ids)] = torch.tensor(token_ids, dtype=torch.long)
+        mask[i, : len(token_ids)] = True
+    if truncated:
+        logger.debug("%d of %d captions truncated to %d tokens", truncated, len(captions), length)
+    return tokens, mask
+
+
+def _token_batch(tokenizer: Tokenizer, token_length: int, captions: list[str], ids: tuple[str, ...],
+                 split_name: str) -> dict[str, torch.Tensor]:
+    """Plaid's input stage: a batch's captions tokenised."""
+    tokens, mask = _tokenized(tokenizer, token_length, captions, ids, split_name)
+    return {"tokens": tokens, "mask": mask}
+
+
 def load_plaid(
     folder: str | Path,
     tokenizer: str | Path | Tokenizer | None = None,
     *,
     device: str | torch.device | None = None,
     token_length: int = DEFAULT_TOKEN_LENGTH,
-    noising: Noising = "ddim",
+    noising: Noising = DEFAULT_TEXT_NOISING,
     inversion_step: int = DEFAULT_INVERSION_STEP,
     noise_seed: int = 0,
     max_pass_rows: int = DEFAULT_MAX_PASS_ROWS,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from difffeat_tune._errors import ConfigError
-from difffeat_tune.probe.metrics import _AP_CHUNK_ELEMENTS
+from difffeat_tune.probe.metrics import AP_CHUNK_ELEMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def probe_footprint(
         per_probe=int(per_probe),
         fixed=int(element * _ACTIVATION_COPIES * eval_batch_size * row_width),
         scoring_per_probe=_AP_WORKSPACE_BYTES_PER_ELEMENT * n_val * n_classes,
-        scoring_cap=_AP_WORKSPACE_BYTES_PER_ELEMENT * _AP_CHUNK_ELEMENTS,
+        scoring_cap=_AP_WORKSPACE_BYTES_PER_ELEMENT * AP_CHUNK_ELEMENTS,
     )
 
 

@@ -76,7 +76,7 @@ METRIC_NAMES: tuple[tuple[str, str], ...] = (
 _MAX_INDICES_IN_WARNING = 40
 
 #: Elements (rows x classes) per block of the vectorised AP computation (bounds peak memory).
-_AP_CHUNK_ELEMENTS = 1 << 22
+AP_CHUNK_ELEMENTS = 1 << 22
 
 # Sets of excluded class indices already reported at WARNING level (log once per distinct set).
 _REPORTED_EXCLUSIONS: set[tuple[int, ...]] = set()
@@ -372,6 +372,40 @@ def _report_excluded(excluded: list[int], n_classes: int) -> None:
     )
 
 
+def _scored_classes(targets: Tensor, *, required: str | None = None) -> Tensor:
+    """Indices of the classes with a positive in checked ``[N, C]`` targets: the classes AP is defined for.
+
+    The other classes are logged (:func:`_report_excluded`). With ``required`` (what is undefined
+    otherwise, e.g. "mAP is"), a split without any scored class raises :class:`ProbeInputError`.
+    """
+    has_positive = (targets == 1).any(dim=0)
+    _report_excluded(torch.nonzero(~has_positive).flatten().tolist(), targets.shape[1])
+    scored = torch.nonzero(has_positive).flatten()
+    if required is not None and scored.numel() == 0:
+        raise ProbeInputError(
+            f"no class has a positive label in this split ({targets.shape[1]} classes): {required} undefined",
+            "check the split's labels",
+        )
+    return scored
+
+
+def _class_ap(scores: Tensor, targets: Tensor, *, from_logits: bool,
+              required: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Checked targets, AP of every class (NaN where undefined) and the scored classes' indices.
+
+    See :func:`average_precision_per_class`; ``required`` as for :func:`_scored_classes`.
+    """
+    _check_scores(scores, from_logits=from_logits)
+    targets = _check_multilabel_targets(targets, scores.shape)
+    scored = _scored_classes(targets, required=required)
+    ap = torch.full((scores.shape[1],), float("nan"), dtype=torch.float64, device=scores.device)
+    if scored.numel():
+        columns_per_chunk = max(1, AP_CHUNK_ELEMENTS // scores.shape[0])
+        for chunk in scored.split(columns_per_chunk):
+            ap[chunk] = _average_precision_sorted(scores[:, chunk], targets[:, chunk])
+    return targets, ap, scored
+
+
 def average_precision_per_class(scores: Tensor, targets: Tensor, *, from_logits: bool) -> Tensor:
     """Average precision of every class (see the module docstring for the definition).
 
@@ -387,20 +421,7 @@ def average_precision_per_class(scores: Tensor, targets: Tensor, *, from_logits:
     Raises:
         ProbeInputError: non-finite scores, shape mismatch, labels outside {-1, 0, 1}.
     """
-    _check_scores(scores, from_logits=from_logits)
-    targets = _check_multilabel_targets(targets, scores.shape)
-    n_classes = scores.shape[1]
-    has_positive = (targets == 1).any(dim=0)
-    scored = torch.nonzero(has_positive).flatten()
-    excluded = torch.nonzero(~has_positive).flatten().tolist()
-    _report_excluded(excluded, n_classes)
-    ap = torch.full((n_classes,), float("nan"), dtype=torch.float64, device=scores.device)
-    if scored.numel() == 0:
-        return ap
-    columns_per_chunk = max(1, _AP_CHUNK_ELEMENTS // scores.shape[0])
-    for chunk in scored.split(columns_per_chunk):
-        ap[chunk] = _average_precision_sorted(scores[:, chunk], targets[:, chunk])
-    return ap
+    return _class_ap(scores, targets, from_logits=from_logits)[1]
 
 
 def mean_average_precision(scores: Tensor, targets: Tensor, *, from_logits: bool) -> float:
@@ -409,13 +430,7 @@ def mean_average_precision(scores: Tensor, targets: Tensor, *, from_logits: bool
     Raises:
         ProbeInputError: as :func:`average_precision_per_class`, or no class has any positive.
     """
-    ap = average_precision_per_class(scores, targets, from_logits=from_logits)
-    scored = ~torch.isnan(ap)
-    if not bool(scored.any()):
-        raise ProbeInputError(
-            f"no class has a positive label in this split ({ap.numel()} classes): mAP is undefined",
-            "check the split's labels",
-        )
+    _, ap, scored = _class_ap(scores, targets, from_logits=from_logits, required="mAP is")
     return float(ap[scored].mean())
 
 
@@ -447,14 +462,7 @@ class MapScorer:
             raise ProbeInputError(f"multi-label targets must be an [N, C] matrix, got {shape}")
         targets = _check_multilabel_targets(targets, targets.shape)
         self.shape = targets.shape
-        has_positive = (targets == 1).any(dim=0)
-        self.scored = torch.nonzero(has_positive).flatten()
-        _report_excluded(torch.nonzero(~has_positive).flatten().tolist(), self.shape[1])
-        if self.scored.numel() == 0:
-            raise ProbeInputError(
-                f"no class has a positive label in this split ({self.shape[1]} classes): mAP is undefined",
-                "check the split's labels",
-            )
+        self.scored = _scored_classes(targets, required="mAP is")
         self.codes_t = _target_codes(targets[:, self.scored].T)  # [scored classes, N], sort-key codes
         self.has_ignored = bool((self.codes_t == 2).any())
 
@@ -482,7 +490,7 @@ class MapScorer:
         scores = scores.detach() if n_scored == self.shape[1] else scores.detach()[:, :, self.scored]
         scores_t = scores.transpose(1, 2).reshape(n_probes, n_scored, n_rows)
         ap = torch.empty(n_probes, n_scored, dtype=torch.float64, device=scores.device)
-        probes_per_chunk = max(1, _AP_CHUNK_ELEMENTS // (n_rows * n_scored))
+        probes_per_chunk = max(1, AP_CHUNK_ELEMENTS // (n_rows * n_scored))
         for start in range(0, n_probes, probes_per_chunk):
             chunk = scores_t[start:start + probes_per_chunk]
             keys = _sorted_keys(chunk, self.codes_t)  # the class codes broadcast over the probes
@@ -564,15 +572,8 @@ def multilabel_metrics(
             outside {-1, 0, 1}, or no class with a positive label.
     """
     _check_threshold(threshold)
-    ap = average_precision_per_class(scores, targets, from_logits=from_logits)
-    targets = targets.long()
-    scored = ~torch.isnan(ap)
-    n_scored = int(scored.sum())
-    if n_scored == 0:
-        raise ProbeInputError(
-            f"no class has a positive label in this split ({ap.numel()} classes): metrics are undefined",
-            "check the split's labels",
-        )
+    targets, ap, scored = _class_ap(scores, targets, from_logits=from_logits, required="metrics are")
+    n_scored = scored.numel()
     cut = math.log(threshold / (1.0 - threshold)) if from_logits else threshold
     valid = targets != IGNORE
     positive = targets == 1

@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from difffeat_tune._defaults import DEFAULT_PROTOCOL
 from difffeat_tune._device import resolve_device
 from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune.config import TrialConfig
@@ -82,7 +83,7 @@ class ObjectiveSettings:
     """
 
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
-    protocol: Protocol = "validation"
+    protocol: Protocol = DEFAULT_PROTOCOL
     holdout_fraction: float = 0.1
     holdout_seed: int = 0
     standardize: bool = True

@@ -1,4 +1,4 @@
-"""The fast probe training loop: feature tensors on the device, index batches, no DataLoader.
+"""The probe training loop: feature tensors on the device, index batches, no DataLoader.
 
 Probe training is the inner loop of the search (65 trainings per data set in Algorithm 1, 600 per
 fusion method in the full grid), and a linear layer costs almost nothing per step: with a
@@ -7,6 +7,12 @@ Here every epoch draws one seeded permutation of row indices on the device (``to
 with a ``torch.Generator``), each batch is one ``index_select`` per input tensor, the optimizer
 step is torch's fused kernel, and the per-epoch validation is one forward pass plus a vectorised
 mAP. The head is left in eval mode.
+
+One loop for one probe and for many: :func:`run_epochs` trains a :class:`ProbeSet` of K probes
+(K heads stacked into one computation by :func:`~difffeat_tune.probe.train_heads`, or one head of
+any kind) on the same rows, in the same order, with one optimizer step for all of them;
+:func:`train_head` is its K = 1 case. Each probe's loss, schedule, stopping and divergence are
+the loop's, so a probe trained in a stack and alone differ only in the order its matmuls sum.
 
 Recipe (the paper's): Adam, lr 1e-3, cosine annealing over the epochs (stepped once per epoch,
 ``T_max = epochs``), batch 128, 40 epochs, mixed precision (bf16 autocast) on CUDA only.
@@ -22,14 +28,15 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from difffeat_tune._defaults import DEFAULT_EPOCHS
 from difffeat_tune._device import autocast_dtype, resolve_device
 from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune.data._base import IGNORE
@@ -39,10 +46,11 @@ from difffeat_tune.probe.metrics import (
     ProbeInputError,
     SingleLabelMetrics,
     all_finite,
+    batched_top1_accuracy,
+    finite_slices,
     multilabel_metrics,
     singlelabel_class_indices,
     singlelabel_metrics,
-    top_k_accuracy,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,7 +62,10 @@ SCHEDULERS: tuple[str, ...] = ("cosine", "constant")
 #: Rows per forward pass when scoring a split.
 DEFAULT_EVAL_BATCH_SIZE = 8192
 
+#: ``on_epoch(epoch, score) -> stop?`` of one probe.
 OnEpoch = Callable[[int, float], bool]
+#: ``on_epoch(k, epoch, score) -> stop?`` for probe k of several trained together.
+BatchOnEpoch = Callable[[int, int, float], bool]
 # Devices where torch's fused optimizer kernels exist (and are used).
 _FUSED_OPTIMIZER_DEVICES = frozenset({"cpu", "cuda"})
 
@@ -85,7 +96,7 @@ class TrainRecipe:
             Python threads training at once. None leaves torch's setting alone.
     """
 
-    epochs: int = 40
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -204,6 +215,8 @@ def _check_dims(train: tuple[Tensor, ...], val: tuple[Tensor, ...]) -> None:
 
 def _prepare_targets(targets: Tensor, task: str, split: str) -> Tensor:
     """Validated targets: multi-label long [N, C] in {-1, 0, 1}; single-label class indices [N]."""
+    if not isinstance(targets, Tensor):
+        raise ProbeInputError(f"{split} targets must be a torch.Tensor, got {type(targets).__name__}")
     if task == "singlelabel":
         try:
             return singlelabel_class_indices(targets)
@@ -269,17 +282,6 @@ def predict_logits(
         head.train(was_training)
 
 
-def _epoch_scorer(targets: Tensor, task: str) -> Callable[[Tensor], float]:
-    """The per-epoch selection score (mAP or top-1) of ``[N, C]`` logits against fixed targets.
-
-    For mAP the targets are checked and laid out once (:class:`MapScorer`), not every epoch.
-    """
-    if task == "multilabel":
-        scorer = MapScorer(targets)
-        return lambda logits: float(scorer(logits.unsqueeze(0))[0])
-    return lambda logits: top_k_accuracy(logits, targets, 1)
-
-
 def _full_metrics(logits: Tensor, targets: Tensor, task: str) -> MultiLabelMetrics | SingleLabelMetrics:
     if task == "multilabel":
         return multilabel_metrics(logits, targets, from_logits=True)
@@ -322,7 +324,192 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------------------------
-# training
+# what a training call trains on
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The validated heads, features and targets of one training call, on one device.
+
+    Built by :meth:`prepare` for :func:`train_head` (one head) and
+    :func:`~difffeat_tune.probe.train_heads` (several, sharing the rows and targets).
+
+    Attributes:
+        heads: the heads, moved to ``device`` (trained in place).
+        train_x: per head, its training inputs on ``device``, in their stored floating dtype
+            (float16 features stay float16: each step casts the rows it gathers).
+        val_x: per head, its validation inputs, likewise.
+        y_train: training targets (multi-label long ``[N, C]`` in {-1, 0, 1}; single-label class
+            indices ``[N]``).
+        y_val: validation targets, likewise.
+        task: "multilabel" or "singlelabel".
+        recipe: hyper-parameters of every probe.
+        device: where training runs.
+        map_scorer: the validation targets laid out once for the per-epoch mAP (multi-label), else None.
+    """
+
+    heads: tuple[nn.Module, ...]
+    train_x: tuple[tuple[Tensor, ...], ...]
+    val_x: tuple[tuple[Tensor, ...], ...]
+    y_train: Tensor
+    y_val: Tensor
+    task: str
+    recipe: TrainRecipe
+    device: torch.device
+    map_scorer: MapScorer | None
+
+    @classmethod
+    def prepare(
+        cls,
+        heads: Sequence[nn.Module],
+        train_inputs: Sequence[Tensor | Sequence[Tensor]],
+        train_targets: Tensor,
+        val_inputs: Sequence[Tensor | Sequence[Tensor]],
+        val_targets: Tensor,
+        *,
+        task: str,
+        recipe: TrainRecipe | None,
+        device: str | torch.device | None,
+        name_probes: bool = True,
+    ) -> TrainingData:
+        """Check every head's inputs and the shared targets; move heads and inputs to the device.
+
+        Args:
+            heads: the heads; ``train_inputs[k]`` and ``val_inputs[k]`` are head k's features
+                (one tensor, or (image, text)).
+            train_targets: ``[N, C]`` labels (or ``[N]`` class indices for single-label).
+            val_targets: validation labels, likewise.
+            task: "multilabel" or "singlelabel".
+            recipe: hyper-parameters; ``TrainRecipe()`` when None.
+            device: where to train; None = the device of the first training input.
+            name_probes: prefix an input error with ``probe k:`` (for calls with several heads).
+
+        Raises:
+            ConfigError: unknown task. ProbeInputError: malformed inputs or targets (see
+            :func:`train_head`), or not one input of each split per head.
+        """
+        _check_task(task)
+        if not len(heads) == len(train_inputs) == len(val_inputs):
+            raise ProbeInputError(f"{len(heads)} heads, {len(train_inputs)} training inputs and "
+                                  f"{len(val_inputs)} validation inputs: give one of each per head")
+        if device is not None:
+            dev = resolve_device(device)
+        else:
+            dev = _as_tuple(train_inputs[0])[0].device if heads else torch.device("cpu")
+        y_train = _prepare_targets(train_targets, task, "train").to(dev)
+        y_val = _prepare_targets(val_targets, task, "val").to(dev)
+        if task == "multilabel" and y_train.shape[1] != y_val.shape[1]:
+            raise ProbeInputError(f"train has {y_train.shape[1]} label columns, val has {y_val.shape[1]}")
+        inputs = []
+        for k, head in enumerate(heads):
+            try:
+                train_x, val_x = _prepare_inputs(head, train_inputs[k], val_inputs[k], train_targets, val_targets, dev)
+                _check_output_width(head, train_x, train_targets, y_train, task)
+                _check_output_width(head, val_x, val_targets, y_val, task)
+            except ProbeInputError as exc:
+                if not name_probes:
+                    raise
+                raise ProbeInputError(f"probe {k}: {exc.message}", exc.hint) from exc
+            inputs.append((train_x, val_x))
+        return cls(tuple(heads), tuple(x for x, _ in inputs), tuple(x for _, x in inputs), y_train, y_val, task,
+                   recipe if recipe is not None else TrainRecipe(), dev,
+                   MapScorer(y_val) if task == "multilabel" and heads else None)
+
+    def scores(self, logits: Tensor) -> list[float]:
+        """The selection score (mAP or top-1) of each probe's ``[K, N_val, C]`` finite validation logits."""
+        if self.map_scorer is not None:
+            return self.map_scorer(logits).tolist()
+        return batched_top1_accuracy(logits, self.y_val).tolist()
+
+
+def _prepare_inputs(
+    head: nn.Module,
+    train_inputs: Tensor | Sequence[Tensor],
+    val_inputs: Tensor | Sequence[Tensor],
+    train_targets: Tensor,
+    val_targets: Tensor,
+    dev: torch.device,
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """Validated train and val inputs of ``head`` on ``dev`` (the head moves there too).
+
+    Inputs keep their floating dtype (features stay float16 when stored so): each step casts the
+    rows it gathers to the head's dtype, which gives the same values as casting the whole tensor
+    first, without a second, wider copy of every feature.
+    """
+    train_x = _as_tuple(train_inputs)
+    val_x = _as_tuple(val_inputs)
+    n_inputs = getattr(head, "n_inputs", None)
+    _check_inputs("train", train_x, train_targets, n_inputs)
+    _check_inputs("val", val_x, val_targets, n_inputs)
+    if len(train_x) != len(val_x):
+        raise ProbeInputError(f"train has {len(train_x)} input tensor(s), val has {len(val_x)}")
+    _check_dims(train_x, val_x)
+    if any(x.device != dev for x in (*train_x, *val_x)):
+        logger.info("copying probe features to %s (pass tensors already there to avoid the copy)", dev)
+    head.to(dev)
+    return tuple(x.to(device=dev) for x in train_x), tuple(x.to(device=dev) for x in val_x)
+
+
+@contextmanager
+def cpu_threads(recipe: TrainRecipe, dev: torch.device) -> Iterator[None]:
+    """Apply ``recipe.cpu_threads`` while training on the CPU; torch's setting is restored afterwards."""
+    if recipe.cpu_threads is None or dev.type != "cpu":
+        yield
+        return
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.cpu_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+class ProbeSet(Protocol):
+    """K probes that :func:`run_epochs` trains as one computation, numbered 0..K-1 (slices).
+
+    Attributes:
+        dtype: dtype of the parameters (the loss targets are built in it).
+    """
+
+    dtype: torch.dtype
+
+    def __len__(self) -> int:
+        """K, the slices still training."""
+        ...
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Every trainable tensor of the K probes (one optimizer steps them all)."""
+        ...
+
+    def train_mode(self) -> None:
+        """Put the probes in training mode (once per epoch)."""
+        ...
+
+    def logits(self, batch_idx: Tensor) -> Tensor:
+        """Training logits ``[K, B, C]`` of the training rows ``batch_idx``, every probe on its own features.
+
+        A set of one returns ``[B, C]`` (its loss then needs no stacked reduction).
+        """
+        ...
+
+    def val_logits(self) -> Tensor:
+        """Float32 validation logits ``[K, N_val, C]``, in eval mode, without autocast or gradients."""
+        ...
+
+    def write_back(self, j: int) -> None:
+        """Leave slice ``j``'s weights in its head, in eval mode (the slice is leaving the set)."""
+        ...
+
+    def keep(self, kept: list[int], optimizer: torch.optim.Optimizer) -> None:
+        """Go on with only the slices ``kept`` (increasing, non-empty), renumbered from 0.
+
+        ``optimizer``'s parameters and state must follow, its learning-rate schedule unchanged.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -351,7 +538,11 @@ class _LossTargets:
         return cls(task, y_train.clamp(min=0).to(dtype), None if bool(weight.all()) else weight)
 
     def loss(self, logits: Tensor, batch_idx: Tensor) -> Tensor:
-        """The batch's loss: a scalar for ``[B, C]`` logits, one per probe ``[K]`` for ``[K, B, C]``."""
+        """The batch's loss: a scalar for one probe's ``[B, C]`` logits, one per probe ``[K]`` for ``[K, B, C]``.
+
+        One probe takes torch's reducing losses: a step of a small probe costs about as much as
+        its few kernel launches, which the stacked form's extra reductions would add to.
+        """
         stacked = logits.ndim == 3
         if self.task != "multilabel":
             labels = self.labels.index_select(0, batch_idx)
@@ -374,6 +565,8 @@ def _make_optimizer(parameters: Iterable[Tensor], recipe: TrainRecipe) -> torch.
 
     For a probe of one or a few small layers the optimizer step costs as much as the forward
     and backward passes; the fused implementation is 2-3x cheaper than the default foreach one.
+    Adam, AdamW and SGD update element by element, so stacked probes each get the update they
+    would get alone.
     """
     params = [p for p in parameters if p.requires_grad]
     device_types = {p.device.type for p in params}
@@ -393,6 +586,158 @@ def _make_scheduler(
     if recipe.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
     return None
+
+
+@dataclass
+class _Track:
+    """Per-probe bookkeeping of a run."""
+
+    history: list[float] = field(default_factory=list)
+    loss_history: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+def run_epochs(probes: ProbeSet, data: TrainingData,
+               on_epoch: BatchOnEpoch | None) -> list[TrainResult | ProbeDivergedError]:
+    """Train the K probes of ``probes`` with ``data``'s targets and recipe; entry j is slice j's outcome.
+
+    Every epoch draws one permutation of the training rows (a generator seeded with
+    ``recipe.seed``), so every probe sees the batches it would see alone; per batch the loss is
+    the sum of the probes' losses (they share no parameter: each gradient is its own loss's), and
+    one optimizer steps them all; the schedule is stepped per epoch. After every epoch all are
+    scored on validation and ``on_epoch(j, epoch, score)`` is called for every slice still
+    training, in order of j; True stops slice j: its weights are written back, its result ends at
+    this epoch, and the others go on (:meth:`ProbeSet.keep`). A slice whose loss or validation
+    logits become non-finite leaves the same way; its entry is the :class:`ProbeDivergedError`.
+    """
+    recipe, dev = data.recipe, data.device
+    targets = _LossTargets.of(data.y_train, data.task, probes.dtype)
+    amp_dtype = autocast_dtype(dev) if recipe.amp else None
+    optimizer = _make_optimizer(probes.parameters(), recipe)
+    scheduler = _make_scheduler(optimizer, recipe)
+    generator = torch.Generator(device=dev)
+    generator.manual_seed(recipe.seed)
+    n_rows = data.y_train.shape[0]
+    tracks = [_Track() for _ in range(len(probes))]
+    outcome: list[TrainResult | ProbeDivergedError | None] = [None] * len(tracks)
+    active = list(range(len(tracks)))  # the position (in ``tracks``) of every slice still training
+    for epoch in range(1, recipe.epochs + 1):
+        start = time.perf_counter()
+        probes.train_mode()
+        order = torch.randperm(n_rows, generator=generator, device=dev)
+        loss_sum = torch.zeros(len(active), device=dev)
+        n_batches = 0
+        for batch_idx in order.split(recipe.batch_size):
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
+                logits = probes.logits(batch_idx)
+            losses = targets.loss(logits.float(), batch_idx)
+            optimizer.zero_grad(set_to_none=True)
+            (losses.sum() if losses.ndim else losses).backward()
+            optimizer.step()
+            loss_sum += losses.detach()
+            n_batches += 1
+        if scheduler is not None:
+            scheduler.step()
+        epoch_losses = [value / n_batches for value in loss_sum.tolist()]
+        _charge([tracks[k] for k in active], "train_seconds", time.perf_counter() - start)
+
+        start = time.perf_counter()
+        failed: dict[int, ProbeDivergedError] = {}  # slices that leave with an error after this epoch
+        for j, loss in enumerate(epoch_losses):
+            if not math.isfinite(loss):
+                failed[j] = ProbeDivergedError(f"training loss became non-finite at epoch {epoch}",
+                                               "lower the learning rate")
+            else:
+                tracks[active[j]].loss_history.append(loss)
+        logits_val = probes.val_logits()
+        for j, finite in enumerate(finite_slices(logits_val).tolist()):
+            if not finite and j not in failed:
+                failed[j] = ProbeDivergedError(f"non-finite logits on validation at epoch {epoch}",
+                                               "lower the learning rate")
+        healthy = [j for j in range(len(active)) if j not in failed]
+        scores = data.scores(logits_val if not failed else logits_val[healthy]) if healthy else []
+        _charge([tracks[active[j]] for j in healthy], "eval_seconds", time.perf_counter() - start)
+        leaving: list[int] = []  # slices that finished after this epoch
+        for j, score in zip(healthy, scores):
+            k = active[j]
+            tracks[k].history.append(score)
+            logger.debug("probe %d epoch %d/%d loss %.5f val %.4f", k, epoch, recipe.epochs, epoch_losses[j], score)
+            stop = on_epoch is not None and bool(on_epoch(k, epoch, score))
+            if stop or epoch == recipe.epochs:
+                leaving.append(j)
+                probes.write_back(j)
+                outcome[k] = _result(tracks[k], logits_val[j], data, stopped_early=stop and epoch < recipe.epochs)
+        for j, error in failed.items():
+            outcome[active[j]] = error
+            probes.write_back(j)
+        if failed or leaving:
+            kept = [j for j in range(len(active)) if j not in failed and j not in leaving]
+            active = [active[j] for j in kept]
+            if not active:
+                break
+            probes.keep(kept, optimizer)
+    assert all(r is not None for r in outcome)  # the last epoch ends every slice still training
+    return outcome  # type: ignore[return-value]
+
+
+def _charge(tracks: list[_Track], what: str, seconds: float) -> None:
+    """Split a batch's wall time evenly among the probes it served."""
+    for track in tracks:
+        setattr(track, what, getattr(track, what) + seconds / len(tracks))
+
+
+def _result(track: _Track, logits_val: Tensor, data: TrainingData, *, stopped_early: bool) -> TrainResult:
+    return TrainResult(
+        score=track.history[-1], metrics=_full_metrics(logits_val, data.y_val, data.task),
+        epochs_run=len(track.history), history=list(track.history), train_seconds=track.train_seconds,
+        eval_seconds=track.eval_seconds, stopped_early=stopped_early, loss_history=list(track.loss_history),
+        task=data.task)
+
+
+# --------------------------------------------------------------------------------------------
+# one probe
+
+
+class _OneHead:
+    """Head ``k`` of a :class:`TrainingData` as a :class:`ProbeSet` of one: any head kind, its own forward."""
+
+    def __init__(self, data: TrainingData, k: int) -> None:
+        self.head = data.heads[k]
+        self.train_x = data.train_x[k]
+        self.val_x = data.val_x[k]
+        self.eval_batch_size = data.recipe.eval_batch_size
+        self.dtype = _head_dtype(self.head)
+
+    def __len__(self) -> int:
+        return 1
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.head.parameters()
+
+    def train_mode(self) -> None:
+        self.head.train()
+
+    def logits(self, batch_idx: Tensor) -> Tensor:
+        return self.head(*[x.index_select(0, batch_idx).to(self.dtype) for x in self.train_x])
+
+    def val_logits(self) -> Tensor:
+        return predict_logits(self.head, self.val_x, batch_size=self.eval_batch_size).unsqueeze(0)
+
+    def write_back(self, j: int) -> None:
+        self.head.eval()  # the weights are the head's own
+
+    def keep(self, kept: list[int], optimizer: torch.optim.Optimizer) -> None:
+        """Nothing to re-stack: the only slice leaves when its training ends."""
+
+
+def train_alone(data: TrainingData, k: int, on_epoch: BatchOnEpoch | None) -> TrainResult | ProbeDivergedError:
+    """Train head ``k`` of ``data`` by itself (any head kind): :func:`run_epochs` with K = 1.
+
+    ``on_epoch(k, epoch, score)`` is called with ``k``; a diverged probe's error is returned, not raised.
+    """
+    report = None if on_epoch is None else (lambda j, epoch, score: on_epoch(k, epoch, score))
+    return run_epochs(_OneHead(data, k), data, report)[0]
 
 
 def train_head(
@@ -432,152 +777,15 @@ def train_head(
         ProbeInputError: NaN/Inf features (the message names the input), mismatched row counts
             or widths (the message gives the shapes), malformed targets, no positive in val.
         ProbeDivergedError: the loss or the validation logits became non-finite.
+
+    Example:
+        >>> head = build_head("linear", in_dim=64, n_classes=14, seed=0)        # doctest: +SKIP
+        >>> train_head(head, x_train, y_train, x_val, y_val).score             # doctest: +SKIP
     """
-    _check_task(task)
-    recipe = recipe if recipe is not None else TrainRecipe()
-    dev = resolve_device(device) if device is not None else _as_tuple(train_inputs)[0].device
-    train_x, val_x = _prepare_inputs(head, train_inputs, val_inputs, train_targets, val_targets, dev)
-    y_train, y_val = _prepare_split_targets(train_targets, val_targets, task, dev)
-    _check_output_width(head, train_x, train_targets, y_train, task)
-    _check_output_width(head, val_x, val_targets, y_val, task)
-    with cpu_threads(recipe, dev):
-        return _train_loop(head, train_x, y_train, val_x, y_val, task, recipe, dev, on_epoch)
-
-
-def _prepare_inputs(
-    head: nn.Module,
-    train_inputs: Tensor | Sequence[Tensor],
-    val_inputs: Tensor | Sequence[Tensor],
-    train_targets: Tensor,
-    val_targets: Tensor,
-    dev: torch.device,
-) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """Validated train and val inputs of ``head`` on ``dev`` (the head moves there too).
-
-    Inputs keep their floating dtype (features stay float16 when stored so): each step casts the
-    rows it gathers to the head's dtype, which gives the same values as casting the whole tensor
-    first, without a second, wider copy of every feature.
-    """
-    train_x = _as_tuple(train_inputs)
-    val_x = _as_tuple(val_inputs)
-    n_inputs = getattr(head, "n_inputs", None)
-    _check_inputs("train", train_x, train_targets, n_inputs)
-    _check_inputs("val", val_x, val_targets, n_inputs)
-    if len(train_x) != len(val_x):
-        raise ProbeInputError(f"train has {len(train_x)} input tensor(s), val has {len(val_x)}")
-    _check_dims(train_x, val_x)
-    if any(x.device != dev for x in (*train_x, *val_x)):
-        logger.info("copying probe features to %s (pass tensors already there to avoid the copy)", dev)
-    head.to(dev)
-    return tuple(x.to(device=dev) for x in train_x), tuple(x.to(device=dev) for x in val_x)
-
-
-def _prepare_split_targets(train_targets: Tensor, val_targets: Tensor, task: str,
-                           dev: torch.device) -> tuple[Tensor, Tensor]:
-    """Validated train and val targets on ``dev`` (see :func:`_prepare_targets`)."""
-    y_train = _prepare_targets(train_targets, task, "train").to(dev)
-    y_val = _prepare_targets(val_targets, task, "val").to(dev)
-    if task == "multilabel" and y_train.shape[1] != y_val.shape[1]:
-        raise ProbeInputError(f"train has {y_train.shape[1]} label columns, val has {y_val.shape[1]}")
-    return y_train, y_val
-
-
-@contextmanager
-def cpu_threads(recipe: TrainRecipe, dev: torch.device) -> Iterator[None]:
-    """Apply ``recipe.cpu_threads`` while training on the CPU; torch's setting is restored afterwards."""
-    if recipe.cpu_threads is None or dev.type != "cpu":
-        yield
-        return
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.cpu_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _train_loop(
-    head: nn.Module,
-    train_x: tuple[Tensor, ...],
-    y_train: Tensor,
-    val_x: tuple[Tensor, ...],
-    y_val: Tensor,
-    task: str,
-    recipe: TrainRecipe,
-    dev: torch.device,
-    on_epoch: OnEpoch | None,
-) -> TrainResult:
-    """The epochs of :func:`train_head` on validated inputs already on ``dev``."""
-    targets = _LossTargets.of(y_train, task, _head_dtype(head))
-    n_rows = y_train.shape[0]
-
-    amp_dtype = autocast_dtype(dev) if recipe.amp else None
-    optimizer = _make_optimizer(head.parameters(), recipe)
-    scheduler = _make_scheduler(optimizer, recipe)
-    generator = torch.Generator(device=dev)
-    generator.manual_seed(recipe.seed)
-    score_of = _epoch_scorer(y_val, task)
-
-    dtype = _head_dtype(head)
-
-    def loss_of(batch_idx: Tensor) -> Tensor:
-        batch = [x.index_select(0, batch_idx).to(dtype) for x in train_x]
-        if amp_dtype is not None:
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype):
-                logits = head(*batch)
-        else:
-            logits = head(*batch)
-        return targets.loss(logits.float(), batch_idx)
-
-    history: list[float] = []
-    loss_history: list[float] = []
-    train_seconds = 0.0
-    eval_seconds = 0.0
-    stopped_early = False
-    logits_val: Tensor | None = None
-    for epoch in range(1, recipe.epochs + 1):
-        start = time.perf_counter()
-        head.train()
-        order = torch.randperm(n_rows, generator=generator, device=dev)
-        loss_sum = torch.zeros((), device=dev)
-        n_batches = 0
-        for batch_idx in order.split(recipe.batch_size):
-            loss = loss_of(batch_idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            n_batches += 1
-        if scheduler is not None:
-            scheduler.step()
-        epoch_loss = float(loss_sum) / n_batches
-        train_seconds += time.perf_counter() - start
-        if not math.isfinite(epoch_loss):
-            raise ProbeDivergedError(f"training loss became non-finite at epoch {epoch}", "lower the learning rate")
-        loss_history.append(epoch_loss)
-
-        start = time.perf_counter()
-        logits_val = predict_logits(head, val_x, batch_size=recipe.eval_batch_size)
-        _check_logits(logits_val, f"on validation at epoch {epoch}")
-        score = score_of(logits_val)
-        eval_seconds += time.perf_counter() - start
-        history.append(score)
-        logger.debug("epoch %d/%d loss %.5f val %.4f", epoch, recipe.epochs, epoch_loss, score)
-        if on_epoch is not None and on_epoch(epoch, score):
-            stopped_early = epoch < recipe.epochs
-            break
-
-    assert logits_val is not None  # epochs >= 1
-    metrics = _full_metrics(logits_val, y_val, task)
-    head.eval()
-    return TrainResult(
-        score=history[-1],
-        metrics=metrics,
-        epochs_run=len(history),
-        history=history,
-        train_seconds=train_seconds,
-        eval_seconds=eval_seconds,
-        stopped_early=stopped_early,
-        loss_history=loss_history,
-        task=task,
-    )
+    data = TrainingData.prepare([head], [train_inputs], train_targets, [val_inputs], val_targets, task=task,
+                                recipe=recipe, device=device, name_probes=False)
+    with cpu_threads(data.recipe, data.device):
+        outcome = train_alone(data, 0, None if on_epoch is None else (lambda k, epoch, score: on_epoch(epoch, score)))
+    if isinstance(outcome, ProbeDivergedError):
+        raise outcome
+    return outcome

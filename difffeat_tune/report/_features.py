@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from difffeat_tune._errors import ConfigError, StoreError
+from difffeat_tune._paths import store_location
 from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe.metrics import average_precision_per_class
 from difffeat_tune.probe.objective import Objective, ObjectiveSettings, TrialResult
@@ -115,7 +115,7 @@ def objective_for(study: StudyData, device: str | torch.device | None = None) ->
     if not folder:
         raise StoreError(f"study {study.name!r} records no feature folder",
                          "re-run the search with this version of difffeat-tune")
-    path = Path(str(folder))
+    path = store_location(str(folder), "the study's feature folder")
     if not (path / "dataset.json").is_file():
         raise StoreError(f"the features of study {study.name!r} are not in the store: {path / 'dataset.json'} is missing",
                          "run `difffeat-tune extract` with the study's data set and backbones")

@@ -1,9 +1,15 @@
-"""How a search runs: the ``search`` part of the settings tree (sampler, pruner, engine, study)."""
+"""How a search runs: the ``search`` part of the settings tree (sampler, pruner, engine, study).
+
+This module is light (no Optuna, no torch): the command line reads :class:`SearchOptions`'
+defaults for its help at start-up. The tables a value is checked against (samplers, pruners,
+neighbourhoods) are imported when an instance is checked. Study names are made here, and only
+here (:func:`study_name`, :meth:`SearchOptions.study_name_for`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -11,10 +17,6 @@ from difffeat_tune._defaults import DEFAULT_FUSION, DEFAULT_RUNS
 from difffeat_tune._errors import ConfigError
 from difffeat_tune._paths import local_folder
 from difffeat_tune.config import FUSION_METHODS
-from difffeat_tune.search._heuristic import NEIGHBOURHOODS
-from difffeat_tune.search._plan import PROXIES
-from difffeat_tune.search._samplers import PRUNERS, SAMPLERS
-from difffeat_tune.search._storage import default_storage
 
 #: The engines that run a search's trials, by name: ``"module:function"`` of
 #: ``engine(run, **engine_options)``, imported when used (the Ray engine imports Ray).
@@ -88,6 +90,10 @@ class SearchOptions:
     proxy_top: int = 3
 
     def __post_init__(self) -> None:
+        from difffeat_tune.search._heuristic import NEIGHBOURHOODS
+        from difffeat_tune.search._plan import PROXIES
+        from difffeat_tune.search._samplers import PRUNERS, SAMPLERS
+
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}", f"use one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
@@ -117,6 +123,8 @@ class SearchOptions:
 
     def storage_url(self) -> str:
         """The storage URL: ``storage``, else the SQLite file ``<runs>/studies.db``."""
+        from difffeat_tune.search._storage import default_storage
+
         return self.storage or default_storage(self.runs)
 
     def study_base(self, dataset_folder: str) -> str:
@@ -129,17 +137,33 @@ class SearchOptions:
         """The study name: ``study_name``, else ``<data set name>-<sampler>`` (see :meth:`study_base`)."""
         return self.study_name or study_name(self.study_base(dataset_folder), self.sampler)
 
+    def for_sampler(self, sampler: str, base: str) -> SearchOptions:
+        """These options with ``sampler``, on its study of ``base`` (one study of a ``compare`` pair)."""
+        return replace(self, sampler=sampler, study_name=study_name(base, sampler))
+
+    def report_folder(self, study: str) -> Path:
+        """The folder of ``study``'s report: ``<runs>/reports/<study>``."""
+        return report_folder(self.runs, study)
+
+
+#: The samplers ``compare`` runs on the same features, the one it judges first.
+COMPARED: tuple[str, str] = ("heuristic", "grid")
+
 
 def study_name(base: str, sampler: str) -> str:
     """The study of ``sampler`` on ``base``: ``<base>-<sampler>`` (``compare`` writes one per sampler)."""
     return f"{base}-{sampler}"
 
 
-
 def companion_name(name: str) -> str | None:
     """The other study of a ``compare`` pair: ``x-grid`` for ``x-heuristic`` and back, else ``None``."""
-    for mine, other in (("heuristic", "grid"), ("grid", "heuristic")):
+    for mine, other in (COMPARED, COMPARED[::-1]):
         suffix = study_name("", mine)
         if name.endswith(suffix) and len(name) > len(suffix):
             return study_name(name[: -len(suffix)], other)
     return None
+
+
+def report_folder(runs: Path, study: str) -> Path:
+    """The folder of ``study``'s report in the runs folder ``runs``: ``<runs>/reports/<study>``."""
+    return Path(runs) / "reports" / study

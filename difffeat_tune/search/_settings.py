@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from difffeat_tune._defaults import DEFAULT_SPACE
+from difffeat_tune._defaults import DEFAULT_DEVICE, DEFAULT_SPACE
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.features import BackboneSettings, DataSettings, FeatureRequest, StoreSettings
 from difffeat_tune.probe.objective import ObjectiveSettings
@@ -51,7 +51,7 @@ class Settings:
     space: SearchSpace = field(default_factory=lambda: load_space(DEFAULT_SPACE))
     probe: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     search: SearchOptions = field(default_factory=SearchOptions)
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
 
     def __post_init__(self) -> None:
         methods = self.search.fusion_methods
@@ -71,7 +71,7 @@ class Settings:
         store: StoreSettings | None = None,
         probe: ObjectiveSettings | None = None,
         search: SearchOptions | None = None,
-        device: str = "auto",
+        device: str = DEFAULT_DEVICE,
         fusion: str | tuple[str, ...] | None = None,
         **overrides: object,
     ) -> Settings:
@@ -131,7 +131,7 @@ class Settings:
             "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
             "image_backbone": self.backbones.image if self.space.has("image") else None,
             "text_backbone": self.backbones.text if self.space.has("text") else None,
-            "text_noising": self.backbones.text_noising if self.space.has("text") else None,
+            "text_noising": self.backbones.options.text_noising if self.space.has("text") else None,
             "dataset": self.data.dataset,
         }
 

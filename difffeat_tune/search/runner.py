@@ -2,14 +2,18 @@
 
 :func:`run_search` is the one way a search runs, whatever runs its trials:
 
-1. open (or resume) the study on its storage with the sampler and pruner of the settings, check
-   that a resumed study was searched the same way, record the run's settings on it and name its
-   objective (e.g. "val mAP") for the dashboard;
-2. unless the plan is already finished, hand the trials to the engine (:data:`ENGINES`):
+1. name the study (:meth:`~difffeat_tune.search._options.SearchOptions.study_name_for`) and open
+   it, once, with the sampler and pruner of the settings; a study with nothing left to do (its
+   plan finished, its best configuration evaluated, its report current) is summarised from the
+   storage alone, without loading backbones or features;
+2. otherwise extract (or reuse) the features, check that a resumed study was searched the same
+   way, record the run's settings on it and name its objective (e.g. "val mAP") for the dashboard;
+3. unless the plan is already finished, hand the trials to the engine (:data:`ENGINES`):
    ``local`` (this process, :mod:`~difffeat_tune.search._local`) or ``ray`` (Ray Tune,
    :mod:`~difffeat_tune.search.ray_engine`); an engine only decides how a batch of trials runs;
-3. re-train the best configuration and score the evaluation split (once per best trial);
-4. summarise the study from its storage (:func:`summarize`), the same whoever calls it.
+4. re-train the best configuration and score the evaluation split (once per best trial);
+5. when asked, draw the study's report (:func:`~difffeat_tune.search._study_report.write_study_report`);
+6. summarise the study from its storage (:func:`summarize`), the same whoever calls it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import optuna
@@ -30,6 +35,7 @@ from optuna.trial import TrialState
 from difffeat_tune._defaults import DEFAULT_RUNS
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import TrialConfig
+from difffeat_tune.features import FeatureRequest, PreparedFeatures, data_modalities, ensure_features
 from difffeat_tune.probe.objective import Objective
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._run import Callback, SearchRun, record_config
@@ -38,14 +44,22 @@ from difffeat_tune.search._storage import (
     GRACE_PERIOD, HEARTBEAT_INTERVAL, SQLITE_TIMEOUT, default_storage, open_storage, parse_storage_url,
 )
 from difffeat_tune.search._samplers import make_pruner, make_sampler, plan_state
+from difffeat_tune.search._study_report import ReportCallback, report_is_current, report_page, write_study_report
 from difffeat_tune.space import SearchSpace
-from difffeat_tune.store import FeatureView
+from difffeat_tune.store import FeatureStore, FeatureView
 
 if TYPE_CHECKING:
+    from difffeat_tune.data._base import Dataset
     from difffeat_tune.search._settings import Settings
 
 logger = logging.getLogger(__name__)
 _ABSENT = object()
+#: ``prepare(request, dataset) -> PreparedFeatures``: extract (or reuse) the features of a run
+#: (default :func:`~difffeat_tune.features.ensure_features`; the CLI adds progress bars).
+Prepare = Callable[[FeatureRequest, "Dataset"], PreparedFeatures]
+#: ``progress(run)``: a context manager around the engine's trials that yields one more
+#: ``callback(study, trial)`` (the CLI's progress line).
+Progress = Callable[[SearchRun], AbstractContextManager[Callback]]
 
 __all__ = ["DEFAULT_RUNS", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "SQLITE_TIMEOUT", "SearchOptions", "SearchRun",
            "SearchSummary", "default_storage", "evaluate_best", "open_storage", "open_study", "parse_storage_url",
@@ -121,35 +135,89 @@ def open_study(settings: Settings, study_name: str, *, storage: optuna.storages.
     )
 
 
-def run_search(settings: Settings, view: FeatureView, *, callbacks: Sequence[Callback] = (),
+def run_search(settings: Settings, view: FeatureView | None = None, *, callbacks: Sequence[Callback] = (),
                objective: Objective | None = None, engine_options: Mapping[str, object] | None = None,
-               storage: optuna.storages.BaseStorage | None = None) -> SearchSummary:
-    """Run (or resume) the search of ``settings`` on the features of ``view`` (see the module docstring).
+               storage: optuna.storages.BaseStorage | None = None, prepare: Prepare | None = None,
+               progress: Progress | None = None, report: bool = False,
+               on_report: ReportCallback | None = None) -> SearchSummary:
+    """Run (or resume) the search of ``settings`` (see the module docstring).
 
     Args:
-        settings: the run's settings; ``settings.space`` must hold only the view's modalities
-            (:attr:`~difffeat_tune.features.PreparedFeatures.space` is).
-        view: the features.
+        settings: the run's settings; with ``view``, ``settings.space`` must hold only the view's
+            modalities (:attr:`~difffeat_tune.features.PreparedFeatures.space` is).
+        view: the features; ``None``: the data set of ``settings`` is loaded and its features are
+            extracted or reused by ``prepare`` (only when the study has something left to do).
         callbacks: ``callback(study, frozen_trial)`` after each told trial.
         objective: the driver's objective (default: ``Objective(view, settings.probe, device)``).
         engine_options: keyword options of the engine (e.g. the Ray engine's
             ``resources_per_trial={"cpu": 2, "gpu": 0.5}``; see :func:`~difffeat_tune.search.ray_engine.run_ray`).
         storage: an open Optuna storage to use instead of ``settings.search``'s (e.g. Optuna's
             in-memory storage, to measure what the database costs).
+        prepare: extracts the features when ``view`` is ``None`` (default: :func:`ensure_features`).
+        progress: wraps the engine's trials (see :data:`Progress`).
+        report: draw the study's report into ``<runs>/reports/<study>/`` at the end (kept when
+            it is current); a finished study is then only finished once its report is current.
+        on_report: told where the report is and what was drawn (see
+            :data:`~difffeat_tune.search._study_report.ReportCallback`).
 
     Returns:
         :func:`summarize` of the study.
     """
+    search = settings.search
+    dataset = None
+    if view is None:
+        dataset = settings.data.load()
+        settings = settings.with_space(settings.space.restricted_to(data_modalities(dataset)))
+        folder = FeatureStore(settings.store.features).dataset_dir(dataset.name, dataset.fingerprint()).name
+    else:
+        folder = view.folder.name
+    name = search.study_name_for(folder)
+    storage = storage or open_storage(search.storage_url())
+    study = open_study(settings, name, storage=storage) if _exists(storage, name) else None
+    if study is not None and _nothing_left(study, settings, storage, report=report):
+        if report and on_report is not None:
+            on_report(report_page(settings, name), None)
+        return summarize(study)
+    if view is None:
+        prepared = (prepare or _ensure)(settings.features, dataset)  # type: ignore[arg-type]
+        settings, view = settings.with_space(prepared.space), prepared.view
     objective = objective or Objective(view, settings.probe, device=settings.device)
-    study = open_study(settings, settings.search.study_name_for(view.folder.name), storage=storage)
+    study = study or open_study(settings, name, storage=storage)
     record_study_attrs(study, settings, objective)
-    if not plan_state(study, settings.space, settings.search).finished and settings.search.n_trials != 0:
+    if not plan_state(study, settings.space, search).finished and search.n_trials != 0:
         options = dict(engine_options or {})
-        _engine(settings.search.engine, options)(SearchRun(settings, study, objective, view, tuple(callbacks)),
-                                                 **options)
-    if settings.search.evaluate_best:
+        engine = _engine(search.engine, options)
+        run = SearchRun(settings, study, objective, view, tuple(callbacks))
+        with progress(run) if progress is not None else nullcontext(None) as told:
+            engine(replace(run, callbacks=(*run.callbacks, told)) if told is not None else run, **options)
+    if search.evaluate_best:
         evaluate_best(study, objective, settings.space)
+    if report:
+        write_study_report(storage, study, settings, objective, on_report)
     return summarize(study)
+
+
+def _ensure(request: FeatureRequest, dataset: Dataset) -> PreparedFeatures:
+    return ensure_features(request, dataset=dataset)
+
+
+def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return name in {s.study_name for s in storage.get_all_studies()}
+
+
+def _nothing_left(study: optuna.Study, settings: Settings, storage: optuna.storages.BaseStorage, *,
+                  report: bool) -> bool:
+    """Whether ``study`` is done: its plan finished, its best configuration evaluated (when the
+    settings ask for it) and, with ``report``, its report current."""
+    if not plan_state(study, settings.space, settings.search).finished:
+        return False
+    try:
+        best = study.best_trial
+    except ValueError:
+        return False
+    if settings.search.evaluate_best and study.user_attrs.get(A.EVAL_TRIAL) != best.number:
+        return False
+    return not report or report_is_current(storage, study, report_page(settings, study.study_name))
 
 
 def record_study_attrs(study: optuna.Study, settings: Settings, objective: Objective) -> None:

@@ -11,22 +11,22 @@ from difffeat_tune._errors import BackboneError
 from difffeat_tune._paths import CACHE_ENV
 from difffeat_tune.backbones._base import seeded_normal
 from difffeat_tune.backbones.flux import FAMILY, latent_image_ids, load_flux, pack_latents
-from difffeat_tune.backbones._tiny_pipelines import build_tiny_flux
-from tests.backbones.tiny_parts import count_calls, spy_from_pretrained
+from tests.backbones.tiny_models import FLUX_SIDE, TinyModels
+from tests.backbones.tiny_parts import spy_from_pretrained
 from tests.conftest import make_split
 
-SIDE = 16  # pixels: an 8 x 8 latent, 16 packed tokens
+SIDE = FLUX_SIDE
 JOINT, SINGLE = 2, 3  # build_tiny_flux's blocks
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_flux(tmp_path_factory.mktemp("flux") / "pipe")
+def folder(tiny_models: TinyModels) -> Path:
+    return tiny_models.folder("flux")
 
 
 @pytest.fixture(scope="module")
-def backbone(folder: Path):  # type: ignore[no-untyped-def]
-    return load_flux(str(folder), device="cpu", resolution=SIDE)
+def backbone(tiny_models: TinyModels):  # type: ignore[no-untyped-def]
+    return tiny_models.backbone("flux")
 
 
 def test_packing_and_position_ids_match_the_pipeline() -> None:
@@ -75,32 +75,9 @@ def test_hooked_features_equal_a_manual_forward(folder: Path, backbone) -> None:
                     torch.testing.assert_close(feats[t][b], hidden.mean(dim=1), rtol=1e-4, atol=1e-5)
 
 
-def test_forward_stops_after_the_deepest_requested_block(backbone) -> None:  # type: ignore[no-untyped-def]
-    batch = backbone.encode(make_split("train", 2), range(2))
-    blocks = [*backbone.denoiser.transformer_blocks, *backbone.denoiser.single_transformer_blocks]
-    with count_calls(blocks) as counts:
-        backbone.features(batch, [10, 50], [1, 2])
-    assert counts == [1, 1, 0, 0, 0]  # no single block ran
-    with count_calls(blocks) as counts:
-        backbone.features(batch, [10], [3])
-    assert counts == [1, 1, 1, 0, 0]
-
-
-def test_wrong_block_timestep_or_resolution_is_rejected(folder: Path, backbone) -> None:  # type: ignore[no-untyped-def]
-    batch = backbone.encode(make_split("train", 1), [0])
-    with pytest.raises(BackboneError, match="block 6 is outside 1..5"):
-        backbone.features(batch, [10], [6])
-    with pytest.raises(BackboneError, match="timestep 1000"):
-        backbone.features(batch, [1000], [1])
+def test_a_resolution_off_the_latent_grid_is_rejected(folder: Path) -> None:
     with pytest.raises(BackboneError, match="resolution 18 is not a positive multiple of 4"):
         load_flux(str(folder), device="cpu", resolution=18)
-
-
-def test_missing_checkpoint_names_what_to_download(tmp_path: Path) -> None:
-    with pytest.raises(BackboneError, match="hf download black-forest-labs/FLUX.1-dev --local-dir"):
-        load_flux()
-    with pytest.raises(BackboneError, match="does not exist"):
-        load_flux(str(tmp_path / "nowhere"))
 
 
 def test_conditioning_is_cached_and_the_text_encoders_not_loaded_again(

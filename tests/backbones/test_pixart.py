@@ -12,21 +12,21 @@ from difffeat_tune._errors import BackboneError
 from difffeat_tune._paths import CACHE_ENV
 from difffeat_tune.backbones._base import seeded_normal
 from difffeat_tune.backbones.pixart import FAMILY, load_pixart
-from difffeat_tune.backbones._tiny_pipelines import build_tiny_pixart
-from tests.backbones.tiny_parts import count_calls, ddpm_alpha_bar, spy_from_pretrained
+from tests.backbones.tiny_models import TinyModels
+from tests.backbones.tiny_parts import ddpm_alpha_bar, spy_from_pretrained
 from tests.conftest import make_split
 
 MAX_LENGTH = 120  # PixArtAlphaPipeline's default max_sequence_length
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_pixart(tmp_path_factory.mktemp("pixart") / "pipe")
+def folder(tiny_models: TinyModels) -> Path:
+    return tiny_models.folder("pixart")
 
 
 @pytest.fixture(scope="module")
-def backbone(folder: Path):  # type: ignore[no-untyped-def]
-    return load_pixart(str(folder), device="cpu")
+def backbone(tiny_models: TinyModels):  # type: ignore[no-untyped-def]
+    return tiny_models.backbone("pixart")
 
 
 def test_hooked_features_equal_a_manual_forward(folder: Path, backbone) -> None:  # type: ignore[no-untyped-def]
@@ -57,24 +57,7 @@ def test_hooked_features_equal_a_manual_forward(folder: Path, backbone) -> None:
                     torch.testing.assert_close(feats[t][b], hidden.mean(dim=1), rtol=1e-4, atol=1e-5)
 
 
-def test_forward_stops_after_the_deepest_requested_block(backbone) -> None:  # type: ignore[no-untyped-def]
-    batch = backbone.encode(make_split("train", 2), range(2))
-    with count_calls(backbone.denoiser.transformer_blocks) as counts:
-        backbone.features(batch, [10, 50], [1, 3])
-    assert counts == [1, 1, 1, 0, 0, 0]  # both timesteps share one pass
-
-
-@pytest.mark.parametrize(("timesteps", "blocks", "match"), [([10], [7], "block 7"), ([10], [0], "block 0"),
-                                                            ([1000], [2], "timestep 1000")])
-def test_wrong_block_or_timestep_is_rejected(backbone, timesteps, blocks, match) -> None:  # type: ignore[no-untyped-def]
-    batch = backbone.encode(make_split("train", 1), [0])
-    with pytest.raises(BackboneError, match=match):
-        backbone.features(batch, timesteps, blocks)
-
-
-def test_missing_checkpoint_names_what_to_download(folder: Path, tmp_path: Path) -> None:
-    with pytest.raises(BackboneError, match="hf download PixArt-alpha/PixArt-XL-2-512x512 --local-dir"):
-        load_pixart()
+def test_folder_without_the_text_encoder_names_it_and_what_to_download(folder: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     shutil.copytree(folder, partial)
     shutil.rmtree(partial / "text_encoder")

@@ -6,23 +6,22 @@ import pytest
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from difffeat_tune._errors import BackboneError
 from difffeat_tune._paths import CACHE_ENV
 from difffeat_tune.backbones._base import seeded_normal
 from difffeat_tune.backbones.sd import FAMILY, load_sd
-from difffeat_tune.backbones._tiny_pipelines import build_tiny_sd
-from tests.backbones.tiny_parts import count_calls, ddpm_alpha_bar, spy_from_pretrained
+from tests.backbones.tiny_models import TinyModels
+from tests.backbones.tiny_parts import ddpm_alpha_bar, spy_from_pretrained
 from tests.conftest import make_split
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("sd") / "pipe")
+def folder(tiny_models: TinyModels) -> Path:
+    return tiny_models.folder("sd")
 
 
 @pytest.fixture(scope="module")
-def backbone(folder: Path):  # type: ignore[no-untyped-def]
-    return load_sd(str(folder), device="cpu")
+def backbone(tiny_models: TinyModels):  # type: ignore[no-untyped-def]
+    return tiny_models.backbone("sd")
 
 
 def test_blocks_are_down_mid_up_stages_with_their_own_widths(backbone) -> None:  # type: ignore[no-untyped-def]
@@ -64,26 +63,6 @@ def test_hooked_features_equal_a_manual_forward(folder: Path, backbone) -> None:
             manual[4] = sample
             for b in (1, 3, 4):
                 torch.testing.assert_close(feats[t][b], manual[b].mean(dim=(2, 3)), rtol=1e-4, atol=1e-5)
-
-
-def test_forward_stops_after_the_deepest_requested_block(backbone) -> None:  # type: ignore[no-untyped-def]
-    batch = backbone.encode(make_split("train", 2), range(2))
-    with count_calls(backbone.blocks) as counts:
-        backbone.features(batch, [10, 50], [2])
-    assert counts == [1, 1, 0, 0, 0]  # the mid block and the up path never ran
-
-
-@pytest.mark.parametrize(("timesteps", "blocks", "match"), [([10], [6], "block 6 is outside 1..5"),
-                                                            ([10.5], [1], "timestep 10.5")])
-def test_wrong_block_or_timestep_is_rejected(backbone, timesteps, blocks, match) -> None:  # type: ignore[no-untyped-def]
-    batch = backbone.encode(make_split("train", 1), [0])
-    with pytest.raises(BackboneError, match=match):
-        backbone.features(batch, timesteps, blocks)
-
-
-def test_missing_checkpoint_names_what_to_download() -> None:
-    with pytest.raises(BackboneError, match="hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir"):
-        load_sd()
 
 
 def test_conditioning_is_cached_and_the_text_encoder_not_loaded_again(

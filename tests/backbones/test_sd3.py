@@ -13,19 +13,19 @@ from difffeat_tune._paths import CACHE_ENV
 from difffeat_tune.backbones._base import seeded_normal
 from difffeat_tune.backbones._image import center_crop_pixels
 from difffeat_tune.backbones.sd3 import FAMILY, load_sd3
-from difffeat_tune.backbones._tiny_pipelines import build_tiny_sd3
-from tests.backbones.tiny_parts import count_calls, spy_from_pretrained
+from tests.backbones.tiny_models import TinyModels
+from tests.backbones.tiny_parts import spy_from_pretrained
 from tests.conftest import make_split
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sd3(tmp_path_factory.mktemp("sd3") / "pipe")
+def folder(tiny_models: TinyModels) -> Path:
+    return tiny_models.folder("sd3")
 
 
 @pytest.fixture(scope="module")
-def backbone(folder: Path):  # type: ignore[no-untyped-def]
-    return load_sd3(str(folder), device="cpu")
+def backbone(tiny_models: TinyModels):  # type: ignore[no-untyped-def]
+    return tiny_models.backbone("sd3")
 
 
 def test_noise_level_is_the_schedulers_shifted_sigma(folder: Path, backbone) -> None:  # type: ignore[no-untyped-def]
@@ -70,23 +70,7 @@ def test_latents_are_the_shifted_and_scaled_posterior_mean(backbone) -> None:  #
     torch.testing.assert_close(batch.tensors["latents"], (mean - 0.0609) * 1.5305)
 
 
-def test_forward_stops_after_the_deepest_requested_block(backbone) -> None:  # type: ignore[no-untyped-def]
-    batch = backbone.encode(make_split("train", 2), range(2))
-    with count_calls(backbone.denoiser.transformer_blocks) as counts:
-        backbone.features(batch, [10, 50], [2])
-    assert counts == [1, 1, 0, 0]
-
-
-@pytest.mark.parametrize(("timesteps", "blocks", "match"), [([10], [5], "block 5"), ([-1], [2], "timestep -1")])
-def test_wrong_block_or_timestep_is_rejected(backbone, timesteps, blocks, match) -> None:  # type: ignore[no-untyped-def]
-    batch = backbone.encode(make_split("train", 1), [0])
-    with pytest.raises(BackboneError, match=match):
-        backbone.features(batch, timesteps, blocks)
-
-
-def test_missing_checkpoint_names_what_to_download(folder: Path, tmp_path: Path) -> None:
-    with pytest.raises(BackboneError, match="hf download stabilityai/stable-diffusion-3-medium-diffusers"):
-        load_sd3()
+def test_folder_without_the_t5_encoder_names_the_missing_subfolder(folder: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     shutil.copytree(folder, partial)
     shutil.rmtree(partial / "text_encoder_3")
@@ -112,11 +96,3 @@ def test_family_is_flow_matching_with_joint_blocks() -> None:
     assert FAMILY.name == "sd3" and "flow matching" in FAMILY.timestep and "joint" in FAMILY.blocks
 
 
-def test_row_features_do_not_depend_on_the_batch_and_follow_the_seed(folder: Path, backbone) -> None:  # type: ignore[no-untyped-def]
-    split = make_split("train", 4)
-    together = backbone.features(backbone.encode(split, range(4)), [100], [2])[100][2]
-    alone = backbone.features(backbone.encode(split, [2]), [100], [2])[100][2]
-    torch.testing.assert_close(alone[0], together[2], rtol=1e-4, atol=1e-5)
-    other = load_sd3(str(folder), device="cpu", noise_seed=1)
-    assert not torch.allclose(other.features(other.encode(split, [2]), [100], [2])[100][2], alone)
-    assert other.settings() != backbone.settings() and other.fingerprint() == backbone.fingerprint()

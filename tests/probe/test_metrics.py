@@ -242,7 +242,7 @@ def test_batched_map_blocks_give_the_same_values_as_one_block(monkeypatch: pytes
     whole = batched_mean_average_precision(scores, targets)
     import difffeat_tune.probe.metrics as metrics
 
-    monkeypatch.setattr(metrics, "_AP_CHUNK_ELEMENTS", 2 * N_ROWS)  # one probe per sort
+    monkeypatch.setattr(metrics, "AP_CHUNK_ELEMENTS", 2 * N_ROWS)  # one probe per sort
     torch.testing.assert_close(batched_mean_average_precision(scores, targets), whole, atol=0, rtol=0)
 
 
