@@ -15,19 +15,24 @@ training rows' mean and standard deviation. Each proxy's time includes reading a
 standardising the features (timed once, charged to both), so it compares with ``run_many``'s
 wall time, which reads its features too. Per modality the script prints the times and the
 Kendall tau and Spearman rank correlations of each proxy's scores with the trained probes'
-validation scores, then one summary line.
+validation scores, then one summary line. With ``--search`` it also runs, on the same features
+and in one temporary SQLite file, the full grid and the proxy-guided heuristic with each proxy
+(``SearchOptions(unimodal_proxy=..., proxy_top=...)``) and prints their trials, probe epochs and
+the heuristic's regret (the grid's best fusion minus the heuristic's, validation mAP points).
 
 Usage::
 
     OMP_NUM_THREADS=1 python experiments/bench_proxy.py              # about a minute on 2 cores
     python experiments/bench_proxy.py --epochs 10 --verbose          # per-configuration table
     python experiments/bench_proxy.py --long-epochs 200              # also against longer-trained probes
+    python experiments/bench_proxy.py --search                       # plus the searches (grid: minutes)
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +45,10 @@ from difffeat_tune.config import TrialConfig
 from difffeat_tune.features import StoreSettings, ensure_features
 from difffeat_tune.probe import logme, ridge_score
 from difffeat_tune.probe.objective import Objective, TrialResult
+from difffeat_tune.features import PreparedFeatures
+from difffeat_tune.search._options import SearchOptions
+from difffeat_tune.search._plan import PROXIES
+from difffeat_tune.search.runner import SearchSummary, run_search
 from difffeat_tune.search._settings import Settings
 from difffeat_tune.store import FeatureView
 
@@ -107,6 +116,23 @@ def run_modality(view: FeatureView, objective: Objective, modality: str, points:
                           train_seconds)
 
 
+def run_searches(settings: Settings, prepared: PreparedFeatures, proxy_top: int) -> dict[str, SearchSummary]:
+    """The grid and the proxy-guided heuristic with each proxy, on the same features and objective settings."""
+    settings = settings.with_space(prepared.space)
+    summaries = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, proxy in (("grid", None), *((p, p) for p in PROXIES)):
+            search = SearchOptions(sampler="grid" if proxy is None else "heuristic", unimodal_proxy=proxy,
+                                   proxy_top=proxy_top, evaluate_best=False, storage=f"sqlite:///{tmp}/bench.db",
+                                   study_name=f"bench-{name}")
+            summaries[name] = run_search(replace(settings, search=search), prepared.view)
+    return summaries
+
+
+def _fusion_score(summary: SearchSummary) -> float:
+    return float(summary.best_by_modality["fusion"]["score"])  # type: ignore[arg-type]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"))
@@ -118,13 +144,17 @@ def main() -> None:
     parser.add_argument("--long-epochs", type=int, default=None,
                         help="also train every configuration this many epochs and correlate the proxies (and the "
                              "default probes) with those scores: tells a proxy's error from the probe's under-fitting")
+    parser.add_argument("--search", action="store_true",
+                        help="also run the grid and the proxy-guided heuristic (each proxy) and print the regret")
+    parser.add_argument("--proxy-top", type=int, default=SearchOptions.proxy_top,
+                        help="configurations per modality the proxy-guided heuristic trains")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     settings = Settings.create(space=args.space, store=StoreSettings(features=args.runs / "features"),
-                               device=args.device)
+                               device=args.device, epochs=args.epochs, cpu_threads=args.threads)
     prepared = ensure_features(settings.features)  # reuses the store; extracts only what it lacks
     probe_settings = settings.probe
     if args.epochs is not None:
@@ -183,8 +213,22 @@ def main() -> None:
           f"than training ({train_total:.2f} s for {sum(len(r.configs) for r in results.values())} probes)")
     lm = " ".join(f"{m} {r.correlation(r.logme)[0]:.2f}" for m, r in results.items())
     rg = " ".join(f"{m} {r.correlation(r.ridge)[0]:.2f}" for m, r in results.items())
+    regret = ""
+    if args.search:
+        summaries = run_searches(settings, prepared, args.proxy_top)
+        grid = summaries["grid"]
+        print(f"\nsearches ({probe_settings.recipe.epochs} epochs; regret: the grid's best fusion minus the "
+              "heuristic's, validation mAP points)")
+        for name, summary in summaries.items():
+            print(f"  {name:<6} {sum(summary.trials.values()):4d} trials  {summary.probe_epochs:6d} probe epochs  "
+                  f"best fusion {summary.best_by_modality['fusion']['label']} {100 * _fusion_score(summary):.2f}  "
+                  f"phases {summary.phases}")
+        regrets = {p: 100 * (_fusion_score(grid) - _fusion_score(summaries[p])) for p in PROXIES}
+        epochs = {p: summaries[p].probe_epochs / max(1, grid.probe_epochs) for p in PROXIES}
+        regret = "; " + ", ".join(f"{p}-guided heuristic regret {regrets[p]:.2f} with {100 * epochs[p]:.1f}% of "
+                                  "the grid's probe epochs" for p in PROXIES)
     print(f"\nproxy: logme tau {lm}; ridge tau {rg}; scoring {train_total / logme_total:.1f}x (logme) and "
-          f"{train_total / ridge_total:.1f}x (ridge) cheaper than training")
+          f"{train_total / ridge_total:.1f}x (ridge) cheaper than training{regret}")
 
 
 if __name__ == "__main__":
