@@ -42,14 +42,13 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 from difffeat_tune.config import TrialConfig
-from difffeat_tune.features import StoreSettings, ensure_features
+from difffeat_tune.features import PreparedFeatures, StoreSettings, ensure_features
 from difffeat_tune.probe import logme, ridge_score
 from difffeat_tune.probe.objective import Objective, TrialResult
-from difffeat_tune.features import PreparedFeatures
 from difffeat_tune.search._options import SearchOptions
 from difffeat_tune.search._plan import PROXIES
-from difffeat_tune.search.runner import SearchSummary, run_search
 from difffeat_tune.search._settings import Settings
+from difffeat_tune.search.runner import SearchSummary, run_search
 from difffeat_tune.store import FeatureView
 
 #: Smallest standard deviation a feature is divided by (as the objective does).
