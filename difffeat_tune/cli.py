@@ -104,6 +104,10 @@ NTrialsOpt = Annotated[Optional[int], typer.Option(help="Stop after this many ne
 GridSeedOpt = Annotated[Optional[int], _option("Seed of the grid order.", _default(SearchOptions, "seed"))]
 EngineOpt = Annotated[Optional[str], _option("'local' (this process) or 'ray' (Ray Tune trials on a Ray cluster).", _default(SearchOptions, "engine"))]
 RayAddressOpt = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join ('auto', 'host:port'); default: a private local Ray.")]
+LoaderWorkersOpt = Annotated[Optional[int], typer.Option(min=0, help="Processes preparing the inputs (decode and crop, tokenise) ahead of the model (default: half the cores, at most 8; 0: in the main process); the features do not depend on it.")]
+ExtractEngineOpt = Annotated[Optional[str], _option("'local' (this process) or 'ray' (the extraction's units on Ray actors, one backbone and one GPU each).", "local")]
+ActorsOpt = Annotated[Optional[int], typer.Option(min=1, help="With --engine ray: Ray actors (default: one per GPU of the cluster, else one per CPU).")]
+ExtractRayAddressOpt = Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster to join ('auto', 'host:port'); default: the running Ray, else a local one.")]
 NoReportOpt = Annotated[bool, typer.Option("--no-report", help="Do not write the report (runs/reports/<study>/) at the end.")]
 
 
@@ -171,6 +175,8 @@ def _check_paths(**paths: Optional[Path]) -> None:
 #: The command-line option of each setting that an error may name (``ConfigError.field``).
 OPTION_OF_FIELD = {
     "TrainRecipe.epochs": "--epochs", "StoreSettings.batch_size": "--batch-size", "DataSettings.root": "--root",
+    "StoreSettings.engine": "--engine", "StoreSettings.loader_workers": "--loader-workers",
+    "StoreSettings.actors": "--actors",
     "ObjectiveSettings.memory_budget": "--memory-budget",
     "SearchOptions.radius": "--radius", "SearchOptions.workers": "--workers", "SearchOptions.threads": "--threads",
     "SearchOptions.batch_trials": "--batch-trials", "SearchOptions.n_trials": "--n-trials",
@@ -199,7 +205,8 @@ def _build_settings(*, dataset: str | None = None, root: Path | None = None, ima
                     text_backbone: str | None = None, features: Path | None = None, dtype: str | None = None,
                     batch_size: int | None = None, splits: tuple[str, ...] | None = None, space: str | None = None,
                     device: str | None = None, fusion: str | None = None, memory_budget: str | None = None,
-                    **rest: Any) -> Settings:
+                    loader_workers: int | None = None, extract_engine: str | None = None, actors: int | None = None,
+                    extract_ray_address: str | None = None, **rest: Any) -> Settings:
     """``rest`` holds the :class:`LoadOptions` fields (``--vae``, ``--noise-seed``, ...) and the
     fields :meth:`Settings.create` takes as overrides (``--epochs``, ``--protocol``, the
     :class:`SearchOptions`)."""
@@ -207,13 +214,17 @@ def _build_settings(*, dataset: str | None = None, root: Path | None = None, ima
     from difffeat_tune.search._settings import Settings
 
     _check_paths(features=features, runs=rest.get("runs"))
+    if rest.get("engine") == "ray" and extract_engine is None:  # `run --engine ray`: missing features on Ray too
+        extract_engine, extract_ray_address = "ray", rest.get("ray_address")
     load = {f.name: rest.pop(f.name) for f in fields(LoadOptions) if f.name in rest}
     backbones = BackboneSettings(**_given(image=image_backbone, text=text_backbone),
                                  options=LoadOptions(**_given(**load)))
     return Settings.create(
         **_given(space=space, device=device, fusion=fusion), data=DataSettings(**_given(dataset=dataset, root=root)),
         backbones=backbones,
-        store=StoreSettings(**_given(features=features, dtype=dtype, batch_size=batch_size, splits=splits)),
+        store=StoreSettings(**_given(features=features, dtype=dtype, batch_size=batch_size, splits=splits,
+                                     loader_workers=loader_workers, engine=extract_engine, actors=actors,
+                                     ray_address=extract_ray_address)),
         memory_budget=_bytes(memory_budget, "--memory-budget"), **rest)
 
 
@@ -299,6 +310,10 @@ def extract(
     inversion_step: InversionOpt = None,
     resolution: ResolutionOpt = None,
     threads: ThreadsOpt = None,
+    loader_workers: LoaderWorkersOpt = None,
+    engine: ExtractEngineOpt = None,
+    actors: ActorsOpt = None,
+    ray_address: ExtractRayAddressOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Check the checksum of every stored part and rebuild the damaged ones.")] = False,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -314,7 +329,8 @@ def extract(
                          vae=vae, text_backbone=text_backbone, tokenizer=tokenizer, device=device,
                          batch_size=batch_size, dtype=dtype, noise_seed=noise_seed, token_length=token_length,
                          text_noising=text_noising, inversion_step=inversion_step, resolution=resolution,
-                         threads=threads,
+                         threads=threads, loader_workers=loader_workers, extract_engine=engine, actors=actors,
+                         extract_ray_address=ray_address,
                          splits=tuple(s for s in splits.split(",") if s) if splits else None)
     grid = settings.space
     grid = with_grid(grid, "image", _ints(image_timesteps, "--image-timesteps"), _ints(image_blocks, "--image-blocks"))

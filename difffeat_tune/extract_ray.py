@@ -190,9 +190,9 @@ def extract_ray(
         return report
     import ray
 
-    from difffeat_tune.search.ray_engine import _start_ray
+    from difffeat_tune._ray import start_ray
 
-    started = _start_ray(ray_address)
+    started = start_ray(ray_address)
     start = time.perf_counter()
     try:
         n_actors = actors or default_actors(len(plan.units), str(backbone.device))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from difffeat_tune._defaults import (
@@ -29,7 +30,7 @@ from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.backbones._registry import load_backbone
 from difffeat_tune.data import load_dataset
 from difffeat_tune.data._base import Dataset
-from difffeat_tune.extract import ExtractReport, check_request, extract
+from difffeat_tune.extract import ExtractReport, ExtractSettings, check_request, extract
 from difffeat_tune.space import SearchSpace, load_space
 from difffeat_tune.store import DTYPES, Extraction, FeatureStore, FeatureView
 
@@ -90,6 +91,10 @@ class BackboneSettings:
         return replace(self.options, device=device, token_length=token_length)
 
 
+#: Where an extraction runs: in this process, or on Ray actors.
+EXTRACT_ENGINES = ("local", "ray")
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Where features go and how they are extracted.
@@ -99,15 +104,34 @@ class StoreSettings:
         dtype: stored dtype, ``float16`` or ``float32``.
         batch_size: rows per extraction batch.
         splits: the splits to extract (``None``: all).
+        loader_workers: processes preparing the inputs (decode and crop, tokenise) ahead of the
+            model (``None``: :func:`~difffeat_tune._loader.default_loader_workers`; 0: in the main
+            process). The features do not depend on it.
+        engine: ``"local"`` (this process, one device) or ``"ray"`` (the extraction's units on Ray
+            actors, one backbone and one GPU each; :func:`~difffeat_tune.extract_ray.extract_ray`).
+        actors: with ``"ray"``, the actors (``None``: one per GPU of the cluster, else one per CPU).
+        ray_address: with ``"ray"``, the cluster to join (``None``: the running Ray, else a local one).
     """
 
     features: Location = DEFAULT_FEATURES
     dtype: str = DEFAULT_DTYPE
     batch_size: int = DEFAULT_BATCH_SIZE
     splits: tuple[str, ...] | None = None
+    loader_workers: int | None = None
+    engine: str = "local"
+    actors: int | None = None
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", store_location(self.features, "StoreSettings.features"))
+        if self.engine not in EXTRACT_ENGINES:
+            raise ConfigError(f"StoreSettings.engine: unknown extraction engine {self.engine!r}",
+                              f"use one of {', '.join(EXTRACT_ENGINES)}", field="StoreSettings.engine")
+        for name, least in (("loader_workers", 0), ("actors", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+                raise ConfigError(f"StoreSettings.{name} must be an integer of at least {least}, got {value!r}",
+                                  field=f"StoreSettings.{name}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown feature dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if self.batch_size < 1:
@@ -198,12 +222,24 @@ def ensure_features(
     reports = []
     for modality, backbone in backbones.items():
         axes = space.axes(modality)
-        reports.append(extract(
-            dataset, backbone, store, axes.t, axes.b, splits=splits, batch_size=request.store.batch_size,
-            dtype=request.store.dtype,
-            progress=(lambda n, m=modality: progress(m, n)) if progress else None,
-            on_total=(lambda n, m=modality: on_total(m, n)) if on_total else None, verify=verify,
-        ))
+        callbacks = {"progress": (lambda n, m=modality: progress(m, n)) if progress else None,
+                     "on_total": (lambda n, m=modality: on_total(m, n)) if on_total else None}
+        if request.store.engine == "ray":
+            from difffeat_tune.extract_ray import extract_ray
+
+            options = request.backbones.load_options(request.device, dataset)
+            reports.append(extract_ray(
+                dataset, backbone, store, axes.t, axes.b,
+                load=partial(load_backbone, request.backbones.name(modality), modality, options),
+                settings=ExtractSettings(splits=splits, batch_size=request.store.batch_size,
+                                         dtype=request.store.dtype, verify=verify),
+                actors=request.store.actors, ray_address=request.store.ray_address,
+                **_given_workers(request.store.loader_workers), **callbacks))
+        else:
+            reports.append(extract(
+                dataset, backbone, store, axes.t, axes.b, splits=splits, batch_size=request.store.batch_size,
+                dtype=request.store.dtype, verify=verify, loader_workers=request.store.loader_workers,
+                **callbacks))
     # Exactly the extractions of this request (others of the same data set may sit beside them).
     base = store.dataset_dir(dataset.name, dataset.fingerprint())
     folders = {m: base / m / store_location(r.folder, "extraction folder").name for m, r in zip(backbones, reports)}
@@ -214,6 +250,11 @@ def ensure_features(
     view = FeatureView(base, image=extractions.get("image"), text=extractions.get("text"))
     return PreparedFeatures(view=view, dataset=dataset, space=space, reports=reports,
                             backbones={m: f.name for m, f in folders.items()})
+
+
+def _given_workers(workers: int | None) -> dict[str, int]:
+    """``loader_workers`` for :func:`extract_ray` when set (its own default otherwise: an actor's CPUs are its own)."""
+    return {} if workers is None else {"loader_workers": workers}
 
 
 def with_grid(space: SearchSpace, modality: str, timesteps: tuple[int, ...] | None,

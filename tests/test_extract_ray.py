@@ -112,3 +112,22 @@ def test_an_actor_with_other_weights_is_refused(tmp_path: Path, toy_dataset: Dat
     with pytest.raises(BackboneError, match="differs from the driver's"):
         extract_ray(toy_dataset, driver, FeatureStore(tmp_path / "store"), timesteps, blocks, load=_loader("image"), actors=1)
     assert not list((tmp_path / "store").rglob("part-*.parquet"))
+
+
+def test_the_extract_command_runs_on_ray_and_a_local_run_then_finds_every_part(  # type: ignore[no-untyped-def]
+        ray_local, tmp_path: Path, capsys, monkeypatch) -> None:
+    import json
+
+    from tests.test_cli import run_cli
+
+    args = ["extract", "--features", str(tmp_path / "features"), "--modality", "text", "--text-timesteps", "0,20",
+            "--text-blocks", "8", "--splits", "val", "--device", "cpu", "--json"]
+    code, out, err = run_cli([*args, "--engine", "ray", "--actors", "2"], capsys, monkeypatch)
+    assert code == 0, err
+    first = json.loads(out)["extractions"][0]
+    assert first["parts_written"] > 0 and first["parts_skipped"] == 0
+    code, out, err = run_cli([*args, "--loader-workers", "0"], capsys, monkeypatch)
+    again = json.loads(out)["extractions"][0]
+    assert code == 0 and again["parts_written"] == 0 and again["parts_skipped"] == first["parts_written"]
+    code, out, err = run_cli([*args, "--engine", "spark"], capsys, monkeypatch)
+    assert code == 2 and "--engine" in err and "spark" in err

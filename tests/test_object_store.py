@@ -161,3 +161,21 @@ def test_a_wrong_endpoint_is_one_error_with_the_secret_masked(bucket: str, capsy
     assert "object store failed" in message
     code, out, err = run_cli(["extract", "--features", wrong, "--device", "cpu"], capsys, monkeypatch)
     assert code != 0 and "very-secret" not in out + err and "***@somebucket" in " ".join(err.split())
+
+
+def test_a_ray_extraction_and_a_ray_search_use_the_bucket(project: Path, bucket: str, tmp_path: Path,  # noqa: F811
+                                                          capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Actors write the parts and the Ray trials read them from the bucket; the driver alone writes manifests."""
+    pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
+    common = ["--dataset", str(project / "metadata.jsonl"), "--space", str(project / "space.toml"),
+              "--features", bucket, "--device", "cpu"]
+    code, out, err = run_cli(["extract", *common, "--engine", "ray", "--actors", "2", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert sum(e["parts_written"] for e in json.loads(out)["extractions"]) == 12
+    assert len([o for o in _objects(bucket) if "/manifests/" in o]) == 2  # the driver's, one per extraction
+    code, out, err = run_cli(["run", "heuristic", *common, "--engine", "ray", "--runs", str(tmp_path / "runs"),
+                              "--no-report", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["best_config"] is not None and summary["trials"].get("complete", 0) > 0

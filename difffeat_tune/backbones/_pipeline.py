@@ -110,7 +110,8 @@ def resolve_pipeline(source: str, *, family: str, pipelines: Sequence[str], requ
         folder = local
     elif source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise BackboneError(f"{family} pipeline folder {source} does not exist",
-                            f"pass an existing folder (with model_index.json) or a hub id `{family}:<owner>/<name>`")
+                            f"pass an existing folder (with model_index.json) or a hub id `{family}:<owner>/<name>`; "
+                            + download_hint(family, default_source))
     else:
         folder = _snapshot(source, family)
     index_path = folder / "model_index.json"

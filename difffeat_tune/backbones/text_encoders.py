@@ -18,11 +18,17 @@ mean-pooled over the caption's own tokens (:mod:`._hf_text`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import AutoModel, T5EncoderModel
 
+from difffeat_tune.backbones._hf_text import (
+    TextEncoderBackbone,
+    family_loader,
+    load_text_encoder,
+)
 from difffeat_tune.backbones._registry import default_source, family
-from difffeat_tune.backbones._hf_text import TextEncoderBackbone, family_loader, load_text_encoder
 
 DEFAULT_BERT = default_source("text", "bert")
 DEFAULT_T5 = default_source("text", "t5")
@@ -37,8 +43,19 @@ def load_bert(source: str = DEFAULT_BERT, *, device: str | torch.device | None =
         >>> backbone.num_blocks, backbone.width  # doctest: +SKIP
         (12, 768)
     """
-    return load_text_encoder(source, AutoModel.from_pretrained, family="bert", example=DEFAULT_BERT,
+    return load_text_encoder(source, _encoder_without_pooler, family="bert", example=DEFAULT_BERT,
                              device=device, tokenizer=tokenizer, token_length=token_length)
+
+
+def _encoder_without_pooler(*args: Any, **kwargs: Any) -> Any:
+    """``AutoModel.from_pretrained`` minus the pooler: features are block outputs, never the pooler's,
+    and a masked-LM checkpoint has no pooler weights, so transformers would draw them at random on
+    each load and the model's fingerprint (the store's key) would change with every load."""
+    loaded = AutoModel.from_pretrained(*args, **kwargs)
+    model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return loaded
 
 
 def load_t5_encoder(source: str = DEFAULT_T5, *, device: str | torch.device | None = None,

@@ -21,10 +21,11 @@ The recipe follows DiT (Peebles & Xie 2023), scaled down (each change says why):
 * unconditional training: every sample carries the null class (1000), the conditioning used at
   extraction. The shapes corpus has label sets, not one class per image, so there is nothing to
   drop to the null class;
-* AdamW with no weight decay, a short warm-up then a learning rate higher than DiT's constant
-  1e-4 (a tiny model trained for an hour, not days) that decays along a cosine to 5% (a short
-  run gains from ending at a low rate), gradient clipping, an exponential moving average of the
-  weights (decay 0.999 instead of 0.9999, for the short horizon) which is what is saved;
+* AdamW with no weight decay, a short warm-up then a constant learning rate higher than DiT's
+  1e-4 (a tiny model trained for an hour, not days), gradient clipping, an exponential moving
+  average of the weights (decay 0.999 instead of 0.9999, for the short horizon) which is what is
+  saved. Tried and dropped: a cosine decay to 5% over 5,000 steps (autoencoder and DiT): its
+  best image feature scored 20.0 validation mAP against 22.3 for this recipe;
   horizontal flips (encoded from flipped images) as DiT's only augmentation.
 """
 
@@ -76,11 +77,11 @@ class DiTRecipe:
     heads: int = 4
     layers: int = 28
     patch: int = 4
-    steps: int = 5000
+    steps: int = 6000
     batch_size: int = 64
     lr: float = 8e-4
     warmup: int = 200
-    final_lr_ratio: float = 0.05
+    final_lr_ratio: float = 1.0
     grad_clip: float = 1.0
     ema: float = 0.999
     seed: int = 0

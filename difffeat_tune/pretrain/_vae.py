@@ -60,7 +60,7 @@ class VAERecipe:
     crop: int = 32
     lr: float = 2e-3
     warmup: int = 100
-    final_lr_ratio: float = 0.05
+    final_lr_ratio: float = 1.0
     kl_weight: float = 1e-6
     seed: int = 0
     log_every: int = 100

@@ -42,7 +42,17 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from difffeat_tune._errors import ConfigError
-from difffeat_tune.config import P_FUSION, P_IMAGE_B, P_IMAGE_T, P_MODALITY, P_TEXT_B, P_TEXT_T, TrialConfig
+from difffeat_tune._paths import store_location
+from difffeat_tune._ray import start_ray
+from difffeat_tune.config import (
+    P_FUSION,
+    P_IMAGE_B,
+    P_IMAGE_T,
+    P_MODALITY,
+    P_TEXT_B,
+    P_TEXT_T,
+    TrialConfig,
+)
 from difffeat_tune.probe.objective import Objective, ObjectiveSettings, TrialResult
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._options import SearchOptions
@@ -77,9 +87,9 @@ class ViewLocation:
     """Where a data set's features are, as plain picklable data every Ray worker can open.
 
     Attributes:
-        root: the feature store's folder, an absolute path that is the same on every node (a
-            shared folder). ``file://`` URIs are accepted; other URIs (``s3://``...) are not yet
-            (the store reads through local paths).
+        root: the feature store: an absolute folder path that is the same on every node (a
+            shared folder; ``file://`` URIs are accepted), or a bucket URI (``s3://...``; each
+            node reads it with the credentials of its own environment, never carried here).
         dataset: the data set's folder name in the store (``<name>-<fingerprint>``).
         image: the image extraction's folder name, or ``None`` for none.
         text: the text extraction's folder name, or ``None`` for none.
@@ -91,16 +101,13 @@ class ViewLocation:
     text: str | None = None
 
     def __post_init__(self) -> None:
-        root = self.root.removeprefix("file://") if self.root.startswith("file://") else self.root
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", root):
-            raise ConfigError(f"feature store {self.root!r}: only local or shared folder paths are supported",
-                              "put the feature store on a folder every node mounts at the same path")
-        object.__setattr__(self, "root", str(Path(root).expanduser().absolute()))
+        root = store_location(self.root, "feature store")
+        object.__setattr__(self, "root", str(root.expanduser().absolute() if isinstance(root, Path) else root))
 
     @classmethod
     def of(cls, view: FeatureView) -> ViewLocation:
-        """The location of an open view (its folder made absolute)."""
-        folder = Path(view.folder).absolute()
+        """The location of an open view (a local folder made absolute)."""
+        folder = view.folder.absolute() if isinstance(view.folder, Path) else view.folder
         return cls(root=str(folder.parent), dataset=folder.name,
                    image=view.image.folder.name if view.image is not None else None,
                    text=view.text.folder.name if view.text is not None else None)
@@ -111,7 +118,8 @@ class ViewLocation:
 
     def open(self) -> FeatureView:
         """Open the view (reads ``dataset.json`` and the extractions' descriptions)."""
-        return FeatureStore(Path(self.root)).view(self.dataset, image=self.image, text=self.text)
+        return FeatureStore(store_location(self.root, "feature store")).view(self.dataset, image=self.image,
+                                                                             text=self.text)
 
 
 @dataclass(frozen=True)
@@ -428,20 +436,6 @@ def _fitting_trials(resources: Mapping[str, float]) -> int:
     return max(1, int(min(counts))) if counts else 1
 
 
-def _start_ray(ray_address: str | None) -> bool:
-    """Join the cluster at ``ray_address``, reuse a running Ray, or start a local one; True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        logger.info("using the Ray instance this process already runs")
-        return False
-    if ray_address:
-        ray.init(address=ray_address)
-        return True  # we connected: disconnect at the end (the cluster keeps running)
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1")
-    return True
-
-
 def _tune_name(study_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).strip("_") or "study"
 
@@ -505,7 +499,7 @@ def _tune(searcher: DiffFeatSearch, space: SearchSpace, spec: WorkerSpec, study_
     import ray
     from ray import tune
 
-    started = _start_ray(ray_address)
+    started = start_ray(ray_address)
     try:
         resources = dict(resources_per_trial) if resources_per_trial is not None else default_resources(device)
         concurrent = max_concurrent if max_concurrent is not None else _fitting_trials(resources)

@@ -41,18 +41,11 @@ EMPTY_BATCH_FAILS = {
        for name in ("mlm", "clip-text", "siglip-text", "bert", "roberta", "t5")},
 }
 
-#: The bert family hashes every weight of the loaded model, including ones the checkpoint lacks
-#: and transformers initialises at random (the pooler of a BERT masked-LM checkpoint).
-UNSTABLE_FINGERPRINT = ("bert family: fingerprint() digests weights the checkpoint does not hold (BertModel's pooler, "
-                        "randomly initialised on each load of a masked-LM checkpoint), so two loads of one folder "
-                        "get different fingerprints and extraction keys")
-FINGERPRINT_FAILS = {"bert": UNSTABLE_FINGERPRINT}
-#: The diffusers pipeline families' missing-folder message says to pass an existing folder, not how to get one.
-NO_DOWNLOAD_HINT = ("_pipeline.resolve_pipeline: a pipeline folder that does not exist gets 'pass an existing folder "
-                    "... or a hub id' without the download command (every other family, and the same families' "
-                    "empty-folder message, name it)")
-MISSING_FOLDER_FAILS = {key: NO_DOWNLOAD_HINT for key in (("image", "pixart"), ("image", "sd3"), ("image", "flux"),
-                                                          ("image", "sd"))}
+#: Families whose fingerprint changes between two loads of one folder (none: the bert family drops
+#: the pooler a masked-LM checkpoint lacks, which transformers would draw at random).
+FINGERPRINT_FAILS: dict[str, str] = {}
+#: Families whose missing-folder message names no download command (none).
+MISSING_FOLDER_FAILS: dict[tuple[str, str], str] = {}
 
 
 def _known_defect(request: pytest.FixtureRequest, reason: str | None) -> None:
