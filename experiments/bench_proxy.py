@@ -15,32 +15,43 @@ training rows' mean and standard deviation. Each proxy's time includes reading a
 standardising the features (timed once, charged to both), so it compares with ``run_many``'s
 wall time, which reads its features too. Per modality the script prints the times and the
 Kendall tau and Spearman rank correlations of each proxy's scores with the trained probes'
-validation scores, then one summary line.
+validation scores, then one summary line. With ``--search`` it also runs, on the same features
+and in one temporary SQLite file, the full grid, the plain heuristic and the proxy-guided
+heuristic with each proxy (``SearchOptions(unimodal_proxy=..., proxy_top=...)``) and prints their
+trials, probe epochs, the wall time of their unimodal phase (first unimodal trial's start to the
+last one's end, proxy trials included) and their regret (the grid's best fusion minus theirs,
+validation mAP points).
 
 Usage::
 
     OMP_NUM_THREADS=1 python experiments/bench_proxy.py              # about a minute on 2 cores
     python experiments/bench_proxy.py --epochs 10 --verbose          # per-configuration table
     python experiments/bench_proxy.py --long-epochs 200              # also against longer-trained probes
+    python experiments/bench_proxy.py --search                       # plus the searches (grid: minutes)
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 from scipy.stats import kendalltau, spearmanr
 
 from difffeat_tune.config import TrialConfig
-from difffeat_tune.features import StoreSettings, ensure_features
+from difffeat_tune.features import PreparedFeatures, StoreSettings, ensure_features
 from difffeat_tune.probe import logme, ridge_score
 from difffeat_tune.probe.objective import Objective, TrialResult
+from difffeat_tune.search._options import SearchOptions
+from difffeat_tune.search._plan import PROXIES
 from difffeat_tune.search._settings import Settings
+from difffeat_tune.search.runner import SearchSummary, run_search
 from difffeat_tune.store import FeatureView
 
 #: Smallest standard deviation a feature is divided by (as the objective does).
@@ -107,6 +118,31 @@ def run_modality(view: FeatureView, objective: Objective, modality: str, points:
                           train_seconds)
 
 
+def run_searches(settings: Settings, prepared: PreparedFeatures,
+                 proxy_top: int) -> dict[str, tuple[SearchSummary, float]]:
+    """The grid, the heuristic and the proxy-guided heuristic with each proxy, on the same features and
+    objective settings: each one's summary and the seconds of its unimodal phase (0 for the grid)."""
+    settings = settings.with_space(prepared.space)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        for name, sampler, proxy in (("grid", "grid", None), ("heuristic", "heuristic", None),
+                                     *((p, "heuristic", p) for p in PROXIES)):
+            search = SearchOptions(sampler=sampler, unimodal_proxy=proxy, proxy_top=proxy_top, evaluate_best=False,
+                                   storage=url, study_name=f"bench-{name}")
+            summary = run_search(replace(settings, search=search), prepared.view)
+            spans = [(t.datetime_start, t.datetime_complete) for t in optuna.load_study(study_name=f"bench-{name}",
+                                                                                        storage=url).trials
+                     if t.user_attrs.get("phase") in ("proxy", "image", "text") and t.datetime_complete is not None]
+            seconds = (max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds() if spans else 0.0
+            out[name] = (summary, seconds)
+    return out
+
+
+def _fusion_score(summary: SearchSummary) -> float:
+    return float(summary.best_by_modality["fusion"]["score"])  # type: ignore[arg-type]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"))
@@ -118,13 +154,17 @@ def main() -> None:
     parser.add_argument("--long-epochs", type=int, default=None,
                         help="also train every configuration this many epochs and correlate the proxies (and the "
                              "default probes) with those scores: tells a proxy's error from the probe's under-fitting")
+    parser.add_argument("--search", action="store_true",
+                        help="also run the grid and the proxy-guided heuristic (each proxy) and print the regret")
+    parser.add_argument("--proxy-top", type=int, default=SearchOptions.proxy_top,
+                        help="configurations per modality the proxy-guided heuristic trains")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     settings = Settings.create(space=args.space, store=StoreSettings(features=args.runs / "features"),
-                               device=args.device)
+                               device=args.device, epochs=args.epochs, cpu_threads=args.threads)
     prepared = ensure_features(settings.features)  # reuses the store; extracts only what it lacks
     probe_settings = settings.probe
     if args.epochs is not None:
@@ -183,8 +223,24 @@ def main() -> None:
           f"than training ({train_total:.2f} s for {sum(len(r.configs) for r in results.values())} probes)")
     lm = " ".join(f"{m} {r.correlation(r.logme)[0]:.2f}" for m, r in results.items())
     rg = " ".join(f"{m} {r.correlation(r.ridge)[0]:.2f}" for m, r in results.items())
+    regret = ""
+    if args.search:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        searches = run_searches(settings, prepared, args.proxy_top)
+        grid, (_, plain_seconds) = searches["grid"][0], searches["heuristic"]
+        print(f"\nsearches ({probe_settings.recipe.epochs} epochs; regret: the grid's best fusion minus theirs, "
+              "validation mAP points)")
+        for name, (summary, seconds) in searches.items():
+            print(f"  {name:<9} {sum(summary.trials.values()):4d} trials {summary.probe_epochs:6d} probe epochs  "
+                  f"unimodal phase {seconds:6.2f} s  regret {100 * (_fusion_score(grid) - _fusion_score(summary)):.2f}"
+                  f"  best fusion {summary.best_by_modality['fusion']['label']}  phases {summary.phases}")
+        regret = "; " + ", ".join(
+            f"{p}-guided heuristic regret {100 * (_fusion_score(grid) - _fusion_score(searches[p][0])):.2f}, "
+            f"unimodal phase {plain_seconds / max(searches[p][1], 1e-9):.1f}x cheaper than the heuristic's, "
+            f"{100 * searches[p][0].probe_epochs / max(1, grid.probe_epochs):.1f}% of the grid's probe epochs"
+            for p in PROXIES)
     print(f"\nproxy: logme tau {lm}; ridge tau {rg}; scoring {train_total / logme_total:.1f}x (logme) and "
-          f"{train_total / ridge_total:.1f}x (ridge) cheaper than training")
+          f"{train_total / ridge_total:.1f}x (ridge) cheaper than training{regret}")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ PLAN_ATTR = "difffeat:heuristic_plan"
 _HOLD_ROUNDS, _HOLD_SLEEP = 20, 0.02
 
 
-
 class HeuristicSampler(BaseSampler):
     """Sampler running Algorithm 1 of Diff-Feat: every unimodal configuration, then a local fusion search.
 
@@ -63,7 +62,9 @@ class HeuristicSampler(BaseSampler):
     a few re-reads, since those yield); otherwise it chooses again. Each decision follows the
     trial's own write, so of two racing writers the later sees the earlier. The values are served
     from the claim (read them with :func:`~difffeat_tune.search._suggest.suggest_config`); the
-    trial gets the user attributes ``phase``, ``modality`` and ``config``. A trial finding nothing
+    trial gets the user attributes ``phase``, ``modality`` and ``config``. With a ``proxy``, the proxy
+    stage is claimed first, each trial with the user attribute ``proxy`` and the phase ``"proxy"``:
+    the engines score it by :meth:`~difffeat_tune.probe.objective.Objective.proxy_score`. A trial finding nothing
     pending while others run waits (polling, failing stale trials) up to ``wait_timeout``; one
     with nothing to do is *surplus* (``surplus=True``; its first suggestion raises
     :class:`optuna.TrialPruned`). In ``study.optimize`` the study stops once the plan is exhausted.
@@ -109,6 +110,8 @@ class HeuristicSampler(BaseSampler):
         neighbourhood: ``"cross"`` (the paper), ``"box"`` or ``"radius"``; see :func:`grid_neighbourhood`.
         radius: Grid steps of the neighbourhood.
         max_failures: FAILED trials after which a configuration is skipped (1 = no retry).
+        proxy, proxy_top: ``"logme"`` or ``"ridge"``: score every unimodal configuration by this proxy
+            and train the ``proxy_top`` best per modality (:class:`~difffeat_tune.search._plan.PlanRules`).
         poll_interval: Seconds between storage polls while waiting.
         wait_timeout: Seconds a trial may wait for a configuration (``None``: as long as needed);
             on expiry the trial is set FAIL and :exc:`TimeoutError` raised. ``0`` never waits.
@@ -119,9 +122,10 @@ class HeuristicSampler(BaseSampler):
 
     def __init__(self, space: SearchSpace, *, fusion_methods: Sequence[str] | None = None,
                  neighbourhood: _plan.Neighbourhood = "cross", radius: int = 1, max_failures: int = 2,
-                 poll_interval: float = 0.5, wait_timeout: float | None = None, seed: int | None = None,
-                 beat_claims: bool = False) -> None:
-        self._rules = _plan.PlanRules.for_space(space, fusion_methods, neighbourhood, radius, max_failures)
+                 proxy: str | None = None, proxy_top: int = 3, poll_interval: float = 0.5,
+                 wait_timeout: float | None = None, seed: int | None = None, beat_claims: bool = False) -> None:
+        self._rules = _plan.PlanRules.for_space(space, fusion_methods, neighbourhood, radius, max_failures, proxy,
+                                                proxy_top)
         if not poll_interval > 0:
             raise ConfigError(f"poll_interval must be positive, got {poll_interval!r}")
         if wait_timeout is not None and not wait_timeout >= 0:
@@ -186,10 +190,10 @@ class HeuristicSampler(BaseSampler):
         attrs = trial.system_attrs
         # A copy made by RetryHeartbeatStaleTrialCallback carries the failed trial's claim; an
         # enqueued trial with a whole configuration was asked for by the user: keep either.
-        given = (_plan.config_from_params(attrs.get(CLAIM_ATTR), self._space.d_alg)
-                 or _plan.config_from_params(attrs.get("fixed_params"), self._space.d_alg))
+        claimed = _plan.config_from_params(attrs.get(CLAIM_ATTR), self._space.d_alg)
+        given = claimed or _plan.config_from_params(attrs.get("fixed_params"), self._space.d_alg)
         if given is not None:
-            self._keep(study, trial, given)
+            self._keep(study, trial, _plan.Claim(given, trial.user_attrs.get(_plan.PROXY_ATTR) if claimed else None))
             return
         self._claim(study, trial, attrs.get("fixed_params") or {})
 
@@ -243,21 +247,25 @@ class HeuristicSampler(BaseSampler):
             fresh = trials is None
             trials = study.get_trials(deepcopy=False) if trials is None else trials
             status = self._derive(trials, skip=trial.number)
-            candidates = [c for c in status.pending if _consistent(c, fixed)]
+            candidates = [c for c in status.claims() if _plan.consistent(c.config, fixed)]
             if candidates:  # trials choosing at once spread over the candidates by their rank
                 rank = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number < trial.number
                            and CLAIM_ATTR not in t.system_attrs)
-                config = candidates[rank % len(candidates)]
-                storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, config.to_params())
-                if self._confirm(study, trial, config):
-                    self._keep(study, trial, config)
+                claim = candidates[rank % len(candidates)]
+                # A proxy claim's attribute goes first (or with it): no reader sees it as a trained claim.
+                write_trial(storage, trial._trial_id, system_attrs={CLAIM_ATTR: claim.config.to_params()},
+                            user_attrs={_plan.PROXY_ATTR: claim.proxy} if claim.proxy else None)
+                if self._confirm(study, trial, claim):
+                    self._keep(study, trial, claim)
                     return
                 storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, None)
+                if claim.proxy:  # after the claim is gone, for the same reason
+                    storage.set_trial_user_attr(trial._trial_id, _plan.PROXY_ATTR, None)
             elif fresh:  # waiting, or giving up as surplus, is decided on a fresh read only
-                if status.exhausted or not status.running or self._wait_timeout == 0:
+                if status.exhausted or not status.in_progress or self._wait_timeout == 0:
                     self._mark_surplus(study, trial, "the plan is exhausted" if status.exhausted else
                                        "nothing to evaluate now (the rest is enqueued or does not match the "
-                                       "enqueued parameters)" if not status.running else
+                                       "enqueued parameters)" if not status.in_progress else
                                        "nothing pending now (other trials run the rest; wait_timeout=0)")
                     return
                 self._wait(study, trial, status, time.monotonic() - started)
@@ -268,23 +276,23 @@ class HeuristicSampler(BaseSampler):
         if self._wait_timeout is not None and waited >= self._wait_timeout:
             self._abort(study, trial, TimeoutError(
                 f"HeuristicSampler: trial {trial.number} waited {waited:.1f} s for a configuration; "
-                f"{len(status.running)} configuration(s) are still running (phase {status.phase}) and none is "
+                f"{len(status.in_progress)} configuration(s) are still running (phase {status.phase}) and none is "
                 "pending. A dead worker's trial is only failed if the storage has a heartbeat "
                 "(RDBStorage(heartbeat_interval=...))"))
-        _logger.debug("trial %d waits: nothing pending, %d configuration(s) running", trial.number, len(status.running))
+        _logger.debug("trial %d waits: nothing pending, %d running", trial.number, len(status.in_progress))
         fail_stale(study)
         time.sleep(self._poll_interval * (0.75 + 0.5 * self._rng.random()))
 
-    def _confirm(self, study: Study, trial: FrozenTrial, config: TrialConfig) -> bool:
-        """Keep a written claim iff, on a read after the write, no other trial holds the configuration."""
+    def _confirm(self, study: Study, trial: FrozenTrial, claim: _plan.Claim) -> bool:
+        """Keep a written claim iff, on a read after the write, no other trial holds the same claim."""
         for attempt in range(_HOLD_ROUNDS):
             trials = study.get_trials(deepcopy=False)
             self._reads.last = (_key(study), time.monotonic(), trials)
             status = self._derive(trials, skip=trial.number)
-            if config in status.pending:
+            if status.is_pending(claim):
                 return True
-            holders = status.holders.get(config, ())
-            if (not holders or min(holders) < trial.number or config in status.queued
+            holders = status.holders_of(claim)
+            if (not holders or min(holders) < trial.number or (not claim.proxy and claim.config in status.queued)
                     or attempt + 1 == _HOLD_ROUNDS):
                 return False
             time.sleep(_HOLD_SLEEP * (0.5 + self._rng.random()))  # the higher-numbered claimants yield to us
@@ -298,14 +306,17 @@ class HeuristicSampler(BaseSampler):
             return None
         return last[2]
 
-    def _keep(self, study: Study, trial: FrozenTrial, config: TrialConfig) -> None:
+    def _keep(self, study: Study, trial: FrozenTrial, claim: _plan.Claim) -> None:
+        config = claim.config
         self._kept[trial._trial_id] = params = config.to_params()
+        attrs = {A.PHASE: _plan.PROXY_PHASE if claim.proxy else config.modality, A.MODALITY: config.modality,
+                 A.CONFIG: config.label(), **({_plan.PROXY_ATTR: claim.proxy} if claim.proxy else {})}
         # optimize() starts its heartbeat thread only after ask() returns: beat now, so a worker
         # dying in between leaves a claim that goes stale. Not in plain ask-and-tell, which has no
         # heartbeat thread (the claim would go stale while the trial runs); see beat_claims.
-        write_trial(study._storage, trial._trial_id, system_attrs={CLAIM_ATTR: params},
-                    user_attrs={A.PHASE: config.modality, A.MODALITY: config.modality, A.CONFIG: config.label()},
+        write_trial(study._storage, trial._trial_id, system_attrs={CLAIM_ATTR: params}, user_attrs=attrs,
                     heartbeat=_in_optimize(study))
+        trial.user_attrs.update(attrs)  # the asking Trial's copy of the trial: it reads its proxy without a read
 
     def _mark_surplus(self, study: Study, trial: FrozenTrial, reason: str) -> None:
         write_trial(study._storage, trial._trial_id, system_attrs={CLAIM_ATTR: None, SURPLUS_ATTR: reason},
@@ -322,8 +333,6 @@ class HeuristicSampler(BaseSampler):
             _logger.debug("could not fail trial %d", trial.number, exc_info=True)
         raise error
 
-    # ------------------------------------------------------------------ the study's plan record
-
     def _check_study(self, study: Study, trial: FrozenTrial) -> None:
         directions = study.directions
         if len(directions) != 1 or directions[0] != StudyDirection.MAXIMIZE:
@@ -335,19 +344,15 @@ class HeuristicSampler(BaseSampler):
         if _key(study) in self._checked:  # a study's plan record never changes once written: read it once
             return
         storage, study_id = study._storage, study._study_id
-        record = self._rules.record(self._space)
         stored = storage.get_study_system_attrs(study_id).get(PLAN_ATTR)
         if stored is None:
-            storage.set_study_system_attr(study_id, PLAN_ATTR, record)
-        elif stored.get("axes") != record["axes"]:
-            self._abort(study, trial, ConfigError(
-                f"study {study.study_name!r} was searched over the grids {stored.get('axes')}, not over the grids "
-                f"{record['axes']} of space {self._space.source or self._space.name}",
-                "pass the same search space to every worker, or use a new study name"))
-        elif stored.get("options") != record["options"]:
-            _logger.warning("study %r was started with heuristic options %s; this worker uses %s: every worker of a "
-                            "study should pass the same options", study.study_name, stored.get("options"),
-                            record["options"])
+            storage.set_study_system_attr(study_id, PLAN_ATTR, self._rules.record(self._space))
+        else:
+            try:
+                if warning := self._rules.check_record(stored, self._space, study.study_name):
+                    _logger.warning("%s", warning)
+            except ConfigError as exc:
+                self._abort(study, trial, exc)
         self._checked.add(_key(study))
 
 
@@ -371,7 +376,7 @@ def plan_status(study: Study) -> PlanStatus:
 
 
 def next_config(study: Study) -> TrialConfig | None:
-    """The configuration a trial asked now would get, without claiming it.
+    """The configuration a trial asked now would get (to train, or to score by the proxy), without claiming it.
 
     ``None`` means that nothing is pending: the search must wait for running trials
     (``plan_status(study).waiting``) or it is over (``.exhausted``). Exact for a single asker;
@@ -380,8 +385,8 @@ def next_config(study: Study) -> TrialConfig | None:
     Args:
         study: A study whose sampler is a :class:`HeuristicSampler`.
     """
-    pending = plan_status(study).pending
-    return pending[0] if pending else None
+    claims = plan_status(study).claims()
+    return claims[0].config if claims else None
 
 
 def _key(study: Study) -> tuple[int, int]:  # the study's identity in this process
@@ -392,7 +397,3 @@ def _in_optimize(study: Study) -> bool:
     """Whether ``study`` runs inside :meth:`~optuna.study.Study.optimize` in this thread."""
     return bool(getattr(getattr(study, "_thread_local", None), "in_optimize_loop", False))
 
-
-def _consistent(config: TrialConfig, fixed: Mapping[str, Any]) -> bool:
-    params = config.to_params()
-    return all(params.get(k) == v for k, v in fixed.items() if k in _plan.PARAM_NAMES)

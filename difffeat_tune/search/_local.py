@@ -7,7 +7,8 @@ trials (automatic: the pending configurations of the phase, at most
 one at a time when the study has a pruner, which compares a trial with finished ones), trains
 their probes as one computation (:meth:`~difffeat_tune.probe.objective.Objective.run_many`), and
 tells each trial its own result (COMPLETE, PRUNED by the study's pruner, or FAIL with its
-``error``). Each trial keeps its per-epoch scores: as intermediate values reported every epoch
+``error``); the proxy trials of the proxy-guided heuristic are scored on their own first
+(:meth:`~difffeat_tune.search._protocol.TrialProtocol.score_proxies`). Each trial keeps its per-epoch scores: as intermediate values reported every epoch
 when the study has a pruner, else in one ``history`` attribute. A finished study asks nothing,
 so running it again adds no trial.
 """
@@ -61,7 +62,10 @@ def _loop(run: SearchRun, protocol: TrialProtocol) -> None:
 
 
 def _train(run: SearchRun, protocol: TrialProtocol, asked: Sequence[Asked]) -> None:
-    """Train the asked trials' probes together, then tell each trial its own result."""
+    """Score the asked proxy trials, train the others' probes together, then tell each trial its own result."""
+    asked = protocol.score_proxies(run.objective, asked)
+    if not asked:
+        return
 
     def on_epoch(k: int, epoch: int, score: float) -> bool:
         return protocol.report(asked[k], epoch, score)  # a storage write: only when a pruner reads it

@@ -57,6 +57,8 @@ PROXIES: tuple[str, ...] = ("logme", "ridge")
 CLAIM_ATTR = "difffeat:config"
 #: Trial user attribute naming the proxy that scored a proxy trial (no probe trained).
 PROXY_ATTR = "proxy"
+#: The ``phase`` user attribute of a proxy trial (its modality is its ``modality`` attribute).
+PROXY_PHASE = "proxy"
 _REQUIRED_PARAMS: dict[str, tuple[str, ...]] = {
     "image": (P_MODALITY, P_IMAGE_T, P_IMAGE_B),
     "text": (P_MODALITY, P_TEXT_T, P_TEXT_B),
@@ -200,8 +202,37 @@ class PlanRules:
         for modality, (t_name, b_name) in (("image", (P_IMAGE_T, P_IMAGE_B)), ("text", (P_TEXT_T, P_TEXT_B))):
             if space.has(modality):
                 axes[t_name], axes[b_name] = list(space.axes(modality).t), list(space.axes(modality).b)
-        return {"axes": axes, "options": {"fusion_methods": list(self.fusion_methods),
-                                          "neighbourhood": self.neighbourhood, "radius": self.radius}}
+        options: dict[str, Any] = {"fusion_methods": list(self.fusion_methods), "neighbourhood": self.neighbourhood,
+                                   "radius": self.radius}
+        if self.proxy is not None:  # recorded only when set: the record of a plain study is unchanged
+            options.update(proxy=self.proxy, proxy_top=self.proxy_top)
+        return {"axes": axes, "options": options}
+
+    def check_record(self, stored: Mapping[str, Any], space: SearchSpace, study_name: str) -> str | None:
+        """Check a study's stored :meth:`record` against these rules on ``space``.
+
+        Returns:
+            A warning if the options differ (every worker of a study should pass the same), else ``None``.
+
+        Raises:
+            ConfigError: The study was searched over other grid axes.
+        """
+        record = self.record(space)
+        if stored.get("axes") != record["axes"]:
+            raise ConfigError(f"study {study_name!r} was searched over the grids {stored.get('axes')}, not over the "
+                              f"grids {record['axes']} of space {space.source or space.name}",
+                              "pass the same search space to every worker, or use a new study name")
+        if stored.get("options") != record["options"]:
+            return (f"study {study_name!r} was started with heuristic options {stored.get('options')}; this worker "
+                    f"uses {record['options']}: every worker of a study should pass the same options")
+        return None
+
+
+class Claim(NamedTuple):
+    """What a trial may hold: a configuration to train, or to score by the closed-form ``proxy``."""
+
+    config: TrialConfig
+    proxy: str | None = None
 
 
 class Optimum(NamedTuple):
@@ -240,6 +271,8 @@ class PlanStatus:
         proxy_pending, proxy_running: With a proxy, the unimodal configurations awaiting their
             proxy score, and those being scored (the trained ``pending`` of a modality is known
             once all of its configurations are scored).
+        proxy_holders: The numbers of the RUNNING proxy trials holding each of ``proxy_running``.
+        proxy: The proxy of the plan's rules (``None``: every unimodal configuration is trained).
     """
 
     phase: Phase
@@ -257,11 +290,30 @@ class PlanStatus:
     holders: Mapping[TrialConfig, tuple[int, ...]] = field(default_factory=dict)
     proxy_pending: tuple[TrialConfig, ...] = ()
     proxy_running: tuple[TrialConfig, ...] = ()
+    proxy_holders: Mapping[TrialConfig, tuple[int, ...]] = field(default_factory=dict)
+    proxy: str | None = None
+
+    def claims(self) -> list[Claim]:
+        """What a new trial may claim, in order: the proxy stage's configurations, then the pending ones."""
+        return [Claim(c, self.proxy) for c in self.proxy_pending] + [Claim(c) for c in self.pending]
+
+    def is_pending(self, claim: Claim) -> bool:
+        """Nobody scores (``claim.proxy``) or trains ``claim.config`` yet."""
+        return claim.config in (self.proxy_pending if claim.proxy else self.pending)
+
+    def holders_of(self, claim: Claim) -> tuple[int, ...]:
+        """The RUNNING trials holding the same claim (a proxy trial and a trained one never collide)."""
+        return tuple((self.proxy_holders if claim.proxy else self.holders).get(claim.config, ()))
 
     @property
     def waiting(self) -> bool:
         """Nothing is pending but the plan is not finished: trials still running must end first."""
         return not self.pending and not self.proxy_pending and not self.exhausted
+
+    @property
+    def in_progress(self) -> tuple[TrialConfig, ...]:
+        """Configurations RUNNING trials train or score by the proxy (the plan moves on when they end)."""
+        return self.running + self.proxy_running
 
     @property
     def total_planned(self) -> int | None:
@@ -409,6 +461,8 @@ def derive_plan(space: SearchSpace, rules: PlanRules, trials: Iterable[TrialReco
         holders={c: tuple(holding[c]) for c in unfinished if c in holding},
         proxy_pending=tuple(c for c in proxies if c not in proxied.holding and c not in proxied.waiting),
         proxy_running=tuple(c for c in proxies if c in proxied.holding),
+        proxy_holders={c: tuple(proxied.holding[c]) for c in proxies if c in proxied.holding},
+        proxy=rules.proxy,
     )
 
 
@@ -449,3 +503,20 @@ def records_of(trials: Iterable[FrozenTrial], d_alg: int, *, skip: int | None = 
         records.append(TrialRecord(t.number, state, _config_of(t, d_alg), float(values[0]) if values else None,
                                    proxy=bool(t.user_attrs.get(PROXY_ATTR))))
     return records
+
+
+def consistent(config: TrialConfig, fixed: Mapping[str, Any]) -> bool:
+    """Whether ``config`` agrees with the (partial) parameters ``fixed`` of an enqueued trial."""
+    params = config.to_params()
+    return all(params.get(k) == v for k, v in fixed.items() if k in PARAM_NAMES)
+
+
+def is_proxy(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` was scored by a closed-form proxy (its value is no trained probe's score)."""
+    return bool(trial.user_attrs.get(PROXY_ATTR))
+
+
+def best_trained(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The best COMPLETE trial that trained a probe (``study.best_trial`` without the proxy trials), by :func:`rank`."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and not is_proxy(t)]
+    return max(done, key=lambda t: rank(float(t.value), t.number)) if done else None  # type: ignore[arg-type]

@@ -12,6 +12,10 @@ rest is :class:`TrialProtocol`:
   or grid point), beat for it from then on, suggest its configuration and record its attributes
   in one write; a surplus trial (nothing left for it) is told PRUNED; the run's ``n_trials``
   budget is shared by every caller;
+* **running** (:func:`run_config`, :meth:`TrialProtocol.score_proxies`): a trial holding the
+  user attribute ``proxy`` (the proxy-guided heuristic's proxy stage) is scored by
+  :meth:`~difffeat_tune.probe.objective.Objective.proxy_score`, on its own (never in a batch of
+  probes), and told COMPLETE with that score; every other trial trains its probe;
 * **telling** (:meth:`TrialProtocol.report`, :meth:`~TrialProtocol.tell_result`,
   :meth:`~TrialProtocol.fail`, :meth:`~TrialProtocol.tell`): per-epoch scores as intermediate
   values with the study's pruner's verdict, then the result's user attributes, state and value in
@@ -41,7 +45,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -49,10 +53,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from difffeat_tune.config import TrialConfig
-from difffeat_tune.probe.objective import TrialResult
+from difffeat_tune.probe.objective import Objective, TrialResult
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._heartbeat import Heartbeat, fail_stale
 from difffeat_tune.search._options import SearchOptions
+from difffeat_tune.search._plan import PROXY_ATTR
 from difffeat_tune.search._records import ask, deferred_writes, finish
 from difffeat_tune.search._run import Callback, record_config
 from difffeat_tune.search._samplers import PlanState, plan_state
@@ -76,12 +81,22 @@ class Asked:
         config: its configuration.
         reported: the last epoch whose score was reported (a retried worker reports again).
         pruned: the study's pruner stopped it.
+        proxy: the proxy scoring it instead of a trained probe (the trial's ``proxy`` attribute), or ``None``.
     """
 
     trial: optuna.Trial
     config: TrialConfig
     reported: int = 0
     pruned: bool = False
+    proxy: str | None = None
+
+
+def run_config(objective: Objective, config: TrialConfig, proxy: str | None = None,
+               on_epoch: Callable[[int, float], bool] | None = None) -> TrialResult:
+    """One trial's work, whichever engine runs it: the closed-form score of ``proxy`` (no probe
+    trained, no epochs), or, for ``proxy=None``, the trained probe's result (``on_epoch`` as for
+    :meth:`~difffeat_tune.probe.objective.Objective.__call__`)."""
+    return objective(config, on_epoch) if proxy is None else objective.proxy_score(config, proxy)
 
 
 class _Budget:
@@ -219,13 +234,36 @@ class TrialProtocol:
                     self._heartbeat.discard(trial._trial_id)
                     self._finish(trial, TrialState.PRUNED)
                     break
-                item = Asked(trial, config)
+                # The sampler set the attributes of its claim on the trial it was given (no read).
+                item = Asked(trial, config, proxy=trial.user_attrs.get(PROXY_ATTR) or None)
                 with self._lock:
                     self._live[trial._trial_id] = item
                 asked.append(item)
         finally:
             self._budget.give_back(granted - len(asked))  # only trials that hold a configuration count
         return asked
+
+    # -- running ---------------------------------------------------------------------------
+
+    def score_proxies(self, objective: Objective, asked: Sequence[Asked]) -> list[Asked]:
+        """Score the proxy trials of ``asked`` one by one and tell them; return the others (to train).
+
+        A proxy trial is never part of a batch of probes: it trains nothing. An error of its
+        configuration is told FAIL (the sampler retries it); an interruption fails every trial of
+        ``asked`` not told yet, so that they are retried.
+        """
+        for item in (a for a in asked if a.proxy):
+            try:
+                result: TrialResult | BaseException = run_config(objective, item.config, item.proxy)
+            except Exception as exc:  # noqa: BLE001 - every error of a configuration is recorded, not raised
+                result = exc
+            except BaseException:
+                with self._lock:
+                    untold = [a for a in asked if a.trial._trial_id in self._live]
+                self.abandon(STOPPED, untold)
+                raise
+            self.tell_result(item, result, history=False)
+        return [a for a in asked if not a.proxy]
 
     # -- telling ---------------------------------------------------------------------------
 

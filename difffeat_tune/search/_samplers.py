@@ -45,6 +45,7 @@ class SearchOptions(Protocol):
     max_failures: int
     seed: int
     unimodal_proxy: str | None
+    proxy_top: int
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class PlanState:
     """Where a study's plan stands, in the counts every engine reads, whatever the sampler.
 
     Attributes:
-        pending: configurations a trial asked now would get (enqueued ones included).
-        running: planned configurations held by RUNNING trials.
+        pending: configurations a trial asked now would get (enqueued ones, and configurations
+            awaiting their proxy score, included).
+        running: planned configurations held by RUNNING trials (proxy trials included).
         finished: every planned configuration is finished (COMPLETE, PRUNED, or given up).
         enqueued: WAITING trials in the study (``study.ask`` pops them); with none, an engine
             may create its trials without looking for one.
@@ -72,8 +74,9 @@ class PlanState:
     @classmethod
     def of(cls, status: PlanStatus) -> PlanState:
         """The counts of a heuristic plan (its enqueued configurations are what a trial asked now pops)."""
-        return cls(pending=len(status.pending) + len(status.queued), running=len(status.running),
-                   finished=status.exhausted, enqueued=status.enqueued)
+        return cls(pending=len(status.pending) + len(status.queued) + len(status.proxy_pending),
+                   running=len(status.in_progress), finished=status.exhausted,
+                   enqueued=status.enqueued)
 
 
 class GridSearchSampler(optuna.samplers.GridSampler):
@@ -117,15 +120,10 @@ class GridSearchSampler(optuna.samplers.GridSampler):
 
 
 def _build_heuristic(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:
-    if options.unimodal_proxy is not None:
-        # The plan derives the proxy stage (PlanRules.proxy) and the objective scores proxy
-        # trials (Objective.proxy_score), but no engine routes a proxy trial to it yet.
-        raise ConfigError(f"unimodal_proxy={options.unimodal_proxy!r}: the proxy-guided heuristic is not available "
-                          "in the search engines yet", "leave unimodal_proxy None (every unimodal configuration "
-                          "is trained)", field="SearchOptions.unimodal_proxy")
     return HeuristicSampler(space, fusion_methods=options.fusion_methods or None,
                             neighbourhood=options.neighbourhood,  # type: ignore[arg-type]
-                            radius=options.radius, max_failures=options.max_failures, seed=options.seed,
+                            radius=options.radius, max_failures=options.max_failures, proxy=options.unimodal_proxy,
+                            proxy_top=options.proxy_top, seed=options.seed,
                             wait_timeout=0, beat_claims=True)  # the engines beat their trials (Heartbeat)
 
 

@@ -56,7 +56,8 @@ from difffeat_tune.config import (
 from difffeat_tune.probe.objective import Objective, ObjectiveSettings, TrialResult
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._options import SearchOptions
-from difffeat_tune.search._protocol import POLL_INTERVAL, STOPPED, Asked, TrialProtocol
+from difffeat_tune.search._plan import PROXY_ATTR
+from difffeat_tune.search._protocol import POLL_INTERVAL, STOPPED, Asked, TrialProtocol, run_config
 from difffeat_tune.search._run import SearchRun
 from difffeat_tune.space import SearchSpace
 from difffeat_tune.store import FeatureStore, FeatureView
@@ -70,6 +71,8 @@ logger = logging.getLogger(__name__)
 METRIC, MODE = "score", "max"
 #: GPU share of one trial when the cluster has GPUs (a linear probe uses a small part of one).
 DEFAULT_GPU_FRACTION = 0.25
+#: The key of a trial's Tune config naming its proxy (``None``: train the probe).
+C_PROXY = PROXY_ATTR
 #: Keys of the results a trial reports to Tune.
 R_EPOCH, R_FINAL, R_ERROR, R_METRICS, R_SPLIT, R_SECONDS, R_EPOCHS = (
     "epoch", "final", "error", "metrics", "split", "seconds", "epochs_run")
@@ -163,6 +166,7 @@ def _describe(exc: BaseException) -> str:
 def run_trial(config: Mapping[str, Any], spec: WorkerSpec) -> None:
     """The Tune function trainable: train the configuration of ``config`` and report to Tune.
 
+    A proxy trial (``config["proxy"]`` set) is scored by its proxy instead (no epoch reported).
     Reports ``{"score", "epoch"}`` after every epoch, then a final result with ``"final": True``,
     the metrics, the split, the epochs run and the seconds. An exception is reported as
     ``{"error": "<type>: <message>"}`` and the function returns normally: the driver records the
@@ -179,7 +183,7 @@ def run_trial(config: Mapping[str, Any], spec: WorkerSpec) -> None:
             tune.report({METRIC: float(score), R_EPOCH: int(epoch)})
             return False  # Tune's scheduler stops the trial itself
 
-        result = objective(trial_config, on_epoch)
+        result = run_config(objective, trial_config, config.get(C_PROXY), on_epoch)
     except Exception as exc:  # noqa: BLE001 - every error of a configuration is recorded, not raised
         logger.warning("trial %s failed: %s", dict(config), exc)
         tune.report({METRIC: float("nan"), R_ERROR: _describe(exc)})
@@ -302,7 +306,8 @@ class DiffFeatSearch(Searcher):
             return None
         self._live[trial_id] = asked[0]
         params = asked[0].config.to_params()
-        return {k: params.get(k) for k in _PARAMS}  # absent axes are None in the Tune config
+        config = {k: params.get(k) for k in _PARAMS}  # absent axes are None in the Tune config
+        return {**config, C_PROXY: asked[0].proxy} if asked[0].proxy else config
 
     def report(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         """Record a per-epoch score as the trial's intermediate value; return whether to prune it."""

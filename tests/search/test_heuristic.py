@@ -405,6 +405,37 @@ def test_racing_claims_never_keep_the_same_config(tmp_path: Path) -> None:
         assert len(completed) == len(set(completed)) == MEDIUM_PLAN
 
 
+def test_racing_proxy_claims_score_each_config_once_then_train_the_top_ones(tmp_path: Path) -> None:
+    space = _space(tmp_path, "medium")
+    for seed in range(2):
+        sampler = HeuristicSampler(space, proxy="logme", proxy_top=2, poll_interval=0.01, seed=seed)
+        study = _study(sampler, _JitteryStorage(seed))
+        study.optimize(make_objective(space, sleep=0.002), n_jobs=6)
+
+        done = [(_config(t, space), t.user_attrs.get("proxy")) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+        assert len(done) == len(set(done))
+        proxied = {c for c, proxy in done if proxy}
+        assert all(proxy in (None, "logme") for _, proxy in done)
+        assert proxied == set(space.unimodal_configs("image")) | set(space.unimodal_configs("text"))
+        status = plan_status(study)
+        assert status.exhausted and status.planned["image"] == status.planned["text"] == 2
+        trained = [c for c, proxy in done if not proxy]
+        # The trained unimodal ones are the proxy's top two per modality, and the peaks among them.
+        assert len([c for c in trained if c.modality != "fusion"]) == 4
+        assert status.best_image == TrialConfig("image", image=PEAKS["medium"][0], d_alg=space.d_alg)
+        assert len(trained) == 4 + status.planned["fusion"]
+
+
+def test_trials_asked_while_only_proxy_trials_run_wait_for_them(tmp_path: Path) -> None:
+    # One modality: nothing is pending from the last proxy claim until every score is in.
+    space = SearchSpace("medium", image=_space(tmp_path, "medium").image, text=None, fusion_methods=())
+    study = _study(HeuristicSampler(space, proxy="ridge", proxy_top=2, poll_interval=0.01, seed=0))
+    study.optimize(make_objective(space, sleep=0.02), n_jobs=4)
+    assert plan_status(study).exhausted and len(_completed(study, space)) == 9 + 2
+    # Only the threads finding the plan exhausted at the end get a surplus trial.
+    assert sum(1 for t in study.trials if t.user_attrs.get("surplus")) <= 3
+
+
 def test_failing_config_is_retried_up_to_max_failures_then_skipped(tmp_path: Path) -> None:
     space = _space(tmp_path, "medium")
     broken = TrialConfig("image", image=(10, 4), d_alg=64)

@@ -21,7 +21,6 @@ from difffeat_tune.search._plan import (
 )
 from difffeat_tune.search._options import SearchOptions
 from difffeat_tune.space import Axes, SearchSpace, load_space
-from tests.conftest import run_study
 
 #: 3 x 3 image grid, 2 x 3 text grid, two fusion methods.
 SMALL = SearchSpace("small", image=Axes((10, 30, 50), (4, 8, 12)), text=Axes((0, 10), (16, 20, 24)),
@@ -330,12 +329,3 @@ def test_invalid_proxy_search_options_name_their_field(kwargs: dict, field: str)
     with pytest.raises(ConfigError) as info:
         SearchOptions(**kwargs)
     assert info.value.field == f"SearchOptions.{field}"
-
-
-def test_a_search_with_a_unimodal_proxy_is_refused_before_any_study_is_written(synthetic_view, small_space,
-                                                                                tmp_path) -> None:
-    url = f"sqlite:///{tmp_path}/s.db"
-    with pytest.raises(ConfigError, match="unimodal_proxy") as info:
-        run_study(synthetic_view, small_space, url, "proxy", unimodal_proxy="logme", epochs=1)
-    assert info.value.field == "SearchOptions.unimodal_proxy"
-    assert optuna.study.get_all_study_names(url) == []

@@ -122,6 +122,27 @@ def test_ray_heuristic_runs_the_local_plan_and_finds_the_same_best(
     assert ray.is_initialized()  # the run used the test's Ray and left it running
 
 
+@pytest.mark.slow
+def test_ray_proxy_guided_heuristic_scores_on_the_workers_and_trains_the_top_ones(
+        ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
+    view = write_synthetic_store(tmp_path / "features")
+    options = {"unimodal_proxy": "ridge", "proxy_top": 2, "evaluate_best": False, **RECIPE}
+    local = run_study(view, tiny_space, db_url, "local", **options)
+    summary = run_study(view, tiny_space, db_url, "ray", engine="ray", runs=tmp_path / "runs", **options)
+    assert summary.phases == local.phases and summary.phases["proxy"] == 4 + 2
+    assert summary.phases["image"] == summary.phases["text"] == 2
+    storage = open_storage(db_url, heartbeat=False)
+    ray_study = optuna.load_study(study_name="ray", storage=storage)
+    assert _plan(ray_study) == _plan(optuna.load_study(study_name="local", storage=storage))
+    for trial in ray_study.trials:
+        proxied = trial.user_attrs.get("proxy") == "ridge"
+        assert trial.state == TrialState.COMPLETE and proxied == (trial.user_attrs["phase"] == "proxy")
+        assert trial.user_attrs["epochs_run"] == (0 if proxied else 4)
+        assert bool(trial.intermediate_values) != proxied  # a proxy trial reports no epoch
+    again = run_study(view, tiny_space, db_url, "ray", engine="ray", runs=tmp_path / "runs", **options)
+    assert again.trials == summary.trials  # a finished proxy-guided study runs nothing more
+
+
 def _poison_block(view, modality: str, t: int, block: int, split: str) -> Path:  # type: ignore[no-untyped-def]
     """NaN in one block's column of a stored shard (a faulty shard for one configuration)."""
     return write_nan_block(view.extraction(modality).part_path(t, split, 0), block)
