@@ -31,6 +31,7 @@ from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune._paths import local_folder, store_location
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.search._options import COMPARED, SearchOptions, study_name
+from difffeat_tune.search._plan import is_proxy
 
 if TYPE_CHECKING:
     from difffeat_tune.data._base import Dataset
@@ -94,6 +95,8 @@ WorkersOpt = Annotated[Optional[int], _option("Trial loops in this process (thre
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="Torch threads of this process (default: cores // workers).")]
 BatchTrialsOpt = Annotated[Optional[int], typer.Option(help="Probes trained together as one computation (default: automatic; 1 with a pruner).")]
 FusionOpt = Annotated[Optional[str], _option("Fusion method(s), comma-separated, or 'all'.", _default(SearchOptions, "fusion_methods"))]
+UnimodalProxyOpt = Annotated[Optional[str], typer.Option(help="Heuristic only: score every unimodal (t, b) by this closed-form proxy, 'logme' or 'ridge' (no probe trained), then train only the --proxy-top best per modality; the study is named <data set>-heuristic-<proxy> (default: train every unimodal configuration, as the paper).")]
+ProxyTopOpt = Annotated[Optional[int], _option("With --unimodal-proxy: the unimodal configurations trained per modality.", _default(SearchOptions, "proxy_top"))]
 NeighbourhoodOpt = Annotated[Optional[str], _option("Heuristic neighbourhood: cross, box or radius.", _default(SearchOptions, "neighbourhood"))]
 RadiusOpt = Annotated[Optional[int], _option("Neighbourhood radius in grid steps.", _default(SearchOptions, "radius"))]
 PrunerOpt = Annotated[Optional[str], _option("none, median or halving (over probe epochs).", _default(SearchOptions, "pruner"))]
@@ -176,7 +179,8 @@ def _check_paths(**paths: Optional[Path]) -> None:
 OPTION_OF_FIELD = {
     "TrainRecipe.epochs": "--epochs", "StoreSettings.batch_size": "--batch-size", "DataSettings.root": "--root",
     "StoreSettings.engine": "--engine", "StoreSettings.loader_workers": "--loader-workers",
-    "StoreSettings.actors": "--actors",
+    "StoreSettings.actors": "--actors", "SearchOptions.unimodal_proxy": "--unimodal-proxy",
+    "SearchOptions.proxy_top": "--proxy-top",
     "ObjectiveSettings.memory_budget": "--memory-budget",
     "SearchOptions.radius": "--radius", "SearchOptions.workers": "--workers", "SearchOptions.threads": "--threads",
     "SearchOptions.batch_trials": "--batch-trials", "SearchOptions.n_trials": "--n-trials",
@@ -272,7 +276,7 @@ def _trial_progress(quiet: bool) -> Callable[[SearchRun], Any]:
 
             def callback(study, trial) -> None:  # type: ignore[no-untyped-def]
                 # From the trial just told, not study.best_trial: that would read the storage every trial.
-                if trial.value is not None and trial.state.name == "COMPLETE" and (
+                if trial.value is not None and trial.state.name == "COMPLETE" and not is_proxy(trial) and (
                         not best or (trial.value, -trial.number) > best[0]):
                     best[:] = [(trial.value, -trial.number)]
                     bar.update(task, best=escape(f"best {100 * trial.value:.2f} ({trial.user_attrs.get('config', '')})"))
@@ -381,6 +385,8 @@ def _search_command(kind: str) -> Callable[..., None]:
         fusion: FusionOpt = None,
         neighbourhood: NeighbourhoodOpt = None,
         radius: RadiusOpt = None,
+        unimodal_proxy: UnimodalProxyOpt = None,
+        proxy_top: ProxyTopOpt = None,
         pruner: PrunerOpt = None,
         epochs: EpochsOpt = None,
         protocol: ProtocolOpt = None,
@@ -406,6 +412,10 @@ def _search_command(kind: str) -> Callable[..., None]:
         verbose: VerboseOpt = False,
     ) -> None:
         _setup_logging(verbose)
+        if kind == "compare" and (unimodal_proxy is not None or proxy_top is not None):
+            raise ConfigError("compare runs the paper's heuristic and the grid; --unimodal-proxy and --proxy-top "
+                              "apply to `run heuristic`", "run `difffeat-tune run heuristic --unimodal-proxy ...` "
+                              "on the same features and compare its summary with the grid's")
         options = {k: v for k, v in locals().items() if k not in ("as_json", "verbose", "kind", "no_report")}
         settings = _settings(**options, sampler=None if kind == "compare" else kind)
         # With --json, stdout carries the JSON alone: anything a library prints (Ray Tune's status) goes to stderr.

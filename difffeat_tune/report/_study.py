@@ -24,6 +24,7 @@ from difffeat_tune.config import (
 )
 from difffeat_tune.probe.metrics import METRIC_NAMES
 from difffeat_tune.search._attrs import HISTORY, SURPLUS
+from difffeat_tune.search._plan import PROXY_PHASE
 from difffeat_tune.space import SearchSpace, load_space
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class StudyData:
 
     def best(self, phase: str | None = None) -> TrialRecord | None:
         """The best COMPLETE trial of a phase (of the study for ``None``); ties go to the lowest number."""
-        pool = [r for r in self.trials if r.complete and (phase is None or r.phase == phase)]
+        pool = [r for r in self.trials if r.complete and r.phase != PROXY_PHASE and (phase is None or r.phase == phase)]
         return max(pool, key=lambda r: (r.value, -r.number)) if pool else None
 
     @property

@@ -133,9 +133,15 @@ class SearchOptions:
         ``my_data``), so every command finds the same study."""
         return self.study_name or dataset_folder.rsplit("-", 1)[0]  # the folder is "<name slug>-<fingerprint>"
 
+    @property
+    def plan_label(self) -> str:
+        """The sampler, and the proxy that guides it (``heuristic-ridge``): what names its study."""
+        return self.sampler if self.unimodal_proxy is None else f"{self.sampler}-{self.unimodal_proxy}"
+
     def study_name_for(self, dataset_folder: str) -> str:
-        """The study name: ``study_name``, else ``<data set name>-<sampler>`` (see :meth:`study_base`)."""
-        return self.study_name or study_name(self.study_base(dataset_folder), self.sampler)
+        """The study name: ``study_name``, else ``<data set name>-<sampler>`` (``-<proxy>`` appended
+        for a proxy-guided heuristic, which is another plan; see :meth:`study_base`)."""
+        return self.study_name or study_name(self.study_base(dataset_folder), self.plan_label)
 
     def for_sampler(self, sampler: str, base: str) -> SearchOptions:
         """These options with ``sampler``, on its study of ``base`` (one study of a ``compare`` pair)."""

@@ -43,6 +43,7 @@ from difffeat_tune.search._options import ENGINES, SearchOptions
 from difffeat_tune.search._storage import (
     GRACE_PERIOD, HEARTBEAT_INTERVAL, SQLITE_TIMEOUT, default_storage, open_storage, parse_storage_url,
 )
+from difffeat_tune.search._plan import best_trained, is_proxy
 from difffeat_tune.search._samplers import make_pruner, make_sampler, plan_state
 from difffeat_tune.search._study_report import ReportCallback, report_is_current, report_page, write_study_report
 from difffeat_tune.space import SearchSpace
@@ -211,9 +212,8 @@ def _nothing_left(study: optuna.Study, settings: Settings, storage: optuna.stora
     settings ask for it) and, with ``report``, its report current."""
     if not plan_state(study, settings.space, settings.search).finished:
         return False
-    try:
-        best = study.best_trial
-    except ValueError:
+    best = best_trained(study.get_trials(deepcopy=False))
+    if best is None:
         return False
     if settings.search.evaluate_best and study.user_attrs.get(A.EVAL_TRIAL) != best.number:
         return False
@@ -248,9 +248,8 @@ def record_study_attrs(study: optuna.Study, settings: Settings, objective: Objec
 
 def evaluate_best(study: optuna.Study, objective: Objective, space: SearchSpace) -> None:
     """Re-train the study's best configuration and store its evaluation-split metrics (once per best trial)."""
-    try:
-        best = study.best_trial
-    except ValueError:
+    best = best_trained(study.get_trials(deepcopy=False))
+    if best is None:
         return
     if study.user_attrs.get(A.EVAL_TRIAL) == best.number or objective.eval_split is None:
         return
@@ -269,10 +268,7 @@ def summarize(study: optuna.Study) -> SearchSummary:
     states = Counter("surplus" if t.user_attrs.get(A.SURPLUS) else t.state.name.lower() for t in trials)
     phases = Counter(str(t.user_attrs.get(A.PHASE, "?")) for t in trials
                      if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not t.user_attrs.get(A.SURPLUS))
-    try:
-        best = study.best_trial
-    except ValueError:
-        best = None
+    best = best_trained(trials)  # a proxy trial's value is a proxy score, not a trained probe's
     attrs = study.user_attrs
     return SearchSummary(
         study_name=study.study_name,
@@ -314,7 +310,7 @@ def _best_by_modality(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, d
     best: dict[str, optuna.trial.FrozenTrial] = {}
     for t in trials:
         modality = t.user_attrs.get(A.MODALITY)
-        if t.state != TrialState.COMPLETE or t.value is None or modality is None:
+        if t.state != TrialState.COMPLETE or t.value is None or modality is None or is_proxy(t):
             continue
         current = best.get(modality)
         if current is None or t.value > current.value or (t.value == current.value and t.number < current.number):

@@ -17,6 +17,7 @@ from difffeat_tune.search._plan import (
     rank,
 )
 from tests.conftest import IMAGE_PEAK, TEXT_PEAK, run_study
+from tests.test_cli import project  # noqa: F401 - the CLI tests' manifest data set and space
 
 #: The small test space: 3 x 3 image and 2 x 2 text configurations.
 N_IMAGE, N_TEXT = 9, 4
@@ -92,3 +93,38 @@ def test_an_interrupted_proxy_guided_search_continues_where_it_stopped(tmp_path:
     _check_proxy_study(study, "ridge")
     labels = [(t.user_attrs["config"], is_proxy(t)) for t in study.trials if not t.user_attrs.get("surplus")]
     assert len(labels) == len(set(labels))  # no configuration scored or trained twice
+
+
+def test_the_summary_and_the_evaluation_never_take_a_proxy_score_for_a_trained_one(
+        tmp_path: Path, synthetic_view, small_space) -> None:  # type: ignore[no-untyped-def]
+    # On these features the ridge proxy scores the text peak above every trained fusion.
+    url = f"sqlite:///{tmp_path}/s.db"
+    summary = run_study(synthetic_view, small_space, url, "p", unimodal_proxy="ridge", proxy_top=TOP, epochs=EPOCHS)
+    study = _study(url, "p")
+    assert max(t.value for t in study.trials if is_proxy(t)) > max(t.value for t in study.trials if not is_proxy(t))
+    best = best_trained(study.trials)
+    assert best is not None and summary.best_label == best.user_attrs["config"] and summary.best_score == best.value
+    assert study.user_attrs["eval_trial"] == best.number and summary.eval_metrics
+    assert set(summary.best_by_modality) == {"image", "text", "fusion"}
+    assert not any(is_proxy(study.trials[int(entry["trial"])]) for entry in summary.best_by_modality.values())
+
+
+def test_the_cli_runs_a_proxy_guided_heuristic_in_a_study_of_its_own(  # type: ignore[no-untyped-def]
+        project, tmp_path, capsys, monkeypatch) -> None:  # noqa: F811
+    import json
+
+    from tests.test_cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--dataset", str(project / "metadata.jsonl"), "--space", str(project / "space.toml"), "--device", "cpu",
+              "--features", str(tmp_path / "features"), "--runs", str(tmp_path / "runs"), "--epochs", "3", "--no-report"]
+    code, out, err = run_cli(["run", "heuristic", *common, "--unimodal-proxy", "ridge", "--proxy-top", "1", "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["study_name"].endswith("-heuristic-ridge") and summary["phases"]["proxy"] > 0
+    assert summary["phases"]["image"] == 1 and summary["phases"]["text"] == 1  # --proxy-top 1 per modality
+    code, out, err = run_cli(["run", "grid", *common, "--unimodal-proxy", "ridge"], capsys, monkeypatch)
+    assert code == 2 and "--unimodal-proxy applies to the heuristic sampler" in " ".join(err.split())
+    code, out, err = run_cli(["compare", *common, "--unimodal-proxy", "logme"], capsys, monkeypatch)
+    assert code == 2 and "run heuristic" in err
