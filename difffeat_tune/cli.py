@@ -31,7 +31,6 @@ from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune._paths import local_folder, store_location
 from difffeat_tune.backbones._family import LoadOptions
 from difffeat_tune.search._options import COMPARED, SearchOptions, study_name
-from difffeat_tune.search._plan import is_proxy
 
 if TYPE_CHECKING:
     from difffeat_tune.data._base import Dataset
@@ -267,6 +266,8 @@ def _trial_progress(quiet: bool) -> Callable[[SearchRun], Any]:
             yield lambda study, trial: None
             return
         from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+        from difffeat_tune.search._plan import is_proxy
 
         what = f"{run.settings.search.sampler} search ({run.study.study_name})"
         with Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.completed} trials"),
