@@ -37,3 +37,8 @@ DEFAULT_TEXT_NOISING: Final = "ddim"
 DEFAULT_PROTOCOL: Final = "validation"
 #: Probe training epochs when the search space's ``[probe]`` table sets none.
 DEFAULT_EPOCHS = 40
+
+#: Share of the free memory an objective's default budget takes. A quarter: at COCO's size a probe
+#: is compute-bound already in small batches, so more room buys little speed, and the machine
+#: keeps room for the store's reads, other workers and other programs.
+OBJECTIVE_MEMORY_SHARE = 0.25

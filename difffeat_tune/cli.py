@@ -25,7 +25,7 @@ from typer.core import TyperGroup
 
 from difffeat_tune._defaults import (
     DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_EPOCHS, DEFAULT_FEATURES,
-    DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROTOCOL, DEFAULT_SPACE, TINY,
+    DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PROTOCOL, DEFAULT_SPACE, OBJECTIVE_MEMORY_SHARE, TINY,
 )
 from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune._paths import local_folder, store_location
@@ -100,7 +100,7 @@ NeighbourhoodOpt = Annotated[Optional[str], _option("Heuristic neighbourhood: cr
 RadiusOpt = Annotated[Optional[int], _option("Neighbourhood radius in grid steps.", _default(SearchOptions, "radius"))]
 PrunerOpt = Annotated[Optional[str], _option("none, median or halving (over probe epochs).", _default(SearchOptions, "pruner"))]
 EpochsOpt = Annotated[Optional[int], typer.Option(help=f"Probe epochs (default: the space's, else {DEFAULT_EPOCHS}).")]
-MemoryBudgetOpt = Annotated[Optional[str], typer.Option(help="Memory the search's probes may hold on the device (cached features and the batches trained), e.g. 8GiB, 6GB, 512MiB (default: 60% of the free memory).")]
+MemoryBudgetOpt = Annotated[Optional[str], typer.Option(help=f"Memory the search's probes may hold on the device (cached features and the batches trained), e.g. 8GiB, 6GB, 512MiB (default: {OBJECTIVE_MEMORY_SHARE:.0%} of the free memory).")]
 ProtocolOpt = Annotated[Optional[str], _option("'validation' (select on val, report test) or 'paper' (select on the evaluation split).", DEFAULT_PROTOCOL)]
 NTrialsOpt = Annotated[Optional[int], typer.Option(help="Stop after this many new trials (resume later).")]
 GridSeedOpt = Annotated[Optional[int], _option("Seed of the grid order.", _default(SearchOptions, "seed"))]

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from difffeat_tune._defaults import DEFAULT_PROTOCOL
+from difffeat_tune._defaults import DEFAULT_PROTOCOL, OBJECTIVE_MEMORY_SHARE
 from difffeat_tune._device import resolve_device
 from difffeat_tune._errors import ConfigError, DiffFeatError
 from difffeat_tune.config import TrialConfig
@@ -52,10 +52,6 @@ PROTOCOLS: tuple[str, ...] = ("validation", "paper")
 OnEpoch = Callable[[int, float], bool]
 #: Smallest standard deviation a feature is divided by (constant features stay finite).
 _MIN_STD = 1e-6
-#: Share of the free memory an objective's default budget takes. A quarter: at COCO's size a probe
-#: is compute-bound already in small batches, so more room buys little speed, and the machine
-#: keeps room for the store's reads, other workers and other programs.
-OBJECTIVE_MEMORY_SHARE = 0.25
 #: Rows standardised (and summed for the statistics) at a time: bounds the float32 working copy.
 _CHUNK_ROWS = 8192
 #: torch dtype of a store's dtype name.
@@ -78,7 +74,7 @@ class ObjectiveSettings:
             trials (one per feature and role: training, selection and evaluation rows) and the
             batches of probes it trains, together. ``None``: a share of the memory
             free when the objective is made (the GPU's free memory, or the available RAM);
-            :data:`OBJECTIVE_MEMORY_SHARE` of it.
+            :data:`~difffeat_tune._defaults.OBJECTIVE_MEMORY_SHARE` of it.
         head_seed: seed of the head's initialisation.
     """
 
