@@ -48,3 +48,12 @@ class ConfigError(DiffFeatError):
 
 class StorageError(DiffFeatError):
     """The Optuna study storage (a database) cannot be reached, or its tables cannot be prepared."""
+
+
+def check_int(field: str, value: object, minimum: int, *, optional: bool = False) -> None:
+    """Raise :class:`ConfigError` naming ``field`` (``SearchOptions.workers``) unless ``value`` is an
+    integer (not a bool) of at least ``minimum``; ``None`` passes when ``optional``."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{field} must be an integer of at least {minimum}, got {value!r}", field=field)

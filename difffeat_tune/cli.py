@@ -217,8 +217,6 @@ def _build_settings(*, dataset: str | None = None, root: Path | None = None, ima
     from difffeat_tune.search._settings import Settings
 
     _check_paths(features=features, runs=rest.get("runs"))
-    if rest.get("engine") == "ray" and extract_engine is None:  # `run --engine ray`: missing features on Ray too
-        extract_engine, extract_ray_address = "ray", rest.get("ray_address")
     load = {f.name: rest.pop(f.name) for f in fields(LoadOptions) if f.name in rest}
     backbones = BackboneSettings(**_given(image=image_backbone, text=text_backbone),
                                  options=LoadOptions(**_given(**load)))

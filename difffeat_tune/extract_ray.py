@@ -107,10 +107,12 @@ class _UnitWorker:
                     f"the backbone loaded on a Ray worker ({self.backbone.fingerprint()}) differs from the "
                     f"driver's ({fingerprint})",
                     "give every node the same weights (the same hub id, or a folder on shared storage)")
+            # Read once: the actor's units write distinct part files, so the manifest it starts
+            # from (the parts already there) is all it needs; its own entries stay in memory.
+            self.extraction = _ActorExtraction(folder)
         except DiffFeatError as exc:
             self.error = exc
         self.dataset = dataset
-        self.folder = folder
         self.batch_size = batch_size
         self.timesteps_per_pass = timesteps_per_pass
         self.loader_workers = loader_workers
@@ -123,7 +125,7 @@ class _UnitWorker:
 
     def run(self, unit: Unit) -> dict[int, PartEntry]:
         """Compute and write one unit; return ``{t: manifest entry}`` of its parts."""
-        ext = _ActorExtraction(self.folder)  # the manifest as the driver last wrote it
+        ext = self.extraction
         jobs = unit_jobs(self.dataset, [unit], self.batch_size)
         with closing(prepared_batches(self.backbone, jobs, self.loader_workers)) as batches:
             values = compute_unit(self.backbone, unit, batches, batch_size=self.batch_size,
@@ -154,7 +156,7 @@ def extract_ray(
     ray_address: str | None = None,
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
-    loader_workers: int = DEFAULT_ACTOR_LOADER_WORKERS,
+    loader_workers: int | None = None,
     on_started: Callable[[list[Any]], None] | None = None,
 ) -> ExtractReport:
     """:func:`~difffeat_tune.extract.extract` with the units computed by Ray actors.
@@ -168,7 +170,8 @@ def extract_ray(
         actors: how many actors (``None``: :func:`default_actors`).
         ray_address: the cluster to join (``None``: the Ray this process runs, else a local one).
         progress: called with the rows x timesteps of each unit as it finishes.
-        loader_workers: input-preparation processes inside each actor.
+        loader_workers: input-preparation processes inside each actor (``None``:
+            :data:`DEFAULT_ACTOR_LOADER_WORKERS`).
         on_started: called with the actor handles once they are created (tests kill one).
         Others: as :func:`~difffeat_tune.extract.extract`.
 
@@ -180,6 +183,7 @@ def extract_ray(
         BackboneError: an actor cannot load the backbone, or loads other weights than the driver.
     """
     settings = settings or ExtractSettings()
+    loader_workers = DEFAULT_ACTOR_LOADER_WORKERS if loader_workers is None else loader_workers
     batch_size, timesteps_per_pass = settings.batch_size, settings.timesteps_per_pass
     plan = plan_extraction(dataset, backbone, store, timesteps, blocks, settings, unit_per_pass=True)
     ext = plan.extraction

@@ -22,7 +22,7 @@ from difffeat_tune._defaults import (
     DEFAULT_SPACE,
     TINY,
 )
-from difffeat_tune._errors import ConfigError
+from difffeat_tune._errors import ConfigError, check_int
 from difffeat_tune._paths import local_folder, store_location
 from difffeat_tune._store_fs import Location
 from difffeat_tune.backbones._base import MODALITIES, Backbone
@@ -105,10 +105,12 @@ class StoreSettings:
         batch_size: rows per extraction batch.
         splits: the splits to extract (``None``: all).
         loader_workers: processes preparing the inputs (decode and crop, tokenise) ahead of the
-            model (``None``: :func:`~difffeat_tune._loader.default_loader_workers`; 0: in the main
-            process). The features do not depend on it.
+            model (``None``: :func:`~difffeat_tune._loader.default_loader_workers` in this process,
+            none inside a Ray actor, whose CPUs are its own; 0: in the main process). The features
+            do not depend on it.
         engine: ``"local"`` (this process, one device) or ``"ray"`` (the extraction's units on Ray
-            actors, one backbone and one GPU each; :func:`~difffeat_tune.extract_ray.extract_ray`).
+            actors, one backbone and one GPU each; :func:`~difffeat_tune.extract_ray.extract_ray`);
+            ``None``: the search's engine for a search's missing features, else local.
         actors: with ``"ray"``, the actors (``None``: one per GPU of the cluster, else one per CPU).
         ray_address: with ``"ray"``, the cluster to join (``None``: the running Ray, else a local one).
     """
@@ -118,20 +120,17 @@ class StoreSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     splits: tuple[str, ...] | None = None
     loader_workers: int | None = None
-    engine: str = "local"
+    engine: str | None = None
     actors: int | None = None
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", store_location(self.features, "StoreSettings.features"))
-        if self.engine not in EXTRACT_ENGINES:
+        if self.engine is not None and self.engine not in EXTRACT_ENGINES:
             raise ConfigError(f"StoreSettings.engine: unknown extraction engine {self.engine!r}",
                               f"use one of {', '.join(EXTRACT_ENGINES)}", field="StoreSettings.engine")
-        for name, least in (("loader_workers", 0), ("actors", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-                raise ConfigError(f"StoreSettings.{name} must be an integer of at least {least}, got {value!r}",
-                                  field=f"StoreSettings.{name}")
+        check_int("StoreSettings.loader_workers", self.loader_workers, 0, optional=True)
+        check_int("StoreSettings.actors", self.actors, 1, optional=True)
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown feature dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if self.batch_size < 1:
@@ -234,7 +233,7 @@ def ensure_features(
                 settings=ExtractSettings(splits=splits, batch_size=request.store.batch_size,
                                          dtype=request.store.dtype, verify=verify),
                 actors=request.store.actors, ray_address=request.store.ray_address,
-                **_given_workers(request.store.loader_workers), **callbacks))
+                loader_workers=request.store.loader_workers, **callbacks))
         else:
             reports.append(extract(
                 dataset, backbone, store, axes.t, axes.b, splits=splits, batch_size=request.store.batch_size,
@@ -250,11 +249,6 @@ def ensure_features(
     view = FeatureView(base, image=extractions.get("image"), text=extractions.get("text"))
     return PreparedFeatures(view=view, dataset=dataset, space=space, reports=reports,
                             backbones={m: f.name for m, f in folders.items()})
-
-
-def _given_workers(workers: int | None) -> dict[str, int]:
-    """``loader_workers`` for :func:`extract_ray` when set (its own default otherwise: an actor's CPUs are its own)."""
-    return {} if workers is None else {"loader_workers": workers}
 
 
 def with_grid(space: SearchSpace, modality: str, timesteps: tuple[int, ...] | None,

@@ -131,3 +131,15 @@ def test_the_extract_command_runs_on_ray_and_a_local_run_then_finds_every_part( 
     assert code == 0 and again["parts_written"] == 0 and again["parts_skipped"] == first["parts_written"]
     code, out, err = run_cli([*args, "--engine", "spark"], capsys, monkeypatch)
     assert code == 2 and "--engine" in err and "spark" in err
+
+
+def test_a_search_on_ray_extracts_on_ray_unless_the_store_says_otherwise() -> None:
+    from difffeat_tune.features import StoreSettings
+    from difffeat_tune.search._options import SearchOptions
+    from difffeat_tune.search._settings import Settings
+
+    ray_search = SearchOptions(engine="ray", ray_address="10.0.0.1:6379")
+    store = Settings.create(search=ray_search).features.store
+    assert (store.engine, store.ray_address) == ("ray", "10.0.0.1:6379")
+    assert Settings.create(search=ray_search, store=StoreSettings(engine="local")).features.store.engine == "local"
+    assert Settings.create().features.store.engine is None  # a local search extracts locally

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from difffeat_tune._defaults import DEFAULT_FUSION, DEFAULT_RUNS
-from difffeat_tune._errors import ConfigError
+from difffeat_tune._errors import ConfigError, check_int
 from difffeat_tune._paths import local_folder
 from difffeat_tune.config import FUSION_METHODS
 
@@ -27,11 +27,7 @@ ENGINES: Mapping[str, str] = MappingProxyType({
 
 
 def _check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"SearchOptions.{name} must be an integer of at least {minimum}, got {value!r}",
-                          field=f"SearchOptions.{name}")
+    check_int(f"SearchOptions.{name}", value, minimum, optional=optional)
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,12 @@ class Settings:
 
     @property
     def features(self) -> FeatureRequest:
-        """What to extract for this run."""
-        return FeatureRequest(data=self.data, backbones=self.backbones, store=self.store, space=self.space,
+        """What to extract for this run: a search on Ray extracts its missing features on Ray too,
+        unless the store's engine was chosen."""
+        store = self.store
+        if store.engine is None and self.search.engine == "ray":
+            store = replace(store, engine="ray", ray_address=store.ray_address or self.search.ray_address)
+        return FeatureRequest(data=self.data, backbones=self.backbones, store=store, space=self.space,
                               device=self.device)
 
     def with_space(self, space: SearchSpace) -> Settings:
