@@ -92,7 +92,7 @@ RunsOpt = Annotated[Optional[Path], _option("Runs folder (SQLite studies, compar
 StudyOpt = Annotated[Optional[str], typer.Option(help="Study name (default: <dataset>-<sampler>); reuse it to resume.")]
 WorkersOpt = Annotated[Optional[int], _option("Trial loops in this process (threads); more processes may share --storage.", _default(SearchOptions, "workers"))]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="Torch threads of this process (default: cores // workers).")]
-BatchTrialsOpt = Annotated[Optional[int], typer.Option(help="Probes trained together as one computation (default: automatic; 1 with a pruner).")]
+BatchTrialsOpt = Annotated[Optional[int], typer.Option(help="Probes trained together as one computation, also per Ray Tune trial with --engine ray (default: automatic, up to 32 as memory allows; 1 with a pruner).")]
 FusionOpt = Annotated[Optional[str], _option("Fusion method(s), comma-separated, or 'all'.", _default(SearchOptions, "fusion_methods"))]
 UnimodalProxyOpt = Annotated[Optional[str], typer.Option(help="Heuristic only: score every unimodal (t, b) by this closed-form proxy, 'logme' or 'ridge' (no probe trained), then train only the --proxy-top best per modality; the study is named <data set>-heuristic-<proxy> (default: train every unimodal configuration, as the paper).")]
 ProxyTopOpt = Annotated[Optional[int], _option("With --unimodal-proxy: the unimodal configurations trained per modality.", _default(SearchOptions, "proxy_top"))]

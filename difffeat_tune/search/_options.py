@@ -46,9 +46,10 @@ class SearchOptions:
             study through a shared storage.
         threads: torch intra-op threads of this process (``None``: the cores divided by
             ``workers``, at least 1).
-        batch_trials: probes trained together as one computation (``None``: as many as the
-            phase offers and memory allows; 1 with a pruner, since the trials of one batch finish
-            together and so could not prune each other).
+        batch_trials: probes trained together as one computation, in this process or in one
+            Ray Tune trial (``None``: as many as the phase offers and memory allows; 1 with a
+            pruner, since the trials of one batch finish together and so could not prune each
+            other).
         seed: seed of the grid order.
         max_failures: a configuration that failed this often is skipped.
         evaluate_best: re-train the best configuration and score the evaluation split at the end.

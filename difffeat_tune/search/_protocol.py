@@ -12,10 +12,11 @@ rest is :class:`TrialProtocol`:
   or grid point), beat for it from then on, suggest its configuration and record its attributes
   in one write; a surplus trial (nothing left for it) is told PRUNED; the run's ``n_trials``
   budget is shared by every caller;
-* **running** (:func:`run_config`, :meth:`TrialProtocol.score_proxies`): a trial holding the
-  user attribute ``proxy`` (the proxy-guided heuristic's proxy stage) is scored by
-  :meth:`~difffeat_tune.probe.objective.Objective.proxy_score`, on its own (never in a batch of
-  probes), and told COMPLETE with that score; every other trial trains its probe;
+* **running** (:func:`run_batch`, wherever the engine runs it): the configurations of a batch
+  of trials (up to :attr:`TrialProtocol.batch_size`) train their probes as one computation; a
+  trial holding the user attribute ``proxy`` (the proxy-guided heuristic's proxy stage) is scored
+  by :meth:`~difffeat_tune.probe.objective.Objective.proxy_score` on its own instead (never part
+  of the stacked probes) and told COMPLETE with that score;
 * **telling** (:meth:`TrialProtocol.report`, :meth:`~TrialProtocol.tell_result`,
   :meth:`~TrialProtocol.fail`, :meth:`~TrialProtocol.tell`): per-epoch scores as intermediate
   values with the study's pruner's verdict, then the result's user attributes, state and value in
@@ -30,8 +31,10 @@ Example:
                 state = protocol.next_state()  # blocks while running trials must end first
                 if state.finished:
                     break
-                for asked in protocol.ask(4, state):
-                    protocol.tell_result(asked, objective(asked.config), history=True)
+                asked = protocol.ask(protocol.batch_size, state)
+                results = run_batch(objective, [(a.config, a.proxy) for a in asked])
+                for item, result in zip(asked, results):
+                    protocol.tell_result(item, result, history=True)
 
 Notes:
     Every worker of a study (threads of one process, processes sharing a storage, a Ray driver)
@@ -45,7 +48,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -53,6 +56,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from difffeat_tune.config import TrialConfig
+from difffeat_tune.probe._batched import BatchOnEpoch
+from difffeat_tune.probe._memory import DEFAULT_MAX_BATCH_PROBES
 from difffeat_tune.probe.objective import Objective, TrialResult
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._heartbeat import Heartbeat, fail_stale
@@ -91,12 +96,34 @@ class Asked:
     proxy: str | None = None
 
 
-def run_config(objective: Objective, config: TrialConfig, proxy: str | None = None,
-               on_epoch: Callable[[int, float], bool] | None = None) -> TrialResult:
-    """One trial's work, whichever engine runs it: the closed-form score of ``proxy`` (no probe
-    trained, no epochs), or, for ``proxy=None``, the trained probe's result (``on_epoch`` as for
-    :meth:`~difffeat_tune.probe.objective.Objective.__call__`)."""
-    return objective(config, on_epoch) if proxy is None else objective.proxy_score(config, proxy)
+def run_batch(objective: Objective, items: Sequence[tuple[TrialConfig, str | None]],
+              on_epoch: BatchOnEpoch | None = None, *, max_probes: int | None = None,
+              ) -> list[TrialResult | Exception]:
+    """The work of a batch of trials, whichever engine runs it: one result per ``(config, proxy)``.
+
+    An item with a proxy is scored by its closed form (no probe, no epochs), one by one; the
+    others train together (:meth:`~difffeat_tune.probe.objective.Objective.run_many`, in batches
+    of at most ``max_probes`` that fit in memory), ``on_epoch(k, epoch, score)`` naming the item
+    k of ``items``. An error of one configuration is its entry (the others are unaffected); an
+    interruption (``KeyboardInterrupt``, a worker stopped) propagates.
+    """
+    results: list[TrialResult | Exception | None] = [None] * len(items)
+    trained = [k for k, (_, proxy) in enumerate(items) if proxy is None]
+    for k, (config, proxy) in enumerate(items):
+        if proxy is not None:
+            try:
+                results[k] = objective.proxy_score(config, proxy)
+            except Exception as exc:  # noqa: BLE001 - every error of a configuration is recorded, not raised
+                results[k] = exc
+    if trained:
+        def item_epoch(j: int, epoch: int, score: float) -> bool:
+            return on_epoch(trained[j], epoch, score)  # type: ignore[misc]
+
+        outcomes = objective.run_many([items[k][0] for k in trained], None if on_epoch is None else item_epoch,
+                                      max_probes=max_probes)
+        for k, outcome in zip(trained, outcomes):
+            results[k] = outcome
+    return results  # type: ignore[return-value]
 
 
 class _Budget:
@@ -146,6 +173,11 @@ class TrialProtocol:
         self.poll_interval = float(poll_interval)
         #: The study's pruner reads intermediate values (with one, a batch holds one trial).
         self.prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
+        #: Trials asked and trained together at most: ``options.batch_trials``, else
+        #: :data:`~difffeat_tune.probe._memory.DEFAULT_MAX_BATCH_PROBES` (as many as fit in
+        #: memory), 1 with a pruner (it compares a trial with the finished ones at the same epoch;
+        #: the trials of one batch finish together, so they could never prune each other).
+        self.batch_size = options.batch_trials or (1 if self.prunes else DEFAULT_MAX_BATCH_PROBES)
         self._budget = _Budget(options.n_trials)
         self._heartbeat = Heartbeat(study._storage)
         # A trial the sampler claimed has its first heartbeat already.
@@ -244,26 +276,6 @@ class TrialProtocol:
         return asked
 
     # -- running ---------------------------------------------------------------------------
-
-    def score_proxies(self, objective: Objective, asked: Sequence[Asked]) -> list[Asked]:
-        """Score the proxy trials of ``asked`` one by one and tell them; return the others (to train).
-
-        A proxy trial is never part of a batch of probes: it trains nothing. An error of its
-        configuration is told FAIL (the sampler retries it); an interruption fails every trial of
-        ``asked`` not told yet, so that they are retried.
-        """
-        for item in (a for a in asked if a.proxy):
-            try:
-                result: TrialResult | BaseException = run_config(objective, item.config, item.proxy)
-            except Exception as exc:  # noqa: BLE001 - every error of a configuration is recorded, not raised
-                result = exc
-            except BaseException:
-                with self._lock:
-                    untold = [a for a in asked if a.trial._trial_id in self._live]
-                self.abandon(STOPPED, untold)
-                raise
-            self.tell_result(item, result, history=False)
-        return [a for a in asked if not a.proxy]
 
     # -- telling ---------------------------------------------------------------------------
 

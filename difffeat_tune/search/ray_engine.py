@@ -10,17 +10,28 @@ returns ``None`` while the heuristic's phase barrier holds and ``Searcher.FINISH
 (or the grid) is exhausted. Ray workers only train: each builds one
 :class:`~difffeat_tune.probe.objective.Objective` per process from plain data (the feature store's
 folder, the data set's folder name, the extraction folder names and the objective settings),
-reports every epoch's selection score with ``tune.report`` and a final result with the metrics.
+runs its Tune trial's configurations (:func:`~difffeat_tune.search._protocol.run_batch`, as the
+local engine does) and reports a final result with each configuration's metrics.
+
+Batches: :func:`run_ray` gives one Tune trial up to
+:attr:`~difffeat_tune.search._protocol.TrialProtocol.batch_size` configurations of the current
+phase (``SearchOptions.batch_trials``; automatic: as many as the local engine trains together),
+spread over the trials the cluster runs at once, and their probes train as one computation. Each
+configuration stays its own Optuna trial (attributes, per-epoch ``history``, error, retry). With
+a pruner a Tune trial holds one configuration and reports every epoch's score, which the study's
+pruner reads on the driver (:class:`OptunaPruningScheduler`).
 The driver writes everything to the study, with the same user attributes as a local trial, so
 :func:`~difffeat_tune.search.runner.summarize`, ``compare`` and the dashboard see Ray runs exactly
 like local ones. Workers never open the Optuna storage.
 
-Failures: a trial whose configuration raises (a missing or corrupt shard, a diverged probe...)
-reports the error and ends normally; the driver records the Optuna trial FAIL with the user
-attribute ``error`` and the search goes on (the heuristic retries a failed configuration up to
-``SearchOptions.max_failures`` times in new trials). A worker that dies (killed, out of memory,
-node lost) is retried by Tune on the same Optuna trial (``FailureConfig(max_failures)``), so no
-completed work is repeated; when Tune gives up the trial is recorded FAIL with Tune's error.
+Failures: a configuration that raises (a missing or corrupt shard, a diverged probe...) is
+reported with its error, the others of its batch are unaffected; the driver records its Optuna
+trial FAIL with the user attribute ``error`` and the search goes on (the heuristic retries a
+failed configuration up to ``SearchOptions.max_failures`` times in new trials). A worker that
+dies (killed, out of memory, node lost) is retried by Tune on the same Optuna trials
+(``FailureConfig(max_failures)``), so no completed work is repeated; when Tune gives up, the
+configurations of that Tune trial, and only those, are recorded FAIL with Tune's error (and
+retried).
 While the driver runs it records Optuna heartbeats for its running trials; if the driver dies,
 they go stale and the next run (local or Ray) fails them and retries their configurations.
 """
@@ -28,6 +39,7 @@ they go stale and the next run (local or Ray) fails them and retries their confi
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import re
@@ -57,7 +69,7 @@ from difffeat_tune.probe.objective import Objective, ObjectiveSettings, TrialRes
 from difffeat_tune.search import _attrs as A
 from difffeat_tune.search._options import SearchOptions
 from difffeat_tune.search._plan import PROXY_ATTR
-from difffeat_tune.search._protocol import POLL_INTERVAL, STOPPED, Asked, TrialProtocol, run_config
+from difffeat_tune.search._protocol import POLL_INTERVAL, STOPPED, Asked, TrialProtocol, run_batch
 from difffeat_tune.search._run import SearchRun
 from difffeat_tune.space import SearchSpace
 from difffeat_tune.store import FeatureStore, FeatureView
@@ -69,13 +81,20 @@ logger = logging.getLogger(__name__)
 
 #: The Tune metric (the selection score) and its mode.
 METRIC, MODE = "score", "max"
-#: GPU share of one trial when the cluster has GPUs (a linear probe uses a small part of one).
+#: GPU share of a Tune trial of one configuration when the cluster has GPUs (a linear probe uses
+#: a small part of one).
 DEFAULT_GPU_FRACTION = 0.25
+#: GPU share of a Tune trial of a batch of configurations: the stacked probes fill one GPU, as
+#: they do in the local engine.
+BATCH_GPU_FRACTION = 1.0
 #: The key of a trial's Tune config naming its proxy (``None``: train the probe).
 C_PROXY = PROXY_ATTR
+#: The key of a batched trial's Tune config listing its configurations (each as a one-configuration
+#: trial's config).
+C_BATCH = "batch"
 #: Keys of the results a trial reports to Tune.
-R_EPOCH, R_FINAL, R_ERROR, R_METRICS, R_SPLIT, R_SECONDS, R_EPOCHS = (
-    "epoch", "final", "error", "metrics", "split", "seconds", "epochs_run")
+R_EPOCH, R_FINAL, R_ERROR, R_METRICS, R_SPLIT, R_SECONDS, R_EPOCHS, R_HISTORY, R_RESULTS = (
+    "epoch", "final", "error", "metrics", "split", "seconds", "epochs_run", "history", "results")
 _PARAMS = (P_MODALITY, P_IMAGE_T, P_IMAGE_B, P_TEXT_T, P_TEXT_B, P_FUSION)
 OptunaCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -124,12 +143,24 @@ class ViewLocation:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a Ray worker needs to build the objective: plain, picklable, hashable data."""
+    """Everything a Ray worker needs to build the objective: plain, picklable, hashable data.
+
+    Attributes:
+        location: where the features are.
+        settings: the objective's settings (the probe recipe, the selection split...).
+        device: "auto" (CUDA if Ray gave the trial a GPU share), "cpu", "cuda"...
+        d_alg: the fusion heads' common width.
+        report_epochs: a one-configuration trial reports every epoch's score to Tune (for the
+            study's pruner); else its per-epoch scores come back once, as its ``history``.
+        max_probes: probes trained as one computation at most (``None``: as many as fit in memory).
+    """
 
     location: ViewLocation
     settings: ObjectiveSettings
     device: str
     d_alg: int
+    report_epochs: bool = True
+    max_probes: int | None = None
 
 
 #: One objective per worker process, spec and device: trials a worker runs share its feature cache.
@@ -164,33 +195,55 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_trial(config: Mapping[str, Any], spec: WorkerSpec) -> None:
-    """The Tune function trainable: train the configuration of ``config`` and report to Tune.
+    """The Tune function trainable: run the configuration(s) of ``config`` and report to Tune.
 
-    A proxy trial (``config["proxy"]`` set) is scored by its proxy instead (no epoch reported).
-    Reports ``{"score", "epoch"}`` after every epoch, then a final result with ``"final": True``,
-    the metrics, the split, the epochs run and the seconds. An exception is reported as
-    ``{"error": "<type>: <message>"}`` and the function returns normally: the driver records the
-    Optuna trial FAIL, and Tune does not re-run a deterministic failure.
+    ``config`` holds one configuration (its axes, and ``"proxy"`` for a proxy trial, which is
+    scored by its proxy instead of a trained probe), or the list of them under ``"batch"``
+    (:data:`C_BATCH`), which :func:`~difffeat_tune.search._protocol.run_batch` trains together.
+    A one-configuration trial reports ``{"score", "epoch"}`` after every epoch when
+    ``spec.report_epochs``. The final result has ``"final": True`` and, per configuration, its
+    score, metrics, split, epochs run, seconds and per-epoch ``history`` (unless reported
+    already), or its ``"error"`` (``"<type>: <message>"``); a batch's are listed under
+    ``"results"``, in order, and its ``"score"`` is the best one. An error is reported and the
+    function returns normally: the driver records the Optuna trial FAIL, and Tune does not re-run
+    a deterministic failure.
     """
     from ray import tune
 
+    batched = C_BATCH in config
+    entries: Sequence[Mapping[str, Any]] = config[C_BATCH] if batched else [config]
+    report_epochs = spec.report_epochs and not batched
+
+    def on_epoch(k: int, epoch: int, score: float) -> bool:
+        tune.report({METRIC: float(score), R_EPOCH: int(epoch)})
+        return False  # Tune's scheduler stops the trial itself
+
     try:
-        params = {k: config[k] for k in _PARAMS if config.get(k) is not None}
-        trial_config = TrialConfig.from_params(params, d_alg=spec.d_alg)
-        objective = _objective_for(spec)
-
-        def on_epoch(epoch: int, score: float) -> bool:
-            tune.report({METRIC: float(score), R_EPOCH: int(epoch)})
-            return False  # Tune's scheduler stops the trial itself
-
-        result = run_config(objective, trial_config, config.get(C_PROXY), on_epoch)
+        items = [(TrialConfig.from_params({k: e[k] for k in _PARAMS if e.get(k) is not None}, d_alg=spec.d_alg),
+                  e.get(C_PROXY)) for e in entries]
+        results: Sequence[TrialResult | Exception] = run_batch(
+            _objective_for(spec), items, on_epoch if report_epochs else None, max_probes=spec.max_probes)
     except Exception as exc:  # noqa: BLE001 - every error of a configuration is recorded, not raised
         logger.warning("trial %s failed: %s", dict(config), exc)
-        tune.report({METRIC: float("nan"), R_ERROR: _describe(exc)})
-        return
-    tune.report({METRIC: float(result.score), R_EPOCH: int(result.epochs_run), R_FINAL: True,
-                 R_METRICS: dict(result.metrics), R_SPLIT: result.split, R_SECONDS: float(result.seconds),
-                 R_EPOCHS: int(result.epochs_run)})
+        results = [exc] * len(entries)
+    reported = [_entry(result, history=not report_epochs) for result in results]
+    if batched:
+        scores = [r[METRIC] for r in reported if R_ERROR not in r and math.isfinite(r[METRIC])]
+        tune.report({METRIC: max(scores, default=math.nan), R_FINAL: True, R_RESULTS: reported})
+    else:
+        tune.report({**reported[0], R_EPOCH: int(reported[0].get(R_EPOCHS, 0)), R_FINAL: True})
+
+
+def _entry(result: TrialResult | Exception, *, history: bool) -> dict[str, Any]:
+    """What a trial reports of one configuration's result (plain JSON for Tune's result files)."""
+    if isinstance(result, Exception):
+        logger.warning("configuration failed: %s", result)
+        return {METRIC: math.nan, R_ERROR: _describe(result)}
+    entry = {METRIC: float(result.score), R_METRICS: {k: float(v) for k, v in result.metrics.items()},
+             R_SPLIT: result.split, R_SECONDS: float(result.seconds), R_EPOCHS: int(result.epochs_run)}
+    if history and result.history:
+        entry[R_HISTORY] = [float(v) for v in result.history]
+    return entry
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -206,10 +259,18 @@ class DiffFeatSearch(Searcher):
     waiting are spaced ``poll_interval`` seconds apart (a trial told triggers an immediate
     re-read), and stale trials of dead workers are failed then.
 
-    Every trial gets the user attributes a local trial gets (``phase``, ``modality``, ``config``,
-    then one attribute per metric, ``epochs_run``, ``seconds``, ``split``); failed trials get
-    ``error``. Per-epoch scores are the trial's intermediate values, so the study's pruner (see
-    :class:`OptunaPruningScheduler`) acts on them as it does locally.
+    Batches: with ``batched=True`` one Tune trial holds up to the protocol's
+    :attr:`~difffeat_tune.search._protocol.TrialProtocol.batch_size` configurations (each its
+    own Optuna trial), spread over the free trial slots (Tune's ``max_concurrent_trials``, given
+    through :meth:`set_max_concurrency`): with 30 pending configurations and 2 slots, two Tune
+    trials of 15. The default, one configuration per Tune trial, is what a Tuner built by hand
+    with :func:`run_trial` expects.
+
+    Every Optuna trial gets the user attributes a local trial gets (``phase``, ``modality``,
+    ``config``, then one attribute per metric, ``epochs_run``, ``seconds``, ``split``, and
+    ``history`` when its epochs were not reported one by one); failed trials get ``error``.
+    Per-epoch scores reported by a one-configuration trial are its intermediate values, so the
+    study's pruner (see :class:`OptunaPruningScheduler`) acts on them as it does locally.
 
     The study in storage is the search's whole state: :meth:`save` writes the study's name and
     :meth:`restore` checks it; a pickled searcher (Tune pickles it with the Tuner's state)
@@ -221,20 +282,24 @@ class DiffFeatSearch(Searcher):
         study: the open study (its sampler and pruner are used).
         callbacks: Optuna-style ``callback(study, frozen_trial)`` run on the driver after each trial.
         poll_interval: seconds between storage reads while nothing is pending.
+        batched: give a Tune trial a batch of configurations (see above); ``False``: one each.
     """
 
     def __init__(self, space: SearchSpace, options: SearchOptions, *, study: optuna.Study,
-                 callbacks: Sequence[OptunaCallback] = (), poll_interval: float = POLL_INTERVAL) -> None:
+                 callbacks: Sequence[OptunaCallback] = (), poll_interval: float = POLL_INTERVAL,
+                 batched: bool = False) -> None:
         super().__init__(metric=METRIC, mode=MODE)
         self._search_space = space
         self._options = options
         self._poll_interval = float(poll_interval)
+        self._batched = bool(batched)
+        self._slots = 1
         self._open(study, callbacks)
 
     def _open(self, study: optuna.Study, callbacks: Sequence[OptunaCallback]) -> None:
         self._protocol = TrialProtocol(study, self._search_space, self._options, callbacks=callbacks,
                                        poll_interval=self._poll_interval)
-        self._live: dict[str, Asked] = {}  # by Tune trial id
+        self._live: dict[str, list[Asked]] = {}  # by Tune trial id
         self._tune_trials: dict[str, Trial] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -285,6 +350,24 @@ class DiffFeatSearch(Searcher):
                               "pass param_space=space.to_tune() for the space given to DiffFeatSearch")
         return True
 
+    @property
+    def max_batch(self) -> int:
+        """Configurations one Tune trial holds at most."""
+        return self._protocol.batch_size if self._batched else 1
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Remember how many Tune trials run at once (a batch is spread over the free ones).
+
+        Returns ``False``: Tune's concurrency limiter still enforces the limit.
+        """
+        self._slots = max(1, int(max_concurrent))
+        return False
+
+    def _batch_size(self, pending: int) -> int:
+        """Configurations for the next Tune trial: the pending ones shared by the free slots, at most :attr:`max_batch`."""
+        free = max(1, self._slots - len(self._live))
+        return max(1, min(self.max_batch, -(-pending // free)))
+
     def finished(self) -> bool:
         """Whether the plan is finished (nothing left to ask, nothing running)."""
         state = self._protocol.next_state(block=False)
@@ -301,21 +384,22 @@ class DiffFeatSearch(Searcher):
             return None
         if state.finished:
             return Searcher.FINISHED
-        asked = protocol.ask(1, state)
+        asked = protocol.ask(self._batch_size(state.pending), state)
         if not asked:  # another process took the last pending configuration, or a surplus trial
             return None
-        self._live[trial_id] = asked[0]
-        params = asked[0].config.to_params()
-        config = {k: params.get(k) for k in _PARAMS}  # absent axes are None in the Tune config
-        return {**config, C_PROXY: asked[0].proxy} if asked[0].proxy else config
+        self._live[trial_id] = asked
+        if len(asked) == 1:
+            return _tune_config(asked[0])
+        # The axes are None at the top (they replace param_space's domains); each configuration is listed.
+        return {**{k: None for k in _PARAMS}, C_BATCH: [_tune_config(item) for item in asked]}
 
     def report(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         """Record a per-epoch score as the trial's intermediate value; return whether to prune it."""
         asked = self._live.get(trial_id)
         epoch, score = result.get(R_EPOCH), result.get(METRIC)
-        if asked is None or result.get(R_FINAL) or result.get(R_ERROR) or epoch is None:
+        if asked is None or len(asked) != 1 or result.get(R_FINAL) or result.get(R_ERROR) or epoch is None:
             return False
-        return asked.pruned if score is None else self._protocol.report(asked, int(epoch), float(score))
+        return asked[0].pruned if score is None else self._protocol.report(asked[0], int(epoch), float(score))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.report(trial_id, result)
@@ -331,20 +415,28 @@ class DiffFeatSearch(Searcher):
         finally:
             self._tune_trials.pop(trial_id, None)
 
-    def _tell(self, trial_id: str, asked: Asked, result: Mapping[str, Any], error: bool) -> None:
+    def _tell(self, trial_id: str, asked: Sequence[Asked], result: Mapping[str, Any], error: bool) -> None:
+        """Tell each configuration of a finished Tune trial its own outcome."""
         protocol = self._protocol
-        if error:
-            protocol.fail(asked, self._tune_error(trial_id))
-        elif result.get(R_ERROR):
-            protocol.fail(asked, str(result[R_ERROR]))
-        elif result.get(R_FINAL):
-            protocol.tell_result(asked, _trial_result(asked.config, result), history=False)
-        elif asked.pruned:
-            protocol.tell(asked, TrialState.PRUNED, attrs={
-                A.EPOCHS: asked.reported, A.SECONDS: round(float(result.get("time_total_s", 0.0)), 4),
+        if error:  # Tune gave up on the trial: only its own configurations fail (and are retried)
+            protocol.abandon(self._tune_error(trial_id), asked)
+        elif result.get(R_FINAL) or result.get(R_ERROR):
+            entries = result.get(R_RESULTS) or [result]
+            if len(entries) != len(asked):
+                protocol.abandon(f"the Ray trial reported {len(entries)} results for {len(asked)} configurations",
+                                 asked)
+                return
+            for item, entry in zip(asked, entries):
+                if entry.get(R_ERROR):
+                    protocol.fail(item, str(entry[R_ERROR]))
+                else:
+                    protocol.tell_result(item, _trial_result(item.config, entry), history=bool(entry.get(R_HISTORY)))
+        elif len(asked) == 1 and asked[0].pruned:
+            protocol.tell(asked[0], TrialState.PRUNED, attrs={
+                A.EPOCHS: asked[0].reported, A.SECONDS: round(float(result.get("time_total_s", 0.0)), 4),
                 A.SPLIT: self.study.user_attrs.get(A.SELECTION_SPLIT)})
         else:
-            protocol.fail(asked, f"{STOPPED} (the Ray Tune run ended or was interrupted)")
+            protocol.abandon(f"{STOPPED} (the Ray Tune run ended or was interrupted)", asked)
 
     def register(self, trial: Trial) -> None:
         """Remember Tune's trial object (for its error file when Tune gives up on it)."""
@@ -384,11 +476,19 @@ def _choices(config: Mapping[str, Any]) -> dict[str, list[Any]]:
     return {k: list(getattr(v, "categories", [v])) for k, v in config.items()}
 
 
+def _tune_config(asked: Asked) -> dict[str, Any]:
+    """The Tune config of one configuration: every axis (``None`` where absent), and its proxy if any."""
+    params = asked.config.to_params()
+    config = {k: params.get(k) for k in _PARAMS}
+    return {**config, C_PROXY: asked.proxy} if asked.proxy else config
+
+
 def _trial_result(config: TrialConfig, result: Mapping[str, Any]) -> TrialResult:
-    """The :class:`TrialResult` of a final result reported by :func:`run_trial`."""
+    """The :class:`TrialResult` of one configuration's final result reported by :func:`run_trial`."""
     return TrialResult(config=config, score=float(result[METRIC]), metrics=_metrics_of(result),
                        split=result.get(R_SPLIT), epochs_run=int(result.get(R_EPOCHS, result.get(R_EPOCH, 0))),
-                       history=[], seconds=float(result.get(R_SECONDS, 0.0)))
+                       history=[float(v) for v in result.get(R_HISTORY) or ()],
+                       seconds=float(result.get(R_SECONDS, 0.0)))
 
 
 class OptunaPruningScheduler(FIFOScheduler):
@@ -415,15 +515,18 @@ class OptunaPruningScheduler(FIFOScheduler):
 
 # ---------------------------------------------------------------------------------------- entry
 
-def default_resources(device: str = "auto") -> dict[str, float]:
-    """One CPU per trial, plus :data:`DEFAULT_GPU_FRACTION` of a GPU when the cluster has GPUs.
+def default_resources(device: str = "auto", *, batched: bool = False) -> dict[str, float]:
+    """One CPU per Tune trial, plus a GPU share when the cluster has GPUs.
 
-    Call after ``ray.init``. With ``device="cpu"`` no GPU is requested.
+    The share is :data:`DEFAULT_GPU_FRACTION` for a trial of one configuration and
+    :data:`BATCH_GPU_FRACTION` (a whole GPU) for a trial of a batch. Call after ``ray.init``.
+    With ``device="cpu"`` no GPU is requested.
     """
     import ray
 
-    has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
-    return {"cpu": 1, "gpu": DEFAULT_GPU_FRACTION if has_gpu and device != "cpu" else 0}
+    has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0 and device != "cpu"
+    share = BATCH_GPU_FRACTION if batched else DEFAULT_GPU_FRACTION
+    return {"cpu": 1, "gpu": share if has_gpu else 0}
 
 
 def _fitting_trials(resources: Mapping[str, float]) -> int:
@@ -442,14 +545,19 @@ def _tune_name(study_name: str) -> str:
 
 def run_ray(run: SearchRun, *, resources_per_trial: Mapping[str, float] | None = None,
             max_concurrent: int | None = None, max_failures: int = 2, verbose: int = 0) -> None:
-    """The Ray engine of :func:`~difffeat_tune.search.runner.run_search`: every trial a Ray Tune trial.
+    """The Ray engine of :func:`~difffeat_tune.search.runner.run_search`: the trials run as Ray Tune trials.
+
+    A Tune trial trains a batch of configurations (up to ``SearchOptions.batch_trials``,
+    automatic by default; one with a pruner), each its own Optuna trial; see
+    :class:`DiffFeatSearch`.
 
     Args:
         run: the search run (its study, settings and features; the view's folder must be
             reachable at the same absolute path on every node).
-        resources_per_trial: Tune resources of one trial (default :func:`default_resources`).
-        max_concurrent: trials at once (default: as many as the cluster's resources hold at start).
-        max_failures: Tune's retries of a trial whose worker died (same Optuna trial).
+        resources_per_trial: Tune resources of one Tune trial (default :func:`default_resources`:
+            a whole GPU for a batch, a quarter for one configuration, when the cluster has GPUs).
+        max_concurrent: Tune trials at once (default: as many as the cluster's resources hold at start).
+        max_failures: Tune's retries of a trial whose worker died (same Optuna trials).
         verbose: Tune's console verbosity (0 silent ... 3 detailed).
 
     Raises:
@@ -458,11 +566,13 @@ def run_ray(run: SearchRun, *, resources_per_trial: Mapping[str, float] | None =
     _check_options(resources_per_trial, max_concurrent, max_failures, verbose)
     settings = run.settings
     location = ViewLocation.of(run.view)
-    searcher = DiffFeatSearch(settings.space, settings.search, study=run.study, callbacks=run.callbacks)
+    searcher = DiffFeatSearch(settings.space, settings.search, study=run.study, callbacks=run.callbacks,
+                              batched=True)
     if searcher.finished():
         searcher.close()
         return
-    spec = WorkerSpec(location, settings.probe, settings.device, settings.space.d_alg)
+    spec = WorkerSpec(location, settings.probe, settings.device, settings.space.d_alg,
+                      report_epochs=searcher.protocol.prunes, max_probes=settings.search.batch_trials)
     _tune(searcher, settings.space, spec, run.study.study_name, ray_address=settings.search.ray_address,
           results_dir=settings.search.runs / "ray", resources_per_trial=resources_per_trial,
           max_concurrent=max_concurrent, max_failures=max_failures, device=settings.device, verbose=verbose)
@@ -501,7 +611,8 @@ def _tune(searcher: DiffFeatSearch, space: SearchSpace, spec: WorkerSpec, study_
 
     started = start_ray(ray_address)
     try:
-        resources = dict(resources_per_trial) if resources_per_trial is not None else default_resources(device)
+        resources = dict(resources_per_trial) if resources_per_trial is not None else \
+            default_resources(device, batched=searcher.max_batch > 1)
         concurrent = max_concurrent if max_concurrent is not None else _fitting_trials(resources)
         storage_path = str(results_dir) if "://" in str(results_dir) else str(Path(results_dir).absolute())
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
@@ -521,6 +632,7 @@ def _tune(searcher: DiffFeatSearch, space: SearchSpace, spec: WorkerSpec, study_
 
 
 __all__ = [
+    "BATCH_GPU_FRACTION",
     "DEFAULT_GPU_FRACTION",
     "DiffFeatSearch",
     "OptunaPruningScheduler",

@@ -35,12 +35,12 @@ RECIPE = {"epochs": 4, "batch_size": 32, "lr": 1e-2}
 
 
 def _searcher(space, db_url: str, name: str, *, storage=None, poll_interval: float = 0.5,  # type: ignore[no-untyped-def]
-              **overrides: object) -> DiffFeatSearch:
+              batched: bool = False, **overrides: object) -> DiffFeatSearch:
     """A searcher over a new (or resumed) study, as the Ray engine builds it."""
     settings = Settings.create(space=space, search=SearchOptions(storage=db_url, study_name=name), device="cpu",
                                cpu_threads=1, **{**RECIPE, **overrides})
     study = open_study(settings, name, storage=storage)
-    return DiffFeatSearch(settings.space, settings.search, study=study, poll_interval=poll_interval)
+    return DiffFeatSearch(settings.space, settings.search, study=study, poll_interval=poll_interval, batched=batched)
 
 
 #: A 2x2 image grid and a 1x2 text grid of the synthetic store: 4 + 2 unimodal trials, 3 x 2 fusion.
@@ -83,6 +83,13 @@ def tiny_space(tmp_path: Path):  # type: ignore[no-untyped-def]
     return load_space(path)
 
 
+def _tune_configs(folder: Path) -> list[dict[str, object]]:
+    """The configs of the Tune trials of a run's results folder."""
+    import json
+
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("*/params.json"))]
+
+
 def _plan(study: optuna.Study) -> dict[str, set[str]]:
     plan: dict[str, set[str]] = {}
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
@@ -109,14 +116,21 @@ def test_ray_heuristic_runs_the_local_plan_and_finds_the_same_best(
     ray_study = optuna.load_study(study_name="ray", storage=storage)
     local_study = optuna.load_study(study_name="local", storage=storage)
     assert _plan(ray_study) == _plan(local_study)
-    local_values = {t.user_attrs["config"]: t.value for t in local_study.trials}
+    local_trials = {t.user_attrs["config"]: t for t in local_study.trials}
     for trial in ray_study.trials:
-        assert {"phase", "modality", "config", "epochs_run", "seconds", "split", "map", "of1"} <= set(
+        assert {"phase", "modality", "config", "epochs_run", "seconds", "split", "map", "of1", "history"} <= set(
             trial.user_attrs)
         assert trial.user_attrs["split"] == "val" and trial.user_attrs["epochs_run"] == 4
         assert trial.user_attrs["map"] == pytest.approx(trial.value)
-        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]  # every epoch's score reached the study
-        assert trial.value == pytest.approx(local_values[trial.user_attrs["config"]], abs=1e-6)
+        local_trial = local_trials[trial.user_attrs["config"]]
+        assert trial.value == pytest.approx(local_trial.value, abs=1e-6)
+        # batched as locally: no per-epoch report, every epoch's score in the trial's history
+        assert not trial.intermediate_values
+        assert trial.user_attrs["history"] == pytest.approx(local_trial.user_attrs["history"], abs=1e-6)
+    # Tune ran a few batches (one per phase and free slot), not one Tune trial per configuration
+    batches = [config.get("batch") for config in _tune_configs(tmp_path / "runs" / "ray" / "ray")]
+    assert 3 <= len(batches) <= 8 and all(batches)
+    assert sum(len(batch) for batch in batches) == 28
     assert ray_study.user_attrs["engine"] == "ray" and ray_study.user_attrs["sampler"] == "heuristic"
     assert (tmp_path / "runs" / "ray" / "ray").is_dir()  # Tune's results folder
     assert ray.is_initialized()  # the run used the test's Ray and left it running
@@ -138,7 +152,7 @@ def test_ray_proxy_guided_heuristic_scores_on_the_workers_and_trains_the_top_one
         proxied = trial.user_attrs.get("proxy") == "ridge"
         assert trial.state == TrialState.COMPLETE and proxied == (trial.user_attrs["phase"] == "proxy")
         assert trial.user_attrs["epochs_run"] == (0 if proxied else 4)
-        assert bool(trial.intermediate_values) != proxied  # a proxy trial reports no epoch
+        assert ("history" in trial.user_attrs) != proxied  # a proxy trial trains no epoch
     again = run_study(view, tiny_space, db_url, "ray", engine="ray", runs=tmp_path / "runs", **options)
     assert again.trials == summary.trials  # a finished proxy-guided study runs nothing more
 
@@ -260,6 +274,61 @@ def test_failures_reported_by_tune_are_recorded_fail_with_their_error(db_url: st
     assert errors[3] == "the Ray driver stopped before the trial finished"
     # FAILED configurations are pending again: the heuristic retries them (max_failures=2).
     assert len(plan_status(searcher.study).pending) == 13
+
+
+def _batch_result(configs: list[dict[str, object]], errors: dict[int, str]) -> dict[str, object]:
+    """A batched trial's final result as :func:`run_trial` reports it (one entry per configuration)."""
+    entries: list[dict[str, object]] = []
+    for k, params in enumerate(configs):
+        score = _fake_score(params)
+        entries.append({"score": math.nan, "error": errors[k]} if k in errors else {
+            "score": score, "metrics": {"map": score, "of1": score / 2}, "split": "val", "seconds": 0.01,
+            "epochs_run": 4, "history": [score - 0.03, score - 0.02, score - 0.01, score]})
+    return {"score": max(e["score"] for e in entries if "error" not in e), "final": True, "results": entries,
+            "training_iteration": 1}
+
+
+def test_a_batched_searcher_spreads_a_phase_over_the_free_slots_and_tells_each_configuration(  # type: ignore[no-untyped-def]
+        db_url: str, small_space) -> None:
+    searcher = _searcher(small_space, db_url, "batched", poll_interval=0.01, batched=True)
+    assert searcher.max_batch == 32  # the local engine's automatic batch (no pruner)
+    assert searcher.set_max_concurrency(2) is False  # Tune's limiter still enforces the limit
+    first, second = searcher.suggest("a"), searcher.suggest("b")  # 13 unimodal configurations, 2 slots
+    assert isinstance(first, dict) and isinstance(second, dict)
+    assert (len(first["batch"]), len(second["batch"])) == (7, 6)
+    assert set(first) == set(small_space.to_tune()) | {"batch"} and first["modality"] is None
+    assert all(set(c) == set(small_space.to_tune()) for c in first["batch"] + second["batch"])
+    assert searcher.suggest("c") is None  # the whole phase is taken
+    searcher.on_trial_complete("a", result=_batch_result(first["batch"], {2: "StoreError: shard x is corrupt"}))
+    searcher.on_trial_complete("b", error=True)  # Tune gave up on the second batch
+    trials = searcher.study.trials
+    assert [t.state for t in trials[:7]] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 4
+    told = trials[0]
+    assert told.value == pytest.approx(_fake_score(first["batch"][0])) and told.user_attrs["of1"] == told.value / 2
+    assert told.user_attrs["history"] == pytest.approx([told.value - 0.03, told.value - 0.02, told.value - 0.01,
+                                                         told.value])
+    assert not told.intermediate_values and told.user_attrs["epochs_run"] == 4
+    assert trials[2].user_attrs["error"] == "StoreError: shard x is corrupt"
+    assert all(t.state == TrialState.FAIL and t.user_attrs["error"].startswith("Ray Tune gave up")
+               for t in trials[7:])  # only the dead batch's own configurations
+    time.sleep(0.02)
+    retry = searcher.suggest("d")  # the 7 failed configurations are pending again: 4 + 3 over 2 slots
+    assert isinstance(retry, dict) and len(retry["batch"]) == 4
+    failed = [c for k, c in enumerate(first["batch"]) if k == 2] + second["batch"]
+    assert all(c in failed for c in retry["batch"])
+    searcher.close()
+
+
+def test_with_a_pruner_a_batched_searcher_gives_one_configuration_per_tune_trial(  # type: ignore[no-untyped-def]
+        db_url: str, tiny_space) -> None:
+    searcher = _searcher(tiny_space, db_url, "pruned", batched=True, pruner="median")
+    searcher.set_max_concurrency(2)
+    assert searcher.max_batch == 1
+    config = searcher.suggest("a")
+    assert isinstance(config, dict) and "batch" not in config and config["modality"] in ("image", "text")
+    assert searcher.report("a", {"score": 0.5, "epoch": 1}) is False  # its epochs reach the study
+    assert searcher.study.trials[0].intermediate_values == {1: 0.5}
+    searcher.close()
 
 
 def test_the_trials_of_a_dead_driver_go_stale_and_are_retried(db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
