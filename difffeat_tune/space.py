@@ -71,6 +71,7 @@ class SearchSpace:
         probe: overrides of the training recipe (``[probe]``).
         description: free text.
         source: where the space was read from.
+        file: the absolute path of the space's file when it was read (empty for a shipped space).
     """
 
     name: str
@@ -81,6 +82,7 @@ class SearchSpace:
     probe: Mapping[str, float | int] = field(default_factory=dict)
     description: str = ""
     source: str = ""
+    file: str = ""
 
     def __post_init__(self) -> None:
         if self.image is None and self.text is None:
@@ -92,6 +94,21 @@ class SearchSpace:
     def label(self) -> str:
         """How messages name the space (its file, else its name)."""
         return self.source or self.name
+
+    @property
+    def reference(self) -> str:
+        """What a study records: :func:`load_space` loads the space again from it, from any folder.
+
+        A shipped space's label (``searchspaces/<name>.toml``, which names the shipped file), or
+        a space file's absolute path.
+        """
+        return self.file or self.label
+
+    def is_recorded_as(self, recorded: str) -> bool:
+        """Whether a study's recorded space (its :attr:`reference`, or the relative path that
+        older versions recorded, resolved from this folder) names this space."""
+        return recorded in (self.label, self.reference) or \
+            (bool(self.file) and str(Path(recorded).absolute()) == self.file)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -200,6 +217,11 @@ def available_spaces() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
+def _shipped_source(name: str) -> str:
+    """The label of a shipped space (its file in the package's ``searchspaces`` folder)."""
+    return f"searchspaces/{name}.toml"
+
+
 def load_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
     """Load a shipped space by name or a TOML file by path, validating every field.
 
@@ -209,22 +231,26 @@ def load_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
             an unknown fusion method.
     """
     path = Path(name_or_path)
+    shipped = path.stem if path.parts == Path(_shipped_source(path.stem)).parts else None
+    if shipped and not path.is_file() and resources.files("difffeat_tune.searchspaces").joinpath(
+            f"{shipped}.toml").is_file():
+        path = Path(shipped)  # a shipped space's label, as a study records it: the shipped file
     if path.suffix == ".toml" or path.exists() or len(path.parts) > 1:  # a path, not a shipped name
         if not path.is_file():
             raise ConfigError(f"search space file {path} does not exist",
                               f"give a .toml file, or a shipped space: {', '.join(available_spaces())}")
-        text, source, name = path.read_text(), str(path), path.stem
+        text, source, name, file = path.read_text(), str(path), path.stem, str(path.absolute())
     else:
-        entry = resources.files("difffeat_tune.searchspaces").joinpath(f"{name_or_path}.toml")
+        entry = resources.files("difffeat_tune.searchspaces").joinpath(f"{path}.toml")
         if not entry.is_file():
-            raise ConfigError(f"unknown search space {str(name_or_path)!r}",
+            raise ConfigError(f"unknown search space {str(path)!r}",
                               f"shipped spaces: {', '.join(available_spaces())}; or give a path to a .toml file")
-        text, source, name = entry.read_text(), f"searchspaces/{name_or_path}.toml", str(name_or_path)
+        text, source, name, file = entry.read_text(), _shipped_source(str(path)), str(path), ""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"search space {source} is not valid TOML: {exc}") from exc
-    return _parse(raw, name=name, source=source)
+    return replace(_parse(raw, name=name, source=source), file=file)
 
 
 def _parse(raw: Mapping[str, object], *, name: str, source: str) -> SearchSpace:

@@ -129,7 +129,7 @@ class Settings:
         """The settings a study records (JSON values): what decides its trials and their scores."""
         recipe = self.probe.recipe
         return {
-            "sampler": self.search.sampler, "space": self.space.label,
+            "sampler": self.search.sampler, "space": self.space.reference,
             "fusion_methods": list(self.search.fusion_methods), "neighbourhood": self.search.neighbourhood,
             "radius": self.search.radius, "pruner": self.search.pruner, "protocol": self.probe.protocol,
             "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,

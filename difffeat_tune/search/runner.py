@@ -225,7 +225,8 @@ def record_study_attrs(study: optuna.Study, settings: Settings, objective: Objec
     record = settings.record()
     for key in (A.SAMPLER, A.SPACE):
         previous = study.user_attrs.get(key)
-        if previous is not None and previous != record[key]:
+        same = previous == record[key] or (key == A.SPACE and settings.space.is_recorded_as(str(previous)))
+        if previous is not None and not same:
             raise ConfigError(f"study {study.study_name!r} was run with {key} {previous}, not {record[key]}",
                               "choose another --study-name")
     view = objective.view
