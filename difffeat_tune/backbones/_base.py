@@ -190,8 +190,9 @@ class Backbone(ABC):
         return list(dict.fromkeys(timesteps)), wanted
 
     def no_rows(self, timesteps: Sequence[int], blocks: Sequence[int]) -> dict[int, dict[int, torch.Tensor]]:
-        """The features of an empty batch: ``[0, width]`` per timestep and block."""
-        return {t: {b: torch.zeros((0, self.width), device=self.device) for b in blocks} for t in timesteps}
+        """The features of an empty batch: ``[0, width of the block]`` per timestep and block."""
+        widths = self.block_widths()
+        return {t: {b: torch.zeros((0, widths[b]), device=self.device) for b in blocks} for t in timesteps}
 
     def split_rows(self, split: Split, indices: Sequence[int]) -> tuple[list[int], tuple[str, ...]]:
         """Rows ``indices`` of ``split`` and their ids, after checking the split has this backbone's input.

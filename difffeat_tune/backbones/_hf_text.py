@@ -303,6 +303,9 @@ def _tokenized(tokenizer: PreTrainedTokenizerBase, token_length: int, captions: 
         if not isinstance(caption, str) or not caption.strip():
             raise DataError(f"split {split_name!r}: caption of row id {row_id!r} is empty",
                             "give every row a non-empty caption, or remove the row")
+    if not captions:  # the tokenizer cannot batch no captions
+        empty = torch.zeros((0, token_length), dtype=torch.bool)
+        return empty.long(), empty, empty
     enc = tokenizer(
         list(captions), padding="max_length", truncation=True, max_length=token_length,
         return_attention_mask=True, return_special_tokens_mask=True, return_tensors="pt",

@@ -55,8 +55,18 @@ def vae_factor(vae: AutoencoderKL) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def no_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """The latents of a batch of no images, ``float32 [0, C, H / f, W / f]``, without running the VAE
+    (its attention cannot reshape a batch of no rows)."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return torch.zeros((0, int(vae.config.latent_channels), pixels.shape[-2] // factor, pixels.shape[-1] // factor),
+                       device=pixels.device)
+
+
 def vae_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     """``(posterior mean - shift_factor) * scaling_factor`` of ``pixels`` ([B, 3, H, W] in [-1, 1]), float32."""
+    if pixels.shape[0] == 0:
+        return no_latents(vae, pixels)
     shift = vae.config.get("shift_factor") or 0.0
     scale = float(vae.config.scaling_factor)
     with torch.inference_mode():

@@ -232,6 +232,8 @@ class LatentDiffusionBackbone(Backbone):
     ) -> dict[int, dict[int, torch.Tensor]]:
         self.validate(timesteps, blocks)
         n = len(batch)
+        if n == 0:  # the transformer's attention cannot reshape a batch of no rows
+            return self.no_rows(*self.request(timesteps, blocks))
         hidden = torch.cat([self.noisy_latents(batch, t) for t in timesteps])
         steps = torch.cat([torch.full((n,), self.noising.model_timestep(t), device=self.device) for t in timesteps])
         amp = autocast_dtype(self.device)

@@ -26,7 +26,7 @@ from difffeat_tune._errors import BackboneError
 from difffeat_tune.backbones._base import Backbone, Encoded, InputStage, seeded_normal, weights_digest
 from difffeat_tune.backbones._family import LoadOptions, looks_like_path
 from difffeat_tune.backbones._hooks import capture_blocks, mean_pool
-from difffeat_tune.backbones._image import center_crop_pixels, pixel_stage
+from difffeat_tune.backbones._image import center_crop_pixels, no_latents, pixel_stage
 from difffeat_tune.backbones._registry import default_source, family
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class DiTBackbone(Backbone):
 
     def to_device(self, prepared: Encoded, *, non_blocking: bool = False) -> Encoded:
         pixels = prepared.tensors["pixels"].to(self.device, non_blocking=non_blocking)
+        if pixels.shape[0] == 0:
+            return Encoded(ids=prepared.ids, tensors={"latents": no_latents(self.vae, pixels)})
         with torch.inference_mode():
             latents = self.vae.encode(pixels).latent_dist.mean * self.latent_scale
         return Encoded(ids=prepared.ids, tensors={"latents": latents.float()})
@@ -130,6 +132,8 @@ class DiTBackbone(Backbone):
     ) -> dict[int, dict[int, torch.Tensor]]:
         self.validate(timesteps, blocks)
         n = len(batch)
+        if n == 0:  # the transformer's attention cannot reshape a batch of no rows
+            return self.no_rows(*self.request(timesteps, blocks))
         # All requested timesteps share one pass: the DiT embeds a timestep per sample.
         noisy = [self.noisy_latents(batch, t) for t in timesteps]
         steps = [torch.full((n,), t, dtype=torch.long, device=self.device) for t in timesteps]

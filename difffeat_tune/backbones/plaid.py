@@ -366,7 +366,7 @@ class PlaidBackbone(Backbone):
         tokens, mask = self._batch_tensors(batch)
         size = tokens.shape[0]
         if size == 0:
-            return {t: {b: torch.zeros((0, self.width), device=self.device) for b in wanted} for t in ts}
+            return self.no_rows(ts, wanted)
         out: dict[int, dict[int, torch.Tensor]] = {}
         pool = masked_mean_pool(mask)
 
