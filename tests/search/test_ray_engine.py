@@ -7,6 +7,7 @@ import pickle
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +156,50 @@ def test_ray_proxy_guided_heuristic_scores_on_the_workers_and_trains_the_top_one
         assert ("history" in trial.user_attrs) != proxied  # a proxy trial trains no epoch
     again = run_study(view, tiny_space, db_url, "ray", engine="ray", runs=tmp_path / "runs", **options)
     assert again.trials == summary.trials  # a finished proxy-guided study runs nothing more
+
+
+def _kill_a_busy_trainer(study_name: str, db_url: str, killed: list[int], stop: threading.Event) -> None:
+    """Once the study has running trials, kill -9 one Ray Tune trainer process (a worker dying mid-batch)."""
+    import psutil
+
+    storage = open_storage(db_url, heartbeat=False)
+    while not stop.is_set() and not killed:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except KeyError:  # the study is not created yet
+            running = []
+        trainers = [p for p in psutil.process_iter(["cmdline"])
+                    if "ImplicitFunc.train" in " ".join(p.info["cmdline"] or ())] if running else []
+        if trainers:
+            trainers[0].kill()
+            killed.append(trainers[0].pid)
+        stop.wait(0.05)
+
+
+@pytest.mark.slow
+def test_a_dead_batch_fails_and_retries_only_its_own_configurations(
+        ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
+    view = write_synthetic_store(tmp_path / "features")
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_a_busy_trainer, args=("dead", db_url, killed, stop), daemon=True)
+    killer.start()
+    try:  # Tune gives up at once (max_failures=0): the heuristic retries the dead batch's configurations
+        summary = run_study(view, tiny_space, db_url, "dead", engine="ray", evaluate_best=False, runs=tmp_path,
+                            engine_options={"max_failures": 0}, **{**RECIPE, "epochs": 300})
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 1
+    study = optuna.load_study(study_name="dead", storage=db_url)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["error"].startswith("Ray Tune gave up on the trial") for t in failed)
+    # the 6 unimodal configurations ran as two batches of 3 (2 trial slots); only the dead one failed
+    assert len(failed) == 3 and all(t.number < 6 for t in failed)
+    complete = {t.user_attrs["config"] for t in study.trials if t.state == TrialState.COMPLETE}
+    assert {t.user_attrs["config"] for t in failed} <= complete  # each retried once, and completed
+    assert summary.trials == {"complete": 6 + 6, "fail": 3} and summary.phases == {"image": 4, "text": 2, "fusion": 6}
 
 
 def _poison_block(view, modality: str, t: int, block: int, split: str) -> Path:  # type: ignore[no-untyped-def]
