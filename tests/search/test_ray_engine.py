@@ -232,7 +232,7 @@ def test_a_failing_configuration_is_recorded_fail_with_its_error_and_the_search_
 def test_ray_grid_covers_the_grid_once(ray_local, tmp_path: Path, db_url: str, tiny_space) -> None:  # type: ignore[no-untyped-def]
     view = write_synthetic_store(tmp_path / "features")
     options = {"sampler": "grid", "evaluate_best": False, "engine": "ray", "runs": tmp_path, "epochs": 2,
-               "batch_size": 32}
+               "batch_size": 32, "batch_trials": 3}
     seen: list[int] = []
     summary = run_study(view, tiny_space, db_url, "grid", **options,
                         callbacks=[lambda study, trial: seen.append(trial.number)])  # a closure, as the CLI's
@@ -241,6 +241,8 @@ def test_ray_grid_covers_the_grid_once(ray_local, tmp_path: Path, db_url: str, t
     assert summary.trials == {"complete": 8} and summary.phases == {"fusion": 8}
     study = optuna.load_study(study_name="grid", storage=db_url)
     assert sorted(t.user_attrs["config"] for t in study.trials) == sorted(grid)
+    sizes = sorted(len(c.get("batch") or [c]) for c in _tune_configs(tmp_path / "ray" / "grid"))  # type: ignore[arg-type]
+    assert sum(sizes) == 8 and max(sizes) == 3  # --batch-trials bounds a Tune trial's batch
     start = time.perf_counter()
     again = run_study(view, tiny_space, db_url, "grid", **options)
     assert again.trials == {"complete": 8}
