@@ -37,6 +37,8 @@ DEFAULT_TEXT_NOISING: Final = "ddim"
 DEFAULT_PROTOCOL: Final = "validation"
 #: Probe training epochs when the search space's ``[probe]`` table sets none.
 DEFAULT_EPOCHS = 40
+#: FAILED trials after which a configuration (or grid point) is given up: one retry.
+DEFAULT_MAX_FAILURES = 2
 
 #: Share of the free memory an objective's default budget takes. A quarter: at COCO's size a probe
 #: is compute-bound already in small batches, so more room buys little speed, and the machine

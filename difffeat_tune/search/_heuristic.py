@@ -22,6 +22,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from difffeat_tune._defaults import DEFAULT_MAX_FAILURES
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import TrialConfig
 from difffeat_tune.search import _attrs as A
@@ -121,7 +122,7 @@ class HeuristicSampler(BaseSampler):
     """
 
     def __init__(self, space: SearchSpace, *, fusion_methods: Sequence[str] | None = None,
-                 neighbourhood: _plan.Neighbourhood = "cross", radius: int = 1, max_failures: int = 2,
+                 neighbourhood: _plan.Neighbourhood = "cross", radius: int = 1, max_failures: int = DEFAULT_MAX_FAILURES,
                  proxy: str | None = None, proxy_top: int = 3, poll_interval: float = 0.5,
                  wait_timeout: float | None = None, seed: int | None = None, beat_claims: bool = False) -> None:
         self._rules = _plan.PlanRules.for_space(space, fusion_methods, neighbourhood, radius, max_failures, proxy,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from difffeat_tune._defaults import DEFAULT_FUSION, DEFAULT_RUNS
+from difffeat_tune._defaults import DEFAULT_FUSION, DEFAULT_MAX_FAILURES, DEFAULT_RUNS
 from difffeat_tune._errors import ConfigError, check_int
 from difffeat_tune._paths import local_folder
 from difffeat_tune.config import FUSION_METHODS
@@ -75,7 +75,7 @@ class SearchOptions:
     threads: int | None = None
     batch_trials: int | None = None
     seed: int = 0
-    max_failures: int = 2
+    max_failures: int = DEFAULT_MAX_FAILURES
     evaluate_best: bool = True
     n_trials: int | None = None
     engine: str = "local"

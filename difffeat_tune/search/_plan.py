@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from optuna.trial import TrialState
 
-from difffeat_tune._defaults import DEFAULT_FUSION
+from difffeat_tune._defaults import DEFAULT_FUSION, DEFAULT_MAX_FAILURES
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.config import (
     P_FUSION,
@@ -156,7 +156,7 @@ class PlanRules:
     fusion_methods: tuple[str, ...]
     neighbourhood: Neighbourhood = "cross"
     radius: int = 1
-    max_failures: int = 2
+    max_failures: int = DEFAULT_MAX_FAILURES
     proxy: str | None = None
     proxy_top: int = 3
 
@@ -174,7 +174,7 @@ class PlanRules:
 
     @classmethod
     def for_space(cls, space: SearchSpace, fusion_methods: Sequence[str] | None = None,
-                  neighbourhood: Neighbourhood = "cross", radius: int = 1, max_failures: int = 2,
+                  neighbourhood: Neighbourhood = "cross", radius: int = 1, max_failures: int = DEFAULT_MAX_FAILURES,
                   proxy: str | None = None, proxy_top: int = 3) -> PlanRules:
         """The rules for ``space``, its fusion methods checked.
 

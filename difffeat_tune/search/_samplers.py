@@ -16,6 +16,7 @@ state says a configuration is pending, so samplers are built for that use: the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import optuna
 from optuna.trial import TrialState
 
+from difffeat_tune._defaults import DEFAULT_MAX_FAILURES
 from difffeat_tune._errors import ConfigError
 from difffeat_tune.search._heuristic import HeuristicSampler
 from difffeat_tune.search._records import deferred_study_writes
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
 
     from difffeat_tune.search._plan import PlanStatus
     from difffeat_tune.space import SearchSpace
+
+
+logger = logging.getLogger(__name__)
 
 
 class SearchOptions(Protocol):
@@ -79,23 +84,63 @@ class PlanState:
                    enqueued=status.enqueued)
 
 
+@dataclass(frozen=True)
+class GridProgress:
+    """Where a grid stands, from its trials: which grid points are done, running, or free.
+
+    Attributes:
+        size: the grid's points (ids ``0 .. size - 1``).
+        done: points with a COMPLETE or PRUNED trial, or given up.
+        given_up: points that failed ``max_failures`` times (skipped, as the heuristic skips a
+            configuration).
+        running: points held by a RUNNING trial, not done.
+    """
+
+    size: int
+    done: frozenset[int]
+    given_up: frozenset[int]
+    running: frozenset[int]
+
+    @property
+    def free(self) -> list[int]:
+        """Points a trial asked now may take: never tried, or failed fewer than ``max_failures`` times."""
+        return sorted(set(range(self.size)) - self.done - self.running)
+
+    @property
+    def exhausted(self) -> bool:
+        """Every point is done."""
+        return len(self.done) >= self.size
+
+
 class GridSearchSampler(optuna.samplers.GridSampler):
     """Optuna's GridSampler over the space's full grid, for engines that ask and tell themselves.
 
-    The same grid and order as ``GridSampler(space.grid_axes(methods), seed=seed)``; its
-    ``after_trial`` does not call ``study.stop()`` (engines read :func:`plan_state` instead), and
-    ``before_trial`` writes the trial's grid point in one transaction.
+    The same grid and order as ``GridSampler(space.grid_axes(methods), seed=seed)``, with three
+    differences: a grid point whose trial FAILED (an error, an interrupted run, a dead worker) is
+    tried again, up to ``max_failures`` trials in all, as the heuristic retries a configuration
+    (Optuna's sampler counts a failed point as visited, so an interrupted grid would never train
+    it); its ``after_trial`` does not call ``study.stop()`` (engines read :func:`plan_state`
+    instead); and ``before_trial`` writes the trial's grid point in one transaction.
 
     Args:
         search_space, seed: as for :class:`optuna.samplers.GridSampler`.
+        max_failures: FAILED trials after which a grid point is given up (1: no retry).
         beat_claims: record the trial's first heartbeat in that transaction (for engines that
             beat their asked trials from a thread of their own, as
             :class:`~difffeat_tune.search._heuristic.HeuristicSampler` does with the same option).
+
+    Notes:
+        Distributed use: the first ``len(grid)`` trials take the point of their trial number
+        (no two workers take the same one); later trials, which retry failed points, take a
+        random free point, so that two workers rarely retry the same one.
     """
 
     def __init__(self, search_space: Mapping[str, Sequence[GridValueType]], seed: int | None = None, *,
-                 beat_claims: bool = False) -> None:
+                 max_failures: int = DEFAULT_MAX_FAILURES, beat_claims: bool = False) -> None:
         super().__init__(search_space, seed=seed)
+        if not isinstance(max_failures, int) or isinstance(max_failures, bool) or max_failures < 1:
+            raise ConfigError(f"max_failures must be an integer of 1 or more, got {max_failures!r}")
+        self._max_failures = max_failures
         self._beat_claims = beat_claims
 
     @property
@@ -103,20 +148,52 @@ class GridSearchSampler(optuna.samplers.GridSampler):
         """Whether :meth:`before_trial` records the trial's first heartbeat."""
         return self._beat_claims
 
+    def progress(self, trials: Sequence[optuna.trial.FrozenTrial]) -> GridProgress:
+        """Where the grid stands in ``trials`` (read once by the caller)."""
+        done: set[int] = set()
+        running: set[int] = set()
+        failures: dict[int, int] = {}
+        for t in trials:
+            grid_id = t.system_attrs.get("grid_id")
+            if grid_id is None or not self._same_search_space(t.system_attrs.get("search_space", {})):
+                continue
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                done.add(grid_id)
+            elif t.state == TrialState.FAIL:
+                failures[grid_id] = failures.get(grid_id, 0) + 1
+            elif t.state == TrialState.RUNNING:
+                running.add(grid_id)
+        given_up = {g for g, n in failures.items() if n >= self._max_failures} - done
+        done |= given_up
+        return GridProgress(self._n_min_trials, frozenset(done), frozenset(given_up), frozenset(running - done))
+
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # An enqueued trial, or one Optuna retries with its grid point, keeps what it holds.
+        if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+            return
+        free = self.progress(study._storage.get_all_trials(study._study_id, deepcopy=False)).free
+        if 0 <= trial.number < self._n_min_trials and trial.number in free:
+            grid_id = trial.number
+        elif free:
+            grid_id = int(self._rng.rng.choice(free))
+        else:  # a race with another worker: re-evaluate a point, as Optuna's sampler does
+            logger.warning("trial %d found no free grid point: it re-evaluates one", trial.number)
+            grid_id = int(self._rng.rng.choice(self._n_min_trials))
         with deferred_study_writes(study, trial._trial_id, heartbeat=self._beat_claims) as view:
-            super().before_trial(view, trial)
+            view._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+            view._storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         pass
 
     def exhausted_in(self, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
-        """``is_exhausted`` judged on ``trials`` (read once by the caller): every grid point has a finished trial."""
-        visited = {t.system_attrs["grid_id"] for t in trials
-                   if t.state.is_finished() and "grid_id" in t.system_attrs
-                   and self._same_search_space(t.system_attrs.get("search_space", {}))}
-        return visited >= set(range(self._n_min_trials))
+        """``is_exhausted`` judged on ``trials`` (read once by the caller): every grid point is done."""
+        return self.progress(trials).exhausted
+
+    def is_exhausted(self, study: optuna.Study) -> bool:
+        """Every grid point has a COMPLETE or PRUNED trial, or was given up."""
+        return self.exhausted_in(study.get_trials(deepcopy=False))
 
 
 def _build_heuristic(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:
@@ -129,6 +206,7 @@ def _build_heuristic(space: SearchSpace, options: SearchOptions) -> optuna.sampl
 
 def _build_grid(space: SearchSpace, options: SearchOptions) -> optuna.samplers.BaseSampler:
     return GridSearchSampler(space.grid_axes(options.fusion_methods or None), seed=options.seed,
+                             max_failures=options.max_failures,
                              beat_claims=True)  # the engines beat their trials (Heartbeat)
 
 
@@ -138,20 +216,12 @@ def _heuristic_state(study: optuna.Study, space: SearchSpace, options: SearchOpt
 
 
 def _grid_state(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> PlanState:
-    sampler = study.sampler
-    if not isinstance(sampler, optuna.samplers.GridSampler):
-        sampler = _build_grid(space, options)
-    size = len(space.grid_configs(options.fusion_methods or None))
+    sampler = study.sampler if isinstance(study.sampler, GridSearchSampler) else _build_grid(space, options)
     trials = study.get_trials(deepcopy=False)
-    finished_ids = {t.system_attrs.get("grid_id") for t in trials if t.state.is_finished()}
-    running_ids = {t.system_attrs.get("grid_id") for t in trials if t.state == TrialState.RUNNING} - finished_ids
+    progress = sampler.progress(trials)  # type: ignore[union-attr]
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    grid_ids = set(range(size))
-    free = len(grid_ids - finished_ids - running_ids)
-    exhausted = (sampler.exhausted_in(trials) if isinstance(sampler, GridSearchSampler)
-                 else sampler.is_exhausted(study))  # type: ignore[union-attr]
-    return PlanState(pending=free + waiting, running=len(running_ids & grid_ids),
-                     finished=waiting == 0 and exhausted, enqueued=waiting)
+    return PlanState(pending=len(progress.free) + waiting, running=len(progress.running),
+                     finished=waiting == 0 and progress.exhausted, enqueued=waiting)
 
 
 @dataclass(frozen=True)
