@@ -70,7 +70,7 @@ def landscape_figure(study: StudyData, companions: Sequence[StudyData] = ()) -> 
                    "the optimum is starred and outlined. Blank cells were not run (or pruned/failed, as labelled).")
         if correlations:
             title = "A(t, b): probe and proxy scores per timestep and block"
-            caption += " " + _proxy_caption(study, correlations)
+            caption += " " + _proxy_caption(correlations)
     else:
         fusion = [r for r in study.of("fusion") if r.complete]
         if not fusion:
@@ -88,13 +88,14 @@ def _proxy_heatmap(proxied: StudyData, correlation: RankCorrelation) -> Heatmap:
     ts = sorted({tb[0] for tb in cells})
     bs = sorted({tb[1] for tb in cells})
     z = tuple(tuple(cells.get((t, b)) for t in ts) for b in bs)
-    text = tuple(tuple("" if cells.get((t, b)) is None else f"{cells[(t, b)]:.3f}" for t in ts) for b in bs)
-    marks = tuple(Mark(t, b, f"trained {tb_label((t, b))}", "trained") for t, b in sorted(trained_scores(proxied, modality)))
+    text = tuple(tuple("" if cells.get((t, b)) is None else f"{cells[(t, b)]:.4g}" for t in ts) for b in bs)
+    trained = sorted(trained_scores(proxied, modality))
+    marks = tuple(Mark(t, b, f"trained {tb_label((t, b))}", "trained") for t, b in trained)
     return Heatmap(f"{modality}: {proxy} proxy score\n{correlation.describe()}", tuple(ts), tuple(bs), z,
                    "timestep t", "block b", f"{proxy} score", marks, text)
 
 
-def _proxy_caption(study: StudyData, correlations: Sequence[tuple[StudyData, RankCorrelation]]) -> str:
+def _proxy_caption(correlations: Sequence[tuple[StudyData, RankCorrelation]]) -> str:
     """What the proxy panels show, and each rank correlation with the study it is taken against."""
     parts = []
     for proxied, c in correlations:

@@ -96,11 +96,13 @@ def rank_correlation(proxied: StudyData, against: StudyData, modality: str) -> R
     x, y = [proxy[p] for p in shared], [trained[p] for p in shared]
     tau, rho = float(kendalltau(x, y).statistic), float(spearmanr(x, y).statistic)
     if not (math.isfinite(tau) and math.isfinite(rho)):
-        return RankCorrelation(**base, tau=None, rho=None, why="undefined: the scores of one side are all equal")  # type: ignore[arg-type]
+        why = "undefined: the scores of one side are all equal"
+        return RankCorrelation(**base, tau=None, rho=None, why=why)  # type: ignore[arg-type]
     return RankCorrelation(**base, tau=tau, rho=rho)  # type: ignore[arg-type]
 
 
-def proxy_correlations(study: StudyData, companions: Sequence[StudyData] = ()) -> list[tuple[StudyData, RankCorrelation]]:
+def proxy_correlations(study: StudyData,
+                       companions: Sequence[StudyData] = ()) -> list[tuple[StudyData, RankCorrelation]]:
     """Each proxy-guided study among ``study`` and ``companions`` (the other studies of its
     ``compare``), with the rank correlation of its proxy scores per modality, in modality order:
     what ``study``'s landscape draws beside its A(t, b) (nothing for a study without unimodal trials)."""

@@ -102,9 +102,10 @@ def write_report(
     saves the same plotly figures into the study for optuna-dashboard and a Markdown note
     summarising the best image, text and fusion configurations with their scores.
 
-    Figures: A(t, b) per modality with the optimum (and, for a proxy-guided study or beside one of
-    its ``compare``, the proxy scores with their rank correlation to trained scores); the fusion phase's image x text candidates
-    (and the fusion methods compared when several ran); best image vs text vs fusion on the
+    Figures: A(t, b) per modality with the optimum (for a proxy-guided study, or beside one of its
+    ``compare``, with the proxy scores and their rank correlation with trained scores); the fusion
+    phase's image x text candidates (and the fusion methods compared when several ran); best
+    image vs text vs fusion on the
     selection and evaluation splits, every metric; heuristic vs grid when the storage holds both
     studies of one ``compare`` (``<base>-heuristic`` and ``<base>-grid``, and its third column when
     it also holds a proxy-guided ``<base>-heuristic-<proxy>``); the best trials'

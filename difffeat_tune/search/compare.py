@@ -127,8 +127,9 @@ class Comparison:
         if self.kind is None:
             return "No regret: the two studies have no complete configuration of the same kind."
         sentence = (f"Regret of the heuristic: {_pct(self.regret)} points on {split} (the grid's best {self.kind} "
-                    f"minus the heuristic's best {self.kind}); on {self.heuristic.eval_split or 'the evaluation split'}, "
-                    f"the chosen configurations differ by {_pct(self.eval_regret)} points.")
+                    f"minus the heuristic's best {self.kind}); on "
+                    f"{self.heuristic.eval_split or 'the evaluation split'}, the chosen configurations differ by "
+                    f"{_pct(self.eval_regret)} points.")
         if self.proxy is not None:
             sentence += (f" Regret of the proxy-guided heuristic ({_plan(self.proxy)}): {_pct(self.proxy_regret)} "
                          f"points, with {self.proxy.probe_epochs} probe epochs (the heuristic "

@@ -54,11 +54,13 @@ class LoneStudy:
 
 def _lone_study(finished: Finished, tmp_path_factory: pytest.TempPathFactory, name: str,
                 report_options: dict[str, object], **overrides: object) -> LoneStudy:
-    """Run study ``name`` on ``finished``'s features in a storage of its own (``overrides``: settings), and report it."""
+    """Run study ``name`` on ``finished``'s features in a storage of its own (``overrides``: its
+    settings), and report it."""
     root = tmp_path_factory.mktemp(name)
     url = f"sqlite:///{root}/one.db"
     run_study(finished.view, finished.space, url, name, evaluate_best=False, epochs=EPOCHS, batch_size=32, **overrides)
-    return LoneStudy(url, write_report(url, name, root / "out", device="cpu", **report_options))  # type: ignore[arg-type]
+    report = write_report(url, name, root / "out", device="cpu", **report_options)  # type: ignore[arg-type]
+    return LoneStudy(url, report)
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,7 @@ def test_proxy_scores_are_ranked_against_the_plain_heuristic_s_trained_scores(pr
         assert c["spearman_rho"] == pytest.approx(spearmanr(x, y).statistic)
         line = f"Kendall tau {c['kendall_tau']:.2f}, Spearman rho {c['spearman_rho']:.2f} (n={c['n']})"
         assert any(t.endswith(line) for t in titles) and line in caption  # the panel and the caption say it
-    assert (proxied.proxied.out_dir / "landscape.png").is_file() and (proxied.proxied.out_dir / "landscape.pdf").is_file()
+    assert all((proxied.proxied.out_dir / f"landscape.{ext}").is_file() for ext in ("png", "pdf"))
 
 
 def test_the_plain_heuristic_s_report_draws_its_companion_s_proxy_scores_against_its_own(proxied: Proxied) -> None:
