@@ -411,10 +411,9 @@ def _search_command(kind: str) -> Callable[..., None]:
         verbose: VerboseOpt = False,
     ) -> None:
         _setup_logging(verbose)
-        if kind == "compare" and (unimodal_proxy is not None or proxy_top is not None):
-            raise ConfigError("compare runs the paper's heuristic and the grid; --unimodal-proxy and --proxy-top "
-                              "apply to `run heuristic`", "run `difffeat-tune run heuristic --unimodal-proxy ...` "
-                              "on the same features and compare its summary with the grid's")
+        if kind == "compare" and proxy_top is not None and unimodal_proxy is None:
+            raise ConfigError("compare: --proxy-top applies to the proxy-guided heuristic, which --unimodal-proxy adds",
+                              "add --unimodal-proxy logme (or ridge), or leave --proxy-top out")
         options = {k: v for k, v in locals().items() if k not in ("as_json", "verbose", "kind", "no_report")}
         settings = _settings(**options, sampler=None if kind == "compare" else kind)
         # With --json, stdout carries the JSON alone: anything a library prints (Ray Tune's status) goes to stderr.
@@ -427,8 +426,8 @@ def _search_command(kind: str) -> Callable[..., None]:
             _print_summary(result, settings.search.storage_url())  # type: ignore[arg-type]
 
     first, second = COMPARED
-    command.__doc__ = (f"Run (or reuse) the {first} and the {second} study on the same features and compare them."
-                       if kind == "compare" else
+    command.__doc__ = (f"Run (or reuse) the {first} and the {second} study on the same features and compare them "
+                       f"(with --unimodal-proxy, the proxy-guided {first} too)." if kind == "compare" else
                        f"Run (or resume) a study with the {kind} sampler (`difffeat-tune run --help` says what "
                        "each sampler does).")
     return command
@@ -500,7 +499,8 @@ def _run(settings: Settings, quiet: bool, *, report: bool = True) -> SearchSumma
 
 
 def _compare(settings: Settings, quiet: bool, *, report: bool = True) -> Comparison:
-    """Both studies of :data:`COMPARED` on the same features and objective, then their comparison."""
+    """Both studies of :data:`COMPARED` on the same features and objective (and, with
+    ``--unimodal-proxy``, the proxy-guided heuristic's study), then their comparison."""
     from dataclasses import replace
 
     from difffeat_tune.probe.objective import Objective
@@ -515,22 +515,27 @@ def _compare(settings: Settings, quiet: bool, *, report: bool = True) -> Compari
     settings = settings.with_space(prepared.space)
     base = settings.search.study_base(prepared.view.folder.name)
     objective = Objective(prepared.view, settings.probe, device=settings.device)
-    summaries = [run_search(replace(settings, search=settings.search.for_sampler(sampler, base)), prepared.view,
-                            objective=objective, storage=storage, progress=_trial_progress(quiet))
-                 for sampler in COMPARED]
-    comparison = Comparison(heuristic=summaries[0], grid=summaries[1])
+    guided = settings.search  # the proxy-guided heuristic, when --unimodal-proxy asks for it
+    plain = replace(guided, unimodal_proxy=None)
+    searches = [plain.for_sampler(sampler, base) for sampler in COMPARED]
+    if guided.unimodal_proxy is not None:
+        searches.append(replace(guided, study_name=study_name(base, guided.plan_label)))
+    summaries = [run_search(replace(settings, search=search), prepared.view, objective=objective, storage=storage,
+                            progress=_trial_progress(quiet)) for search in searches]
+    comparison = Comparison(*summaries)
     paths = comparison.save(settings.search.runs, base, storage)
     if not quiet:
         from rich.table import Table
 
-        table = Table(title=escape(f"{' vs '.join(COMPARED)} on {base}"))
-        for col in ("", *COMPARED):
+        header = comparison.header()
+        table = Table(title=escape(f"{' vs '.join(header[1:])} on {base}"))
+        for col in header:
             table.add_column(col)
         for row in comparison.rows():
             table.add_row(*(escape(cell) for cell in row))
         out.print(table)
         out.print(escape(f"{comparison.regret_sentence()} Saved {', '.join(str(p) for p in paths)} and a "
-                         "note on both studies."))
+                         "note on each study."))
     if report:  # the first study's report holds the comparison (the grid's landscape with the heuristic's pairs)
         first = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
         write_study_report(storage, first, settings, objective, _on_report(quiet))

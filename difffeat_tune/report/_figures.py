@@ -13,6 +13,7 @@ from statistics import mean
 from difffeat_tune.config import TrialConfig
 from difffeat_tune.probe.metrics import METRIC_NAMES
 from difffeat_tune.report._features import ROLES, FeatureAnalysis
+from difffeat_tune.report._proxy import MIN_PAIRS, RankCorrelation, proxy_correlations, proxy_scores, trained_scores
 from difffeat_tune.report._spec import Bars, Curves, FigureSpec, Heatmap, Mark, MarkKind, Scatter, Table
 from difffeat_tune.report._study import METRIC_KEYS, StudyData, TrialRecord
 
@@ -43,20 +44,33 @@ def score_title(study: StudyData) -> str:
 # -- A(t, b) ----------------------------------------------------------------------------------
 
 
-def landscape_figure(study: StudyData) -> FigureSpec | None:
-    """A(t, b) per modality, the optimum marked.
+def landscape_figure(study: StudyData, companions: Sequence[StudyData] = ()) -> FigureSpec | None:
+    """A(t, b) per modality, the optimum marked; beside it, proxy scores where a proxy ranked the configurations.
 
     With unimodal trials (heuristic search), each cell is that (t, b)'s probe score. A grid study
     has none: each cell is then the best fusion score over the other modality's configurations.
+    Each proxy-guided study among ``study`` and ``companions`` (the other studies of its
+    ``compare``) adds a panel per modality of its proxy scores (never drawn as trained scores nor
+    starred as an optimum), the configurations it trained outlined, and the rank correlation of
+    its proxy scores with the trained ones (see :func:`~difffeat_tune.report._proxy.proxy_correlations`).
     """
+    correlations = proxy_correlations(study, companions)
     panels = []
     for modality in ("image", "text"):
         records = study.of(modality)
-        if records:
-            panels.append(_unimodal_heatmap(records, modality, score_title(study)))
+        mine = [(proxied, c) for proxied, c in correlations if c.modality == modality]
+        if records:  # with proxy panels, on their axes (every configuration scored): cells side by side
+            scored = {tb for proxied, _ in mine for tb in proxy_scores(proxied, modality)}
+            axes = (sorted({t for t, _ in scored}), sorted({b for _, b in scored}))
+            panels.append(_unimodal_heatmap(records, modality, score_title(study), axes if scored else None))
+        panels += [_proxy_heatmap(proxied, c) for proxied, c in mine]
+    title = "A(t, b): probe score per timestep and block"
     if panels:
         caption = ("A(t, b): the linear probe's selection score for each timestep t and block b of each modality; "
                    "the optimum is starred and outlined. Blank cells were not run (or pruned/failed, as labelled).")
+        if correlations:
+            title = "A(t, b): probe and proxy scores per timestep and block"
+            caption += " " + _proxy_caption(correlations)
     else:
         fusion = [r for r in study.of("fusion") if r.complete]
         if not fusion:
@@ -64,13 +78,46 @@ def landscape_figure(study: StudyData) -> FigureSpec | None:
         panels = [_marginal_heatmap(fusion, modality, score_title(study)) for modality in ("image", "text")]
         caption = ("This study has no unimodal trials (a full-grid search): each cell is the best fusion score of "
                    "that (t, b) over every configuration of the other modality; the optimum is starred and outlined.")
-    return FigureSpec("landscape", "A(t, b): probe score per timestep and block", caption, tuple(panels))
+    return FigureSpec("landscape", title, caption, tuple(panels))
 
 
-def _unimodal_heatmap(records: Sequence[TrialRecord], modality: str, colorbar: str) -> Heatmap:
-    cells = {getattr(r.config, modality): r for r in _best_per_config(records)}
+def _proxy_heatmap(proxied: StudyData, correlation: RankCorrelation) -> Heatmap:
+    """The proxy score of each (t, b), raw (a proxy score is no percentage), the trained configurations outlined."""
+    modality, proxy = correlation.modality, correlation.proxy
+    cells = proxy_scores(proxied, modality)
     ts = sorted({tb[0] for tb in cells})
     bs = sorted({tb[1] for tb in cells})
+    z = tuple(tuple(cells.get((t, b)) for t in ts) for b in bs)
+    text = tuple(tuple("" if cells.get((t, b)) is None else f"{cells[(t, b)]:.4g}" for t in ts) for b in bs)
+    trained = sorted(trained_scores(proxied, modality))
+    marks = tuple(Mark(t, b, f"trained {tb_label((t, b))}", "trained") for t, b in trained)
+    return Heatmap(f"{modality}: {proxy} proxy score\n{correlation.describe()}", tuple(ts), tuple(bs), z,
+                   "timestep t", "block b", f"{proxy} score", marks, text)
+
+
+def _proxy_caption(correlations: Sequence[tuple[StudyData, RankCorrelation]]) -> str:
+    """What the proxy panels show, and each rank correlation with the study it is taken against."""
+    parts = []
+    for proxied, c in correlations:
+        against = ("its own trained configurations" if c.against == proxied.name
+                   else f"the trained A(t, b) of {c.against}")
+        parts.append(f"{c.modality}, {c.proxy} of {proxied.name} against {against}: {c.describe()}")
+    text = ("Proxy panels: the closed-form proxy score of each (t, b) (no probe trained; not a selection score, "
+            "never an optimum); outlined in orange, the configurations the proxy-guided search then trained. Rank "
+            "correlations over the configurations with both scores (n): " + "; ".join(parts) + ".")
+    if any(c.against == proxied.name for proxied, c in correlations):
+        text += (" A proxy-guided study alone trains only its --proxy-top best configurations per modality, so its "
+                 f"n is small; with n < {MIN_PAIRS} no correlation is given. `difffeat-tune compare "
+                 "--unimodal-proxy` also trains every configuration (the plain heuristic) to rank against.")
+    return text
+
+
+def _unimodal_heatmap(records: Sequence[TrialRecord], modality: str, colorbar: str,
+                      axes: tuple[Sequence[int], Sequence[int]] | None = None) -> Heatmap:
+    """A(t, b) of the trials of one modality, on ``axes`` (t values, b values; default: those run)."""
+    cells = {getattr(r.config, modality): r for r in _best_per_config(records)}
+    ts = sorted({tb[0] for tb in cells} | set(axes[0] if axes else ()))
+    bs = sorted({tb[1] for tb in cells} | set(axes[1] if axes else ()))
     z = tuple(tuple(pct(cells[(t, b)].value) if (t, b) in cells else None for t in ts) for b in bs)
     text = tuple(tuple(_state_text(cells.get((t, b))) for t in ts) for b in bs)
     best = _best_of(list(cells.values()))
@@ -252,7 +299,8 @@ def summary_figure(study: StudyData, analysis: FeatureAnalysis | None) -> Figure
 # -- heuristic vs grid ----------------------------------------------------------------------------
 
 
-def comparison_figure(heuristic: StudyData, grid: StudyData, rows: Sequence[tuple[str, str, str]]) -> FigureSpec | None:
+def comparison_figure(heuristic: StudyData, grid: StudyData, rows: Sequence[tuple[str, ...]],
+                      header: tuple[str, ...] = ("", "heuristic", "grid")) -> FigureSpec | None:
     """The grid's landscape (image config x text config) with the heuristic's pairs marked, and the costs."""
     methods = [m for m in heuristic.fusion_methods() if m in grid.fusion_methods()]
     if not methods:
@@ -270,7 +318,7 @@ def comparison_figure(heuristic: StudyData, grid: StudyData, rows: Sequence[tupl
             marks.append(_pair_mark(best, "grid's best", "grid_best"))
         panels.append(_pair_heatmap(records, f"grid landscape: {method}", score_title(grid), marks,
                                     _space_axes(grid, heuristic)))
-    panels.append(Table("heuristic vs grid", ("", "heuristic", "grid"), tuple(tuple(r) for r in rows)))
+    panels.append(Table(" vs ".join(header[1:]), header, tuple(tuple(r) for r in rows)))
     caption = ("The full grid's score for every image x text pair; pink outlines mark the pairs the heuristic "
                "evaluated, red its choice, dashed black the grid's best. Regret = the grid's best pair minus the "
                "heuristic's best pair, on the selection split; unimodal bests are listed apart.")

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from difffeat_tune.report._spec import MARK_NAMES, Bars, Curves, FigureSpec, Heatmap, Panel, Scatter, Table, series_names
+from difffeat_tune.report._spec import Bars, Curves, FigureSpec, Heatmap, Panel, Scatter, Table, series_names
 
 TEMPLATE = "plotly_white"
 #: Heights in pixels: the plots, and per heatmap row beyond a dozen (tall grids stay legible); the
@@ -33,6 +33,7 @@ MARK_STYLE: Mapping[str, tuple[str, float, str]] = MappingProxyType({
     "chosen": ("red", 4, "solid"),
     "evaluated": ("fuchsia", 2, "solid"),
     "grid_best": ("black", 3, "dash"),
+    "trained": ("darkorange", 3, "solid"),
 })
 
 
@@ -156,7 +157,7 @@ def _outline_marks(fig: go.Figure, panel: Heatmap, col: int, seen: set[str]) -> 
             continue
         j, i = where
         colour, width, dash = MARK_STYLE[mark.kind]
-        name = MARK_NAMES[mark.kind] if mark.kind == "evaluated" else mark.label
+        name = mark.legend
         fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, row=1, col=col,
                       line={"color": colour, "width": width, "dash": dash}, name=name, legendgroup=mark.kind,
                       showlegend=_first(seen, name))

@@ -12,13 +12,17 @@ from types import MappingProxyType
 from typing import Literal, Union
 
 #: How a marked cell is drawn: the optimum of a landscape, the pair a search chose, a pair the
-#: heuristic evaluated (on the grid's landscape), the grid's own best.
-MarkKind = Literal["best", "chosen", "evaluated", "grid_best"]
+#: heuristic evaluated (on the grid's landscape), the grid's own best, a configuration the
+#: proxy-guided search trained (on a landscape of proxy scores).
+MarkKind = Literal["best", "chosen", "evaluated", "grid_best", "trained"]
 #: Mark kinds whose cell label gets a star.
 STARRED = frozenset({"best", "chosen", "grid_best"})
+#: Mark kinds that share one legend entry (by the kind's name), not one per mark.
+GROUPED = frozenset({"evaluated", "trained"})
 #: How each kind of mark is named in legends.
 MARK_NAMES: Mapping[str, str] = MappingProxyType({
-    "best": "optimum", "chosen": "chosen", "evaluated": "evaluated by the heuristic", "grid_best": "grid's best"})
+    "best": "optimum", "chosen": "chosen", "evaluated": "evaluated by the heuristic", "grid_best": "grid's best",
+    "trained": "trained by the proxy-guided search"})
 Cell = Union[str, int]
 
 
@@ -30,6 +34,11 @@ class Mark:
     y: Cell
     label: str
     kind: MarkKind = "best"
+
+    @property
+    def legend(self) -> str:
+        """Its legend entry: the kind's name for :data:`GROUPED` kinds, else its own label."""
+        return MARK_NAMES[self.kind] if self.kind in GROUPED else self.label
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from difffeat_tune.report._spec import MARK_NAMES, Bars, Curves, FigureSpec, Heatmap, Panel, Scatter, Table, series_names
+from difffeat_tune.report._spec import Bars, Curves, FigureSpec, Heatmap, Panel, Scatter, Table, series_names
 
 #: Resolution of the PNG files (dots per inch).
 PNG_DPI = 150
@@ -31,6 +31,7 @@ MARK_STYLE: Mapping[str, tuple[str, float, str]] = MappingProxyType({
     "chosen": ("red", 3.0, "solid"),
     "evaluated": ("fuchsia", 1.5, "solid"),
     "grid_best": ("black", 2.5, "dashed"),
+    "trained": ("darkorange", 2.5, "solid"),
 })
 PALETTE = "tab10"
 
@@ -140,7 +141,7 @@ def _heatmap(ax: Axes, panel: Heatmap) -> None:
         if where is None:
             continue
         colour, width, style = MARK_STYLE[mark.kind]
-        name = MARK_NAMES[mark.kind] if mark.kind == "evaluated" else mark.label
+        name = mark.legend
         ax.add_patch(Rectangle((where[0] - 0.5, where[1] - 0.5), 1, 1, fill=False, edgecolor=colour, linewidth=width,
                                linestyle=style, label=None if name in labelled else name, zorder=3))
         labelled.add(name)

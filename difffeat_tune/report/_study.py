@@ -24,7 +24,7 @@ from difffeat_tune.config import (
 )
 from difffeat_tune.probe.metrics import METRIC_NAMES
 from difffeat_tune.search._attrs import HISTORY, SURPLUS
-from difffeat_tune.search._plan import PROXY_PHASE
+from difffeat_tune.search._plan import PROXY_ATTR, PROXY_PHASE
 from difffeat_tune.space import SearchSpace, load_space
 
 logger = logging.getLogger(__name__)
@@ -40,13 +40,15 @@ class TrialRecord:
     Attributes:
         number: the trial number.
         state: "COMPLETE", "PRUNED" or "FAIL".
-        phase: "image", "text" or "fusion" (the search phase; grid trials are all "fusion").
+        phase: "image", "text" or "fusion" (the search phase; grid trials are all "fusion"), or
+            "proxy" for a trial a closed-form proxy scored (no probe trained).
         config: the configuration.
-        value: the selection score (COMPLETE trials), else None.
+        value: the selection score (COMPLETE trials; a proxy trial's proxy score), else None.
         metrics: the flat metric attributes on the selection split (mAP..OF1 or top-1/top-5).
         curve: ``(epoch, selection score)`` per epoch reported.
         epochs: probe epochs run.
         seconds: training time.
+        proxy: the proxy that scored a proxy trial ("logme", "ridge"), else None.
     """
 
     number: int
@@ -58,6 +60,7 @@ class TrialRecord:
     curve: tuple[tuple[int, float], ...]
     epochs: int
     seconds: float
+    proxy: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -130,6 +133,15 @@ class StudyData:
         pool = [r for r in self.trials if r.complete and r.phase != PROXY_PHASE and (phase is None or r.phase == phase)]
         return max(pool, key=lambda r: (r.value, -r.number)) if pool else None
 
+    def proxied(self, modality: str) -> list[TrialRecord]:
+        """The proxy trials of one modality ("image" or "text"): each a proxy score, no probe trained."""
+        return [r for r in self.of(PROXY_PHASE) if r.config.modality == modality]
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy that scored this study's unimodal configurations (a proxy-guided heuristic), else None."""
+        return next((r.proxy for r in self.of(PROXY_PHASE) if r.proxy), None)
+
     @property
     def phases(self) -> tuple[str, ...]:
         """The phases that have at least one COMPLETE trial, in the order image, text, fusion."""
@@ -194,6 +206,7 @@ def _record(trial: FrozenTrial, d_alg: int) -> TrialRecord | None:
         curve=_curve(trial),
         epochs=int(attrs.get("epochs_run", 0) or 0),
         seconds=float(attrs.get("seconds", 0.0) or 0.0),
+        proxy=str(attrs[PROXY_ATTR]) if attrs.get(PROXY_ATTR) else None,
     )
 
 

@@ -21,12 +21,14 @@ from difffeat_tune.report import _figures as figs
 from difffeat_tune.report._features import TSNE_MAX_ROWS, FeatureAnalysis, analyse_features, objective_for
 from difffeat_tune.report._page import render_note, render_page
 from difffeat_tune.report._plotly import to_plotly
+from difffeat_tune.report._proxy import proxy_correlations
 from difffeat_tune.report._spec import FigureSpec, Table
 from difffeat_tune.report._static import save_static
 from difffeat_tune.report._study import StudyData, study_names
-from difffeat_tune.search._options import companion_name
+from difffeat_tune.search._options import COMPARED, compare_role, compare_studies, study_name
+from difffeat_tune.search._plan import PROXY_PHASE
 from difffeat_tune.search.compare import Comparison
-from difffeat_tune.search.runner import DEFAULT_RUNS, open_storage, summarize
+from difffeat_tune.search.runner import DEFAULT_RUNS, SearchSummary, open_storage, summarize
 from difffeat_tune.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -100,10 +102,13 @@ def write_report(
     saves the same plotly figures into the study for optuna-dashboard and a Markdown note
     summarising the best image, text and fusion configurations with their scores.
 
-    Figures: A(t, b) per modality with the optimum; the fusion phase's image x text candidates
-    (and the fusion methods compared when several ran); best image vs text vs fusion on the
+    Figures: A(t, b) per modality with the optimum (for a proxy-guided study, or beside one of its
+    ``compare``, with the proxy scores and their rank correlation with trained scores); the fusion
+    phase's image x text candidates (and the fusion methods compared when several ran); best
+    image vs text vs fusion on the
     selection and evaluation splits, every metric; heuristic vs grid when the storage holds both
-    studies of one ``compare`` (``<base>-heuristic`` and ``<base>-grid``); the best trials'
+    studies of one ``compare`` (``<base>-heuristic`` and ``<base>-grid``, and its third column when
+    it also holds a proxy-guided ``<base>-heuristic-<proxy>``); the best trials'
     training curves; per-class AP of the best configuration; t-SNE of the evaluation split's best
     image, text and fused representations with cluster scores (see
     :mod:`difffeat_tune.report._features` for the label groups and the subsample). The last two
@@ -148,9 +153,10 @@ def write_report(
         timings["re-train the best configurations"] = analysis.seconds - analysis.tsne_seconds
         timings["t-SNE and cluster scores"] = analysis.tsne_seconds
     with _timed(timings, "read the study"):
-        comparison, other = _comparison(storage, study, report.skipped)
+        companions = _companions(storage, study)
+        comparison, pair = _comparison(storage, study, companions, report.skipped)
     with _timed(timings, "interactive figures"):
-        specs = _specs(study, analysis, other, comparison.rows() if comparison else [], report.skipped)
+        specs = _specs(study, analysis, companions, pair, comparison, report.skipped)
         figures = [(spec, to_plotly(spec)) for spec in specs]
     summary = next((p for s in specs if s.key == "summary" for p in s.panels if isinstance(p, Table)), None)
     comparison_table = next((p for s in specs if s.key == "comparison" for p in s.panels if isinstance(p, Table)), None)
@@ -169,7 +175,7 @@ def write_report(
         for spec in specs:
             report.files += save_static(spec, folder)
     report.figures = [spec.key for spec in specs]
-    report.scores = _scores(study, analysis, comparison)
+    report.scores = _scores(study, analysis, comparison, companions)
     (folder / "scores.json").write_text(json.dumps(report.scores, indent=1))
     report.files.append(folder / "scores.json")
     if dashboard:
@@ -209,25 +215,39 @@ def _analysis(study: StudyData, objective: Objective | None, device: str | torch
     return analysis
 
 
-def _comparison(storage: optuna.storages.BaseStorage, study: StudyData,
-                skipped: dict[str, str]) -> tuple[Comparison | None, StudyData | None]:
-    """The comparison with the other study of a ``compare`` pair, when the storage holds it."""
-    name = companion_name(study.name)
-    if name is None or name not in study_names(storage):
-        skipped["heuristic vs grid"] = (
-            f"no {name or '<base>-grid / <base>-heuristic'} study in the storage: `difffeat-tune compare` runs both")
-        return None, None
-    other = StudyData.load(storage, name, study.space)
-    pair = {s.sampler: s for s in (study, other)}
-    if set(pair) != {"heuristic", "grid"}:
-        skipped["heuristic vs grid"] = f"studies {study.name} and {name} are not a heuristic and a grid study"
-        return None, None
-    summaries = {k: summarize(s.study or optuna.load_study(study_name=s.name, storage=storage)) for k, s in pair.items()}
-    return Comparison(heuristic=summaries["heuristic"], grid=summaries["grid"]), other
+def _companions(storage: optuna.storages.BaseStorage, study: StudyData) -> list[StudyData]:
+    """The other studies of ``study``'s ``compare`` that the storage holds (see :func:`compare_studies`)."""
+    present = set(study_names(storage))
+    return [StudyData.load(storage, name, study.space) for name in compare_studies(study.name) if name in present]
 
 
-def _specs(study: StudyData, analysis: FeatureAnalysis | None, other: StudyData | None,
-           comparison_rows: list[tuple[str, str, str]], skipped: dict[str, str]) -> list[FigureSpec]:
+def _comparison(storage: optuna.storages.BaseStorage, study: StudyData, companions: list[StudyData],
+                skipped: dict[str, str]) -> tuple[Comparison | None, tuple[StudyData, StudyData] | None]:
+    """The comparison of the plain heuristic and the grid of ``study``'s ``compare`` when the storage
+    holds both (with the proxy-guided heuristic as a third column when it holds one too), and that pair."""
+    role = compare_role(study.name)
+    wanted = [study_name(role[0], s) for s in COMPARED] if role else []
+    found = {s.name: s for s in (study, *companions) if s.name in wanted}
+    if not wanted or len(found) < len(wanted):
+        missing = " and ".join(n for n in wanted if n not in found) or "<base>-grid / <base>-heuristic"
+        skipped["heuristic vs grid"] = f"no {missing} study in the storage: `difffeat-tune compare` runs both"
+        return None, None
+    heuristic, grid = (found[n] for n in wanted)
+    if (heuristic.sampler, grid.sampler) != COMPARED or heuristic.proxy is not None:
+        skipped["heuristic vs grid"] = f"studies {heuristic.name} and {grid.name} are not a heuristic and a grid study"
+        return None, None
+    proxied = next((s for s in (study, *companions) if s.proxy is not None), None)
+
+    def summary(s: StudyData) -> SearchSummary:
+        return summarize(s.study or optuna.load_study(study_name=s.name, storage=storage))
+
+    return (Comparison(heuristic=summary(heuristic), grid=summary(grid),
+                       proxy=summary(proxied) if proxied is not None else None), (heuristic, grid))
+
+
+def _specs(study: StudyData, analysis: FeatureAnalysis | None, companions: list[StudyData],
+           pair: tuple[StudyData, StudyData] | None, comparison: Comparison | None,
+           skipped: dict[str, str]) -> list[FigureSpec]:
     specs: list[FigureSpec] = []
 
     def add(spec: FigureSpec | None, what: str, why: str) -> None:
@@ -236,13 +256,12 @@ def _specs(study: StudyData, analysis: FeatureAnalysis | None, other: StudyData 
         elif what not in skipped:
             skipped[what] = why
 
-    add(figs.landscape_figure(study), "A(t, b)", "no complete trial")
+    add(figs.landscape_figure(study, companions), "A(t, b)", "no complete trial")
     add(figs.fusion_figure(study), "fusion phase", "no complete fusion trial (a one-modality study, or the "
                                                    "fusion phase has not run)")
     add(figs.summary_figure(study, analysis), "best image vs text vs fusion", "no complete trial")
-    if other is not None:
-        heuristic, grid = (study, other) if study.sampler == "heuristic" else (other, study)
-        add(figs.comparison_figure(heuristic, grid, comparison_rows), "heuristic vs grid",
+    if pair is not None and comparison is not None:
+        add(figs.comparison_figure(*pair, comparison.rows(), comparison.header()), "heuristic vs grid",
             "the two studies share no fusion method")
     add(figs.curves_figure(study), "training curves", "no trial reported per-epoch scores")
     if analysis is not None:
@@ -260,6 +279,10 @@ def _facts(study: StudyData, analysis: FeatureAnalysis | None) -> list[tuple[str
     if best is not None:
         facts.append(("best", f"{best.config.label()}: {figs.score_title(study).removesuffix(' (%)')} "
                               f"{100 * float(best.value or 0):.2f}"))
+    proxied = study.of(PROXY_PHASE)
+    if proxied:
+        facts.append(("proxy trials", f"{len(proxied)} configuration(s) scored by the {study.proxy} proxy, no probe "
+                                      "trained (their values are proxy scores: never a best)"))
     if study.surplus:
         facts.append(("surplus trials", f"{study.surplus} PRUNED trial(s) without parameters: started after the "
                                         "heuristic's plan was exhausted, they ran nothing"))
@@ -268,7 +291,8 @@ def _facts(study: StudyData, analysis: FeatureAnalysis | None) -> list[tuple[str
     return facts
 
 
-def _scores(study: StudyData, analysis: FeatureAnalysis | None, comparison: Comparison | None) -> dict[str, object]:
+def _scores(study: StudyData, analysis: FeatureAnalysis | None, comparison: Comparison | None,
+            companions: list[StudyData]) -> dict[str, object]:
     best = {}
     for row in figs.best_rows(study, analysis):
         best[row.role] = {"title": row.title, "config": row.config.label(), "params": row.config.to_params(),
@@ -278,6 +302,9 @@ def _scores(study: StudyData, analysis: FeatureAnalysis | None, comparison: Comp
         out["clusters"] = {e.role: vars(e.scores) for e in analysis.embeddings}
     if comparison is not None:
         out["comparison"] = comparison.as_dict()
+    correlations = [c.as_dict() for _, c in proxy_correlations(study, companions)]
+    if correlations:
+        out["proxy_correlations"] = correlations
     return out
 
 

@@ -133,7 +133,7 @@ class SearchOptions:
     @property
     def plan_label(self) -> str:
         """The sampler, and the proxy that guides it (``heuristic-ridge``): what names its study."""
-        return self.sampler if self.unimodal_proxy is None else f"{self.sampler}-{self.unimodal_proxy}"
+        return plan_label(self.sampler, self.unimodal_proxy)
 
     def study_name_for(self, dataset_folder: str) -> str:
         """The study name: ``study_name``, else ``<data set name>-<sampler>`` (``-<proxy>`` appended
@@ -158,13 +158,40 @@ def study_name(base: str, sampler: str) -> str:
     return f"{base}-{sampler}"
 
 
-def companion_name(name: str) -> str | None:
-    """The other study of a ``compare`` pair: ``x-grid`` for ``x-heuristic`` and back, else ``None``."""
-    for mine, other in (COMPARED, COMPARED[::-1]):
-        suffix = study_name("", mine)
+def plan_label(sampler: str, proxy: str | None = None) -> str:
+    """What names a plan's study after its base: the sampler, ``-<proxy>`` appended for a proxy-guided one."""
+    return sampler if proxy is None else f"{sampler}-{proxy}"
+
+
+def compare_role(name: str) -> tuple[str, str] | None:
+    """``(base, plan label)`` of a study ``compare`` writes: ``x-heuristic``, ``x-grid`` or the
+    proxy-guided ``x-heuristic-<proxy>`` (``None`` for another name)."""
+    from difffeat_tune.search._plan import PROXIES
+
+    for label in (*(plan_label(COMPARED[0], p) for p in PROXIES), *COMPARED):
+        suffix = study_name("", label)
         if name.endswith(suffix) and len(name) > len(suffix):
-            return study_name(name[: -len(suffix)], other)
+            return name[: -len(suffix)], label
     return None
+
+
+def compare_studies(name: str) -> tuple[str, ...]:
+    """The other studies of the ``compare`` that ``name`` belongs to, by their names.
+
+    For ``x-heuristic`` or ``x-grid``: the other one, then every proxy-guided ``x-heuristic-<proxy>``
+    (``compare --unimodal-proxy`` adds one); for ``x-heuristic-<proxy>``: ``x-heuristic`` and
+    ``x-grid``. Empty for a name ``compare`` does not write.
+    """
+    from difffeat_tune.search._plan import PROXIES
+
+    role = compare_role(name)
+    if role is None:
+        return ()
+    base, label = role
+    plain = tuple(study_name(base, s) for s in COMPARED)
+    if label not in COMPARED:
+        return plain
+    return tuple(n for n in (*plain, *(study_name(base, plan_label(COMPARED[0], p)) for p in PROXIES)) if n != name)
 
 
 def report_folder(runs: Path, study: str) -> Path:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from difffeat_tune._defaults import REPORT_PAGE
-from difffeat_tune.search._options import companion_name
+from difffeat_tune.search._options import compare_studies
 
 if TYPE_CHECKING:
     from difffeat_tune.probe.objective import Objective
@@ -34,13 +34,12 @@ def report_page(settings: Settings, study_name: str) -> Path:
 
 def report_is_current(storage: optuna.storages.BaseStorage, study: optuna.Study, page: Path) -> bool:
     """Whether ``page`` was written after the last change of every study it draws: the study, and
-    the other study of a ``compare`` pair when the storage holds it (its comparison figure)."""
+    the other studies of its ``compare`` that the storage holds (the comparison, the proxy scores)."""
     if not page.is_file():
         return False
-    studies = [study]
-    other = companion_name(study.study_name)
-    if other is not None and other in {s.study_name for s in storage.get_all_studies()}:
-        studies.append(optuna.load_study(study_name=other, storage=storage))
+    present = {s.study_name for s in storage.get_all_studies()}
+    studies = [study] + [optuna.load_study(study_name=name, storage=storage)
+                         for name in compare_studies(study.study_name) if name in present]
     written = datetime.fromtimestamp(page.stat().st_mtime)  # local time, as Optuna's datetimes
     for each in studies:
         trials = each.get_trials(deepcopy=False)

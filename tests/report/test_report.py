@@ -19,7 +19,7 @@ from difffeat_tune.report._study import StudyData
 from difffeat_tune.search._heuristic import grid_neighbourhood
 from difffeat_tune.store import FeatureStore
 from tests.conftest import run_study
-from tests.report.conftest import EPOCHS, Finished, ImageOnly
+from tests.report.conftest import EPOCHS, Finished, LoneStudy
 
 
 def _api(url: str, path: str) -> dict:
@@ -271,7 +271,7 @@ def test_the_dashboard_serves_the_saved_figures_and_the_note(finished: Finished)
     assert f"| best fusion | {fusion['config']} | test | {100 * fusion['evaluation']['map']:.2f} |" in body
 
 
-def test_a_new_report_replaces_the_dashboard_figures_of_the_last_one(image_only: ImageOnly, tmp_path: Path) -> None:
+def test_a_new_report_replaces_the_dashboard_figures_of_the_last_one(image_only: LoneStudy, tmp_path: Path) -> None:
     url, first = image_only.url, image_only.report
     storage = optuna.storages.RDBStorage(url)
     study_id = optuna.load_study(study_name="image-only", storage=storage)._study_id
@@ -301,7 +301,7 @@ def test_a_grid_study_shows_fusion_marginals_and_the_parts_of_its_best_fusion(fi
     assert best["image"]["params"] == {"modality": "image", "image_t": fusion["image_t"], "image_b": fusion["image_b"]}
 
 
-def test_a_one_modality_study_reports_what_it_has_and_says_what_it_lacks(image_only: ImageOnly) -> None:
+def test_a_one_modality_study_reports_what_it_has_and_says_what_it_lacks(image_only: LoneStudy) -> None:
     report = image_only.report
     assert report.figures == ["landscape", "summary", "curves", "per-class-ap", "tsne"]
     assert "fusion phase" in report.skipped and "heuristic vs grid" in report.skipped

@@ -126,5 +126,4 @@ def test_the_cli_runs_a_proxy_guided_heuristic_in_a_study_of_its_own(  # type: i
     assert summary["phases"]["image"] == 1 and summary["phases"]["text"] == 1  # --proxy-top 1 per modality
     code, out, err = run_cli(["run", "grid", *common, "--unimodal-proxy", "ridge"], capsys, monkeypatch)
     assert code == 2 and "--unimodal-proxy applies to the heuristic sampler" in " ".join(err.split())
-    code, out, err = run_cli(["compare", *common, "--unimodal-proxy", "logme"], capsys, monkeypatch)
-    assert code == 2 and "run heuristic" in err
+    # compare --unimodal-proxy runs it beside the heuristic and the grid: tests/search/test_compare_proxy.py
