@@ -102,7 +102,7 @@ def write_store(root: Path, preset: Preset, scale: float, grid: str, seed: int =
         mixing = rng.standard_normal((preset.labels, width), dtype=np.float32) / np.sqrt(preset.labels_per_row)
         signal = {name: (split.labels * visible[modality]).astype(np.float32) @ mixing for name, split in splits.items()}
         ts, bs = GRIDS[grid][modality]
-        for ti, t in enumerate(ts):
+        for t in ts:
             for name, split in splits.items():
                 n_parts = max(1, -(-len(split) // ext.rows_per_part))
                 for part in range(n_parts):
@@ -110,20 +110,30 @@ def write_store(root: Path, preset: Preset, scale: float, grid: str, seed: int =
                         continue
                     rows = slice(part * ext.rows_per_part, min(len(split), (part + 1) * ext.rows_per_part))
                     values = {}
-                    for bi, b in enumerate(bs):
-                        distance = abs(ti - PEAK[modality][0]) + abs(bi - PEAK[modality][1])
+                    for b in bs:
                         noise = rng.standard_normal((rows.stop - rows.start, width), dtype=np.float32)
-                        values[b] = PEAK_STRENGTH / (1 + distance) * signal[name][rows] + noise
+                        values[b] = signal_strength(grid, modality, t, b) * signal[name][rows] + noise
                     ext.write_part(t, name, part, split.ids[rows], values, n_parts=n_parts, provenance={})
             logger.info("wrote %s t=%d", modality, t)
     return store.dataset_dir(dataset.name, dataset.fingerprint())
 
 
+def signal_strength(grid: str, modality: str, t: int, b: int) -> float:
+    """The planted signal's strength in ``modality``'s feature (t, b) of ``grid``: its peak's
+    ``PEAK_STRENGTH``, falling as 1 / (1 + grid distance) away from the peak (the known ranking)."""
+    ts, bs = GRIDS[grid][modality]
+    distance = abs(ts.index(t) - PEAK[modality][0]) + abs(bs.index(b) - PEAK[modality][1])
+    return PEAK_STRENGTH / (1 + distance)
+
+
 def planted(grid: str) -> dict[str, tuple[int, int]]:
+    """The (t, b) of each modality where the planted signal peaks."""
     return {m: (GRIDS[grid][m][0][PEAK[m][0]], GRIDS[grid][m][1][PEAK[m][1]]) for m in ("image", "text")}
 
 
-def _space_file(folder: Path, preset: Preset, grid: str) -> Path:
+def space_file(folder: Path, preset: Preset, grid: str) -> Path:
+    """A search-space TOML in ``folder`` for the synthetic store: the grid's axes, linear addition at
+    the preset's d_alg."""
     image, text = GRIDS[grid]["image"], GRIDS[grid]["text"]
     path = folder / f"space-{preset.name}-{grid}.toml"
     path.write_text(f'description = "bench_scale: {preset.name}, {grid} grid"\n'
@@ -244,7 +254,7 @@ def main() -> None:
         folder = write_store(out / "features", preset, args.rows_scale, args.grid)
         write_seconds = time.perf_counter() - start
         store_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        space = _space_file(out, preset, args.grid)
+        space = space_file(out, preset, args.grid)
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
         child = context.Process(target=_search, args=({
