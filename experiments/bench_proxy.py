@@ -29,9 +29,14 @@ there) or a temporary folder. Every proxy scores on a fresh :class:`Objective` t
 ``Objective.proxy_score``, as the proxy-guided heuristic does, its feature reads included (one
 timed pass of the store's reads tells the reading from the scoring); then that objective trains
 the proxy's top ``--proxy-top`` per modality (``run_many``, on its cached inputs, as a worker of
-the proxy-guided heuristic would), and a fresh objective trains every configuration. Per modality it adds the rank correlations with the planted strength and whether
-the proxy's top K hold the planted optimum, and it ends with one line: the measured unimodal phase
-(scoring all and training the top K per modality) against training all.
+the proxy-guided heuristic would), and a fresh objective trains every configuration. Per
+modality it adds the rank correlations with the planted strength and whether the proxy's top K
+hold the planted optimum; its closing line gives the measured unimodal phase (scoring all and
+training the top K per modality) against training all.
+
+Both stores end with one line in the form the issue asked for, the second proxy in brackets::
+
+    proxy: logme tau image 0.77 text 0.80; unimodal phase 1.6x cheaper (...); regret 0.00; ... (ridge: ...)
 
 Usage::
 
@@ -254,6 +259,11 @@ def _fusion_score(summary: SearchSummary) -> float:
     return float(summary.best_by_modality["fusion"]["score"])  # type: ignore[arg-type]
 
 
+def _ranks(scores: list[float]) -> list[int]:
+    """Each score's rank, 1 for the highest."""
+    return [int(r) + 1 for r in np.argsort(np.argsort(scores)[::-1])]
+
+
 def print_modality(modality: str, res: ModalityResult, verbose: bool) -> None:
     """One modality's times, rank correlations with the trained probes and the top configurations."""
     if verbose:
@@ -274,13 +284,13 @@ def print_modality(modality: str, res: ModalityResult, verbose: bool) -> None:
     for name, scores in (("LogME", res.logme), ("ridge", res.ridge)):
         order = np.argsort(scores)[::-1]
         print(f"  {name}: its top configuration {res.configs[int(order[0])]} is the trained #"
-              f"{int(np.argsort(np.argsort(res.trained)[::-1])[order[0]]) + 1}; the trained best "
+              f"{_ranks(res.trained)[int(order[0])]}; the trained best "
               f"{res.configs[best]} is its #{int(np.nonzero(order == best)[0][0]) + 1}")
 
 
 def print_planted(res: ScaleModality, top_k: int) -> None:
     """What the planted signal says of one modality's proxies and probes."""
-    rank = [int(r) + 1 for r in np.argsort(np.argsort(res.result.trained)[::-1])]
+    rank = _ranks(res.result.trained)
     at = res.result.configs.index(res.planted)
     tr_tau, tr_rho = res.planted_correlation(res.result.trained)
     print(f"  planted optimum {res.planted}: the trained #{rank[at]}; trained probes vs the planted strength "
@@ -322,10 +332,11 @@ def print_scoring_only(results: dict[str, ModalityResult]) -> float:
     return train_total
 
 
-def _probe_settings(settings: Settings, epochs: int | None) -> ObjectiveSettings:
-    if epochs is None:
-        return settings.probe
-    return replace(settings.probe, recipe=replace(settings.probe.recipe, epochs=epochs))
+def closing_line(parts: dict[str, list[str]]) -> str:
+    """The one summary line, in the issue's form: the first proxy's parts, the others' in brackets."""
+    first, *others = PROXIES
+    line = f"proxy: {first} " + "; ".join(parts[first])
+    return line + "".join(f" ({proxy}: " + "; ".join(parts[proxy]) + ")" for proxy in others)
 
 
 def embedded_main(args: argparse.Namespace, device: torch.device) -> None:
@@ -333,7 +344,7 @@ def embedded_main(args: argparse.Namespace, device: torch.device) -> None:
     settings = Settings.create(space=args.space, store=StoreSettings(features=args.runs / "features"),
                                device=args.device, epochs=args.epochs, cpu_threads=args.threads)
     prepared = ensure_features(settings.features)  # reuses the store; extracts only what it lacks
-    probe_settings = _probe_settings(settings, args.epochs)
+    probe_settings = settings.probe  # --epochs applied by Settings.create
     objective = Objective(prepared.view, probe_settings, device=device)
     space = prepared.space
     print(f"{space.label}: {prepared.view.task}, selection split {objective.selection_split!r}, "
@@ -349,11 +360,9 @@ def embedded_main(args: argparse.Namespace, device: torch.device) -> None:
         print_long_epochs(prepared.view, probe_settings, device, results, args.long_epochs)
 
     train_total = print_scoring_only(results)
-    logme_total = sum(r.proxy_seconds("logme") for r in results.values())
-    ridge_total = sum(r.proxy_seconds("ridge") for r in results.values())
-    lm = " ".join(f"{m} {r.correlation(r.logme)[0]:.2f}" for m, r in results.items())
-    rg = " ".join(f"{m} {r.correlation(r.ridge)[0]:.2f}" for m, r in results.items())
-    regret = ""
+    parts = {p: [" ".join(["tau"] + [f"{m} {r.correlation(r.scores(p))[0]:.2f}" for m, r in results.items()])]
+             for p in PROXIES}
+    scoring = {p: train_total / sum(r.proxy_seconds(p) for r in results.values()) for p in PROXIES}
     if args.search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         searches = run_searches(settings, prepared, args.proxy_top)
@@ -364,13 +373,16 @@ def embedded_main(args: argparse.Namespace, device: torch.device) -> None:
             print(f"  {name:<9} {sum(summary.trials.values()):4d} trials {summary.probe_epochs:6d} probe epochs  "
                   f"unimodal phase {seconds:6.2f} s  regret {100 * (_fusion_score(grid) - _fusion_score(summary)):.2f}"
                   f"  best fusion {summary.best_by_modality['fusion']['label']}  phases {summary.phases}")
-        regret = "; " + ", ".join(
-            f"{p}-guided heuristic regret {100 * (_fusion_score(grid) - _fusion_score(searches[p][0])):.2f}, "
-            f"unimodal phase {plain_seconds / max(searches[p][1], 1e-9):.1f}x cheaper than the heuristic's, "
-            f"{100 * searches[p][0].probe_epochs / max(1, grid.probe_epochs):.1f}% of the grid's probe epochs"
-            for p in PROXIES)
-    print(f"\nproxy: logme tau {lm}; ridge tau {rg}; scoring {train_total / logme_total:.1f}x (logme) and "
-          f"{train_total / ridge_total:.1f}x (ridge) cheaper than training{regret}")
+        for p in PROXIES:
+            summary, seconds = searches[p]
+            parts[p] += [f"unimodal phase {plain_seconds / max(seconds, 1e-9):.1f}x cheaper (as a search, against the "
+                         f"heuristic's)", f"regret {100 * (_fusion_score(grid) - _fusion_score(summary)):.2f}",
+                         f"scoring {scoring[p]:.1f}x cheaper than training",
+                         f"{100 * summary.probe_epochs / max(1, grid.probe_epochs):.1f}% of the grid's probe epochs"]
+    else:
+        for p in PROXIES:
+            parts[p] += [f"scoring {scoring[p]:.1f}x cheaper than training", "regret not measured (--search)"]
+    print("\n" + closing_line(parts))
 
 
 def scale_main(args: argparse.Namespace, device: torch.device) -> None:
@@ -386,7 +398,7 @@ def scale_main(args: argparse.Namespace, device: torch.device) -> None:
         view = FeatureStore(out / "features").view(folder.name)
         settings = Settings.create(space=space_file(out, preset, args.grid), device=args.device, epochs=args.epochs,
                                    cpu_threads=args.threads, memory_budget=_bytes(args.memory_budget, "--memory-budget"))
-        probe_settings = _probe_settings(settings, args.epochs)
+        probe_settings = settings.probe  # --epochs applied by Settings.create
         space = settings.space
         objective = Objective(view, probe_settings, device=device)
         n_train = int(view.info["splits"]["train"])
@@ -410,16 +422,19 @@ def scale_main(args: argparse.Namespace, device: torch.device) -> None:
         train_total = print_scoring_only(results)
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
-        def closing(proxy: str) -> str:
-            trained = " ".join(f"{m} {r.result.correlation(r.result.scores(proxy))[0]:.2f}" for m, r in scale.items())
-            strength = " ".join(f"{m} {r.planted_correlation(r.result.scores(proxy))[0]:.2f}" for m, r in scale.items())
-            found = " ".join(f"{m} {'yes' if r.top_has_planted(proxy) else 'no'}" for m, r in scale.items())
-            phase = sum(r.phase_seconds(proxy) for r in scale.values())
-            return (f"{proxy} tau trained {trained}, planted {strength}; top {args.proxy_top} holds the planted optimum: "
-                    f"{found}; unimodal phase {train_total / phase:.1f}x cheaper (measured)")
-
-        print(f"\nproxy ({preset.name} x{args.rows_scale:.2f}, {n_train:,} train rows, {args.grid} grid, "
-              f"{probe_settings.recipe.epochs} epochs): " + "; ".join(closing(p) for p in PROXIES))
+        parts = {p: [" ".join(["tau"] + [f"{m} {r.result.correlation(r.result.scores(p))[0]:.2f}"
+                                         for m, r in scale.items()]),
+                     f"unimodal phase {train_total / sum(r.phase_seconds(p) for r in scale.values()):.1f}x cheaper "
+                     f"(measured: score all, train the top {args.proxy_top})",
+                     "regret not measured (no search on this store); its top "
+                     f"{args.proxy_top} holds the planted optimum: "
+                     + " ".join(f"{m} {'yes' if r.top_has_planted(p) else 'no'}" for m, r in scale.items()),
+                     " ".join(["tau against the planted strength"]
+                              + [f"{m} {r.planted_correlation(r.result.scores(p))[0]:.2f}" for m, r in scale.items()])]
+                 for p in PROXIES}
+        print(f"\n{preset.name} x{args.rows_scale:.2f}, {n_train:,} train rows, {args.grid} grid, "
+              f"{probe_settings.recipe.epochs} epochs")
+        print(closing_line(parts))
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)
